@@ -1,0 +1,191 @@
+"""The YAML configuration (SPEC section 1): loading, ${VAR} expansion and validation.
+
+Every error names the key it is about; secret values are pydantic SecretStr and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from invoice_pipeline.errors import ConfigError
+from invoice_pipeline.timeutil import parse_duration, parse_timestamp
+
+DEFAULT_CONFIG_FILE = "invoice_pipeline.yaml"
+CONFIG_ENV_VAR = "INVOICE_PIPELINE_CONFIG"
+SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _duration(value: Any) -> timedelta:
+    return value if isinstance(value, timedelta) else parse_duration(value)
+
+
+def _aware_timestamp(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return parse_timestamp(value.isoformat())
+    return parse_timestamp(str(value))
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+UtcTimestamp = Annotated[datetime, BeforeValidator(_aware_timestamp)]
+
+
+class SourceConfig(BaseModel):
+    """Keys every source type accepts; each type subclasses it with its own (credentials etc.)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: str
+    base_url: str
+    start_date: UtcTimestamp
+    lookback: Duration = timedelta(minutes=10)
+    page_size: int | None = Field(default=None, ge=1)
+    concurrency: int = Field(default=8, ge=1, le=64)
+    timeout: Duration = timedelta(seconds=30)
+    max_retries: int = Field(default=5, ge=0, le=20)
+
+    @field_validator("base_url")
+    @classmethod
+    def _valid_url(cls, value: str) -> str:
+        parsed = urlparse(value)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"not an http(s) URL: {value!r}")
+        return value.rstrip("/")
+
+    def secrets(self) -> list[str]:
+        """Secret values to scrub from any message or log line."""
+        return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v.get_secret_value()]
+
+
+class WarehouseConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    duckdb_path: Path = Path("data/warehouse.duckdb")
+    published_path: Path = Path("data/published/warehouse.duckdb")
+    parquet_dir: str = "data/parquet"
+
+
+class AppConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    warehouse: WarehouseConfig = WarehouseConfig()
+    sources: dict[str, SourceConfig]
+
+    def secrets(self) -> list[str]:
+        return [s for src in self.sources.values() for s in src.secrets()]
+
+
+def expand_env(value: Any, path: str = "") -> Any:
+    """Replace ${VAR} in every string; a missing variable is an error naming it and the key."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, str):
+
+        def substitute(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in os.environ:
+                raise ConfigError(f"config key '{path}': environment variable {name} is not set")
+            return os.environ[name]
+
+        return _VAR.sub(substitute, value)
+    return value
+
+
+def _format_validation_error(err: ValidationError, prefix: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in (prefix, *e["loc"]) if p != "")
+        # pydantic's input echo could contain a secret: report the key and the rule only.
+        lines.append(f"config key '{key}': {e['msg']}")
+    return "; ".join(lines)
+
+
+def parse_config(raw: Any) -> AppConfig:
+    """Validate an already-parsed YAML document (after ${VAR} expansion)."""
+    from invoice_pipeline.sources import known_types, source_class
+
+    if not isinstance(raw, dict):
+        raise ConfigError("config: the file must be a YAML mapping with 'warehouse' and 'sources'")
+    unknown = set(raw) - {"warehouse", "sources"}
+    if unknown:
+        raise ConfigError(f"config key '{sorted(unknown)[0]}': unknown key (expected 'warehouse', 'sources')")
+    raw = expand_env(raw)
+    sources_raw = raw.get("sources")
+    if not isinstance(sources_raw, dict) or not sources_raw:
+        raise ConfigError("config key 'sources': at least one source must be configured")
+    sources: dict[str, SourceConfig] = {}
+    for name, body in sources_raw.items():
+        if not isinstance(name, str) or not SOURCE_NAME.match(name) or name == "main":
+            raise ConfigError(
+                f"config key 'sources.{name}': source names must match [a-z][a-z0-9_]{{0,39}} and not be 'main'"
+            )
+        if not isinstance(body, dict):
+            raise ConfigError(f"config key 'sources.{name}': expected a mapping of settings")
+        type_name = body.get("type")
+        if type_name not in known_types():
+            raise ConfigError(
+                f"config key 'sources.{name}.type': unknown source type {type_name!r} "
+                f"(known: {', '.join(known_types())})"
+            )
+        try:
+            sources[name] = source_class(type_name).config_model.model_validate(body)
+        except ValidationError as err:
+            raise ConfigError(_format_validation_error(err, f"sources.{name}")) from None
+    try:
+        warehouse = WarehouseConfig.model_validate(raw.get("warehouse") or {})
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "warehouse")) from None
+    return AppConfig(warehouse=warehouse, sources=sources)
+
+
+def _check_duplicate_keys(text: str, path: Path) -> None:
+    """PyYAML silently keeps the last of two equal keys; a duplicate source name must fail instead."""
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"config {path}: key '{key}' appears twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping)
+    yaml.load(text, Loader=StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def resolve_config_path(explicit: str | os.PathLike | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get(CONFIG_ENV_VAR):
+        return Path(os.environ[CONFIG_ENV_VAR])
+    return Path(DEFAULT_CONFIG_FILE)
+
+
+def load_config(path: str | os.PathLike | None = None) -> AppConfig:
+    config_path = resolve_config_path(path)
+    if not config_path.is_file():
+        raise ConfigError(
+            f"config file {config_path} not found: pass --config FILE, set ${CONFIG_ENV_VAR}, "
+            f"or create {DEFAULT_CONFIG_FILE} (see README); 'invoice-pipeline demo' needs none"
+        )
+    text = config_path.read_text()
+    try:
+        _check_duplicate_keys(text, config_path)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {config_path}: not valid YAML: {err}") from None
+    return parse_config(raw)

@@ -1,0 +1,143 @@
+"""The conformed model (SPEC section 3): table definitions, derived rows, Arrow conversion.
+
+Plain Python: a source's mapping returns a ConformedInvoice; `finalize` adds what is derived the
+same way for every source (net and tax totals from the children, a derived installment).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+
+from invoice_pipeline.sources.base import ConformedInvoice
+
+MONEY_T = "DECIMAL(18,4)"
+QTY_T = "DECIMAL(18,6)"
+RATE_T = "DECIMAL(12,6)"
+
+# column -> (DuckDB type, description used for COMMENT ON COLUMN)
+INVOICE_COLUMNS: dict[str, tuple[str, str]] = {
+    "source_name": ("VARCHAR", "Configured source name (schema holding its raw tables)."),
+    "source_type": ("VARCHAR", "Source system type: oracle_occ, crmcom, softwareone, agvance."),
+    "invoice_id": ("VARCHAR", "Source key. Oracle CustomerTransactionId; CRM.COM id; SoftwareOne id; Agvance InvoiceLocation-InvoiceNumber."),
+    "invoice_number": ("VARCHAR", "Oracle TransactionNumber; CRM.COM number (null for DRAFT); SoftwareOne erpData.documentNo; Agvance InvoiceNumber."),
+    "status": ("VARCHAR", "Oracle InvoiceStatus; CRM.COM life_cycle_state; SoftwareOne status; Agvance Void/Paid/Open."),
+    "is_void": ("BOOLEAN", "Voided/cancelled at the source."),
+    "is_truncated": ("BOOLEAN", "The source returned an incomplete child collection: lines/taxes may be missing."),
+    "customer_id": ("VARCHAR", "Oracle BillToPartyId; CRM.COM accounts_receivable.id; SoftwareOne buyer.id; Agvance CustomerID."),
+    "customer_name": ("VARCHAR", "Oracle BillToCustomerName; CRM.COM accounts_receivable.name; SoftwareOne buyer.name; Agvance CustomerName."),
+    "invoice_date": ("DATE", "Oracle TransactionDate; CRM.COM issued_on; SoftwareOne erpData.documentDate; Agvance InvoiceDate."),
+    "due_date": ("DATE", "Oracle DueDate; CRM.COM due_on; SoftwareOne erpData.dueDate; Agvance DueDate."),
+    "currency_code": ("VARCHAR", "Oracle InvoiceCurrencyCode; CRM.COM currency_rate_period.currency.code; SoftwareOne price.currency; Agvance config currency."),
+    "net_amount": (MONEY_T, "Sum of line_amount of the invoice's conformed lines."),
+    "tax_amount": (MONEY_T, "Sum of tax_amount of the invoice's conformed tax lines."),
+    "total_amount": (MONEY_T, "Header total: Oracle EnteredAmount; CRM.COM total_amount; SoftwareOne erpData.invoiceTotal; Agvance InvoiceTotal."),
+    "balance_due": (MONEY_T, "Oracle InvoiceBalanceAmount; CRM.COM outstanding_amount; SoftwareOne erpData.balanceDue; Agvance BalanceDue."),
+    "payment_terms": ("VARCHAR", "Payment terms as the source names them, where it has any."),
+    "purchase_order": ("VARCHAR", "Customer purchase order reference, where the source has one."),
+    "created_at": ("TIMESTAMPTZ", "Creation time in UTC (null for Agvance)."),
+    "last_modified_at": ("TIMESTAMPTZ", "Last modification time in UTC: the version of this row."),
+    "_loaded_at": ("TIMESTAMPTZ", "When the pipeline wrote this version."),
+    "_run_id": ("VARCHAR", "Pipeline run that wrote this version."),
+}
+LINE_COLUMNS: dict[str, tuple[str, str]] = {
+    "source_name": ("VARCHAR", "Configured source name."),
+    "invoice_id": ("VARCHAR", "Parent invoice (main.invoices)."),
+    "line_id": ("VARCHAR", "Oracle CustomerTransactionLineId; CRM.COM invoice_item_set.id; SoftwareOne lines.id; Agvance LineNumber."),
+    "line_number": ("INTEGER", "Oracle/Agvance LineNumber; SoftwareOne lineNo; CRM.COM 1-based position."),
+    "item_code": ("VARCHAR", "Product/item code."),
+    "description": ("VARCHAR", "Line description."),
+    "quantity": (QTY_T, "Quantity."),
+    "unit_of_measure": ("VARCHAR", "Unit of measure."),
+    "unit_price": (QTY_T, "Unit price."),
+    "line_amount": (MONEY_T, "Amount after discounts, before tax."),
+}
+TAX_LINE_COLUMNS: dict[str, tuple[str, str]] = {
+    "source_name": ("VARCHAR", "Configured source name."),
+    "invoice_id": ("VARCHAR", "Parent invoice (main.invoices)."),
+    "tax_line_id": ("VARCHAR", "Source tax line key (derived for SoftwareOne and CRM.COM VAT-only records)."),
+    "line_id": ("VARCHAR", "Taxed line (null for header-level tax)."),
+    "tax_code": ("VARCHAR", "Oracle Tax; CRM.COM tax rate alternative_code; Agvance TaxCode; SoftwareOne none."),
+    "tax_rate": (RATE_T, "Percentage (19 means 19%)."),
+    "taxable_amount": (MONEY_T, "Taxable base."),
+    "tax_amount": (MONEY_T, "Tax amount."),
+    "is_derived": ("BOOLEAN", "Computed by the pipeline, not a source object."),
+}
+INSTALLMENT_COLUMNS: dict[str, tuple[str, str]] = {
+    "source_name": ("VARCHAR", "Configured source name."),
+    "invoice_id": ("VARCHAR", "Parent invoice (main.invoices)."),
+    "installment_id": ("VARCHAR", "Oracle @context.key; derived installments use the invoice id."),
+    "installment_number": ("INTEGER", "1-based."),
+    "due_date": ("DATE", "Installment due date."),
+    "original_amount": (MONEY_T, "Installment amount as issued."),
+    "balance_due": (MONEY_T, "Amount still owed on the installment."),
+    "status": ("VARCHAR", "Installment status (Open/Closed/...)."),
+    "is_derived": ("BOOLEAN", "One derived installment per invoice for sources without installments."),
+}
+
+CONFORMED_TABLES: dict[str, dict[str, tuple[str, str]]] = {
+    "invoices": INVOICE_COLUMNS,
+    "invoice_lines": LINE_COLUMNS,
+    "invoice_tax_lines": TAX_LINE_COLUMNS,
+    "invoice_installments": INSTALLMENT_COLUMNS,
+}
+CONFORMED_KEYS: dict[str, tuple[str, ...]] = {
+    "invoices": ("source_name", "invoice_id"),
+    "invoice_lines": ("source_name", "invoice_id", "line_id"),
+    "invoice_tax_lines": ("source_name", "invoice_id", "tax_line_id"),
+    "invoice_installments": ("source_name", "invoice_id", "installment_id"),
+}
+
+
+def _arrow_type(sql_type: str) -> pa.DataType:
+    if sql_type.startswith("DECIMAL"):
+        precision, scale = (int(x) for x in sql_type[8:-1].split(","))
+        return pa.decimal128(precision, scale)
+    return {
+        "VARCHAR": pa.string(),
+        "BOOLEAN": pa.bool_(),
+        "INTEGER": pa.int32(),
+        "DATE": pa.date32(),
+        "TIMESTAMPTZ": pa.timestamp("us", tz="UTC"),
+    }[sql_type]
+
+
+ARROW_SCHEMAS: dict[str, pa.Schema] = {
+    table: pa.schema([(name, _arrow_type(t)) for name, (t, _) in cols.items()])
+    for table, cols in CONFORMED_TABLES.items()
+}
+
+
+def finalize(conformed: ConformedInvoice, *, derive_installment: bool) -> ConformedInvoice:
+    """Totals from the children (SPEC: net = sum of lines, tax = sum of tax lines), derived installment."""
+    inv = conformed.invoice
+    inv["net_amount"] = sum((ln["line_amount"] or Decimal(0) for ln in conformed.lines), Decimal("0.0000"))
+    inv["tax_amount"] = sum((tl["tax_amount"] or Decimal(0) for tl in conformed.tax_lines), Decimal("0.0000"))
+    inv.setdefault("is_truncated", False)
+    inv.setdefault("is_void", False)
+    if derive_installment and not conformed.installments:
+        conformed.installments.append(
+            {
+                "installment_id": inv["invoice_id"],
+                "installment_number": 1,
+                "due_date": inv.get("due_date"),
+                "original_amount": inv.get("total_amount"),
+                "balance_due": inv.get("balance_due"),
+                "status": "Void" if inv.get("is_void") else ("Closed" if inv.get("balance_due") == 0 else "Open"),
+                "is_derived": True,
+            }
+        )
+    for tl in conformed.tax_lines:
+        tl.setdefault("is_derived", False)
+    for inst in conformed.installments:
+        inst.setdefault("is_derived", False)
+    return conformed
+
+
+def to_arrow(table: str, rows: list[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts with Decimal/date/datetime values) to an Arrow table of the exact conformed types."""
+    schema = ARROW_SCHEMAS[table]
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names})

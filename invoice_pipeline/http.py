@@ -1,0 +1,262 @@
+"""The one HTTP layer every source uses: pooled session, timeouts, retries, pluggable auth.
+
+Retries (tenacity) cover connection errors, timeouts, 429 (honouring Retry-After), 5xx and
+bodies cut off mid-JSON. A 401 renews the credential once per call. Errors name the source,
+the endpoint (method and path, never the query string, which may hold a token) and the status.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import requests
+from requests.adapters import HTTPAdapter
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from invoice_pipeline.errors import AuthExpired, RetryableResponse, SourceError
+
+log = logging.getLogger("invoice_pipeline.http")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+Validator = Callable[[int, Any], None]
+
+
+class Auth:
+    """A credential scheme. Subclasses log in lazily, decorate requests and renew on demand."""
+
+    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def renew(self) -> None:
+        """Obtain a fresh credential (called once per request after a 401 / AuthExpired)."""
+
+    def secrets(self) -> list[str]:
+        """Credentials obtained at run time (tokens, session ids) to scrub from messages."""
+        return []
+
+    def close(self) -> None:
+        """Release server-side state (e.g. CRM.COM's token release)."""
+
+
+class BearerAuth(Auth):
+    def __init__(self, token: str):
+        self.token = token
+
+    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
+        headers["Authorization"] = f"Bearer {self.token}"
+
+    def secrets(self) -> list[str]:
+        return [self.token]
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    status: int
+    headers: Any
+    body: Any
+    size: int
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+@dataclass
+class HttpStats:
+    api_calls: int = 0
+    retries: int = 0
+    bytes_received: int = 0
+
+
+class HttpClient:
+    def __init__(
+        self,
+        source: str,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        max_retries: int = 5,
+        pool_size: int = 8,
+        secrets: Sequence[str] = (),
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        retry_after_cap: float = 120.0,
+    ):
+        self.source = source
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.auth: Auth | None = None
+        self.stats = HttpStats()
+        self._static_secrets = [s for s in secrets if s]
+        self._wait = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self._retry_after_cap = retry_after_cap
+        self._lock = threading.Lock()
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2) * 2, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+
+    # -- secrets -------------------------------------------------------------------------
+    def redact(self, text: str) -> str:
+        secrets = list(self._static_secrets) + (self.auth.secrets() if self.auth else [])
+        for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def error(self, message: str, endpoint: str | None = None, status: int | None = None) -> SourceError:
+        return SourceError(self.source, self.redact(message), endpoint=endpoint, status=status)
+
+    # -- requests --------------------------------------------------------------------------
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        data: Any = None,
+        headers: dict[str, str] | None = None,
+        use_auth: bool = True,
+        validate: Validator | None = None,
+        raw_query: str | None = None,
+    ) -> HttpResponse:
+        """One logical call: retried on transient failures, renewed once on auth expiry.
+
+        raw_query is appended verbatim (SoftwareOne's RQL must not be percent-encoded).
+        """
+        endpoint = f"{method} {path}"
+        renewed = [False]
+
+        def attempt() -> HttpResponse:
+            return self._attempt(method, path, endpoint, params, json, data, headers, use_auth, validate, raw_query, renewed)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait_for,
+            retry=retry_if_exception_type(_Transient),
+            before_sleep=lambda state: self._log_retry(endpoint, state),
+            reraise=True,
+        )
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            raise self.error(
+                f"gave up after {self.max_retries + 1} attempts: {exc}", endpoint=endpoint, status=exc.status
+            ) from None
+
+    def _wait_for(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        backoff = self._wait(state)
+        if isinstance(exc, _Transient) and exc.retry_after is not None:
+            return min(max(exc.retry_after, 0.0), self._retry_after_cap)
+        return backoff
+
+    def _log_retry(self, endpoint: str, state: RetryCallState) -> None:
+        with self._lock:
+            self.stats.retries += 1
+        exc = state.outcome.exception() if state.outcome else None
+        log.warning(
+            "source '%s': %s: %s; retry %d/%d in %.2fs",
+            self.source, endpoint, self.redact(str(exc)), state.attempt_number, self.max_retries,
+            state.next_action.sleep if state.next_action else 0.0,
+        )
+
+    def _attempt(self, method, path, endpoint, params, json, data, headers, use_auth, validate, raw_query, renewed):
+        req_headers = {"Accept": "application/json", **(headers or {})}
+        req_params = dict(params or {})
+        if use_auth and self.auth is not None:
+            self.auth.apply(req_headers, req_params)
+        url = self.base_url + path
+        if raw_query:
+            url += "?" + raw_query
+        with self._lock:
+            self.stats.api_calls += 1
+        try:
+            resp = self.session.request(
+                method, url, params=req_params or None, json=json, data=data, headers=req_headers, timeout=self.timeout
+            )
+            content = resp.content
+        except requests.Timeout:
+            raise _Transient(f"timed out after {self.timeout:g}s") from None
+        except requests.ConnectionError as exc:
+            raise _Transient(f"connection failed: {type(exc).__name__}") from None
+        except requests.RequestException as exc:
+            raise _Transient(f"transfer failed: {type(exc).__name__}") from None
+        with self._lock:
+            self.stats.bytes_received += len(content)
+        status = resp.status_code
+        body = _parse_json(content)
+        if status in RETRY_STATUSES:
+            raise _Transient(f"HTTP {status}: {_summary(body, content)}", status, _retry_after(resp))
+        try:
+            if status == 401:
+                raise AuthExpired(_summary(body, content))
+            if status >= 400:
+                raise self.error(f"{_summary(body, content)}", endpoint=endpoint, status=status)
+            if body is _INVALID:
+                raise _Transient(f"response body is not valid JSON ({len(content)} bytes, cut off?)", status)
+            if validate is not None:
+                validate(status, body)
+        except AuthExpired as exc:
+            if not use_auth or self.auth is None or renewed[0]:
+                raise self.error(
+                    f"authentication failed: {exc}; check the source's credentials", endpoint=endpoint, status=status
+                ) from None
+            renewed[0] = True
+            log.info("source '%s': %s: credential rejected, logging in again", self.source, endpoint)
+            self.auth.renew()
+            return self._attempt(method, path, endpoint, params, json, data, headers, use_auth, validate, raw_query, renewed)
+        except RetryableResponse as exc:
+            raise _Transient(str(exc), status, exc.retry_after) from None
+        return HttpResponse(status, resp.headers, body, len(content))
+
+    def close(self) -> None:
+        try:
+            if self.auth is not None:
+                self.auth.close()
+        finally:
+            self.session.close()
+
+
+_INVALID = object()
+
+
+def _parse_json(content: bytes) -> Any:
+    if not content:
+        return None
+    try:
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return _INVALID
+
+
+def _summary(body: Any, content: bytes) -> str:
+    """The API's own error message, whatever shape its error body has."""
+    if isinstance(body, dict):
+        for key in ("message", "Message", "detail", "title", "errorCode"):
+            if body.get(key):
+                return str(body[key])
+        status = body.get("status")
+        if isinstance(status, dict) and (status.get("message") or status.get("code")):
+            return f"{status.get('code')}: {status.get('message') or status.get('description') or ''}".strip()
+    text = content[:200].decode("utf-8", "replace").strip()
+    return text or "(empty body)"
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
