@@ -77,6 +77,8 @@ class Source(ABC):
     type_name: ClassVar[str]
     config_model: ClassVar[type[SourceConfig]]
     default_page_size: ClassVar[int] = 100
+    # Sources without installment objects get one derived installment per invoice (SPEC 3).
+    has_installments: ClassVar[bool] = False
 
     def __init__(self, name: str, config: SourceConfig, http: HttpClient | None = None):
         self.name = name

@@ -1,0 +1,104 @@
+"""Oracle OCC invoice detail -> conformed model (SPEC section 3, column 'oracle_occ')."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.sources.base import ConformedInvoice
+
+
+def _collection(parent: dict[str, Any], name: str, where: str) -> tuple[list[dict[str, Any]], bool]:
+    """Items of a nested collection and whether the API cut it off (hasMore: only 25 came)."""
+    coll = parent.get(name)
+    if coll is None:
+        return [], False
+    if not isinstance(coll, dict) or not isinstance(coll.get("items", []), list):
+        raise MappingError(f"{where}{name}: expected a collection object with 'items'")
+    items = coll.get("items") or []
+    if not all(isinstance(i, dict) for i in items):
+        raise MappingError(f"{where}{name}.items: expected objects")
+    return items, bool(coll.get("hasMore"))
+
+
+def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
+    invoice_id = to_text(p.get("CustomerTransactionId"))
+    if not invoice_id:
+        raise MappingError("CustomerTransactionId: missing")
+    status = to_text(p.get("InvoiceStatus"))
+    lines_raw, truncated = _collection(p, "receivablesInvoiceLines", "")
+    inst_raw, inst_more = _collection(p, "receivablesInvoiceInstallments", "")
+    truncated = truncated or inst_more
+
+    lines, tax_lines = [], []
+    for pos, item in enumerate(lines_raw):
+        line_id = to_text(item.get("CustomerTransactionLineId"))
+        if not line_id:
+            raise MappingError(f"receivablesInvoiceLines[{pos}].CustomerTransactionLineId: missing")
+        where = f"line {line_id}: "
+        lines.append(
+            {
+                "line_id": line_id,
+                "line_number": to_int(item.get("LineNumber"), where + "LineNumber"),
+                "item_code": to_text(item.get("ItemNumber")),
+                "description": to_text(item.get("Description")),
+                "quantity": to_decimal(item.get("Quantity"), where + "Quantity", QUANTITY),
+                "unit_of_measure": to_text(item.get("UnitOfMeasure")),
+                "unit_price": to_decimal(item.get("UnitSellingPrice"), where + "UnitSellingPrice", QUANTITY),
+                "line_amount": to_decimal(item.get("LineAmount"), where + "LineAmount", required=True),
+            }
+        )
+        taxes, more = _collection(item, "receivablesInvoiceLineTaxLines", where)
+        truncated = truncated or more
+        for tpos, tax in enumerate(taxes):
+            tax_id = to_text(tax.get("CustomerTransactionLineId")) or f"{line_id}:{tpos + 1}"
+            tax_lines.append(
+                {
+                    "tax_line_id": tax_id,
+                    "line_id": line_id,
+                    "tax_code": to_text(tax.get("Tax")),
+                    # The self-service payload carries no rate; Fusion's full resource does.
+                    "tax_rate": to_decimal(tax.get("TaxRate"), where + "TaxRate", RATE),
+                    "taxable_amount": to_decimal(tax.get("TaxableAmount"), where + "TaxableAmount"),
+                    "tax_amount": to_decimal(tax.get("TaxAmount"), where + "TaxAmount", required=True),
+                    "is_derived": False,
+                }
+            )
+
+    installments = []
+    for pos, inst in enumerate(inst_raw):
+        context = inst.get("@context") if isinstance(inst.get("@context"), dict) else {}
+        inst_id = to_text(context.get("key")) or f"{invoice_id}:{pos + 1}"
+        installments.append(
+            {
+                "installment_id": inst_id,
+                "installment_number": pos + 1,
+                "due_date": to_date(inst.get("InstallmentDueDate"), f"installment {inst_id}: InstallmentDueDate"),
+                "original_amount": to_decimal(inst.get("OriginalAmount"), f"installment {inst_id}: OriginalAmount"),
+                "balance_due": to_decimal(inst.get("InstallmentBalanceDue"), f"installment {inst_id}: InstallmentBalanceDue"),
+                "status": to_text(inst.get("InstallmentStatus")),
+                "is_derived": False,
+            }
+        )
+
+    invoice = {
+        "source_name": source_name,
+        "source_type": "oracle_occ",
+        "invoice_id": invoice_id,
+        "invoice_number": to_text(p.get("TransactionNumber")),
+        "status": status,
+        "is_void": status == "Void",
+        "is_truncated": truncated,
+        "customer_id": to_text(p.get("BillToPartyId")),
+        "customer_name": to_text(p.get("BillToCustomerName")),
+        "invoice_date": to_date(p.get("TransactionDate"), "TransactionDate"),
+        "due_date": to_date(p.get("DueDate"), "DueDate"),
+        "currency_code": to_text(p.get("InvoiceCurrencyCode")),
+        "total_amount": to_decimal(p.get("EnteredAmount"), "EnteredAmount", required=True),
+        "balance_due": to_decimal(p.get("InvoiceBalanceAmount"), "InvoiceBalanceAmount"),
+        "payment_terms": to_text(p.get("PaymentTerms")),
+        "purchase_order": to_text(p.get("PurchaseOrder")),
+        "created_at": to_timestamp(p.get("CreationDate"), "CreationDate"),
+        "last_modified_at": to_timestamp(p.get("LastUpdateDate"), "LastUpdateDate"),
+    }
+    return ConformedInvoice(invoice, lines, tax_lines, installments)
