@@ -1,0 +1,284 @@
+"""Agvance (SSI) Web API: ApiKey + SessionID login, lastModified windows that split themselves.
+
+GetInvoicesList has no paging: one call answers a whole modification window, and a window
+holding more than the API's limit (2,000) is refused with HTTP 200 + Status "Error". So the
+client walks the run's frozen window in slices of `window_size`, fetches slices in parallel,
+and halves any slice the API refuses until it fits (one second at the smallest).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, SecretStr, field_validator
+
+from invoice_pipeline.config import Duration, SourceConfig
+from invoice_pipeline.errors import AuthExpired
+from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.money import MappingError
+from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+
+log = logging.getLogger("invoice_pipeline.agvance")
+
+LOGIN_PATH = "/Login"
+LIST_PATH = "/Invoice/GetInvoicesList"
+LIST_ENDPOINT = f"POST {LIST_PATH}"
+API_TIME = "%Y-%m-%dT%H:%M:%S"  # the API's bound format: UTC, second precision
+BATCH_SIZE = 500
+SECOND = timedelta(seconds=1)
+
+
+def _text(value: Any) -> Any:
+    # database_id: "12345" in YAML is a string, 12345 an int; both mean the same database.
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class AgvanceConfig(SourceConfig):
+    """Agvance keys (SPEC 1). `window_size`: the span of LastModifiedUtc asked for per call
+    (default 7 days); a slice the API refuses as too large is halved automatically, so this
+    only tunes the number of calls, never correctness."""
+
+    type: Literal["agvance"]
+    api_key: SecretStr
+    username: str
+    password: SecretStr
+    database_id: Annotated[str, BeforeValidator(_text)]
+    currency: str = "USD"
+    window_size: Duration = timedelta(days=7)
+
+    @field_validator("window_size")
+    @classmethod
+    def _at_least_a_second(cls, value: timedelta) -> timedelta:
+        if value < SECOND:
+            raise ValueError("must be at least 1s (the API's bounds have second precision)")
+        return value
+
+
+class AgvanceSessionAuth(Auth):
+    """Login once per session; the session dies after 60 idle minutes -> log in again once."""
+
+    IDLE_LIMIT = 55 * 60  # seconds: re-login proactively a little before the documented 60
+
+    def __init__(self, http: HttpClient, api_key: str, username: str, password: str, database_id: str):
+        self._http = http
+        self._api_key = api_key
+        self._credentials = {"UserName": username, "Password": password, "DatabaseID": database_id}
+        self._session: str | None = None
+        self._last_used = 0.0
+        self._lock = threading.Lock()
+        self._local = threading.local()  # the session id this thread last sent
+        self.logins = 0
+
+    def _check_login(self, status: int, body: Any) -> None:
+        if not isinstance(body, dict):
+            raise self._http.error("login answered with no JSON object", endpoint=f"POST {LOGIN_PATH}", status=status)
+        if str(body.get("Status", "")).lower() != "success" or not body.get("SessionID"):
+            raise self._http.error(
+                f"login failed: {body.get('Message') or body.get('Status') or 'no SessionID'}; "
+                "check api_key, username, password and database_id",
+                endpoint=f"POST {LOGIN_PATH}",
+                status=status,
+            )
+
+    def _login(self) -> None:
+        resp = self._http.request(
+            "POST", LOGIN_PATH, headers={"ApiKey": self._api_key}, json=self._credentials,
+            use_auth=False, validate=self._check_login,
+        )
+        self._session = str(resp.body["SessionID"])
+        self._last_used = time.monotonic()
+        self.logins += 1
+
+    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if self._session is None or now - self._last_used > self.IDLE_LIMIT:
+                self._login()
+            self._last_used = now
+            session = self._session
+        self._local.session = session
+        headers["ApiKey"] = self._api_key
+        headers["SessionID"] = session
+
+    def renew(self) -> None:
+        with self._lock:
+            # Parallel calls fail together when the session expires: the first one logs in
+            # again, the others just retry with the new session.
+            if self._session is not None and getattr(self._local, "session", None) != self._session:
+                return
+            self._login()
+
+    def secrets(self) -> list[str]:
+        return [s for s in (self._api_key, self._session) if s]
+
+
+class _TooLarge(Exception):
+    """The API refused a window: more invoices than it answers in one call."""
+
+
+def _floor(ts: datetime) -> datetime:
+    return ts.astimezone(UTC).replace(microsecond=0)
+
+
+def _fmt(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime(API_TIME)
+
+
+class AgvanceSource(Source):
+    type_name = "agvance"
+    config_model = AgvanceConfig
+    default_page_size = 2000  # not a page: the API's maximum result set per window
+    has_installments = False
+
+    def __init__(self, name: str, config: AgvanceConfig, http: HttpClient | None = None):
+        super().__init__(name, config, http)
+        self.config: AgvanceConfig = config
+        self.auth = AgvanceSessionAuth(
+            self.http, config.api_key.get_secret_value(), config.username,
+            config.password.get_secret_value(), config.database_id,
+        )
+        self.http.auth = self.auth
+        self._stats_lock = threading.Lock()
+
+    # -- one call ------------------------------------------------------------------------------
+    def _validate(self, status: int, body: Any) -> None:
+        """Errors arrive with HTTP 200: Status must be 'Success' on every response."""
+        if not isinstance(body, dict):
+            raise self.http.error("response is not a JSON object", endpoint=LIST_ENDPOINT, status=status)
+        if str(body.get("Status", "")).lower() == "success":
+            return
+        message = str(body.get("Message") or "")
+        lowered = message.lower()
+        if "too large" in lowered:
+            raise _TooLarge(message)
+        if "session" in lowered and ("expired" in lowered or "invalid" in lowered):
+            raise AuthExpired(message)
+        raise self.http.error(
+            f"API answered Status {body.get('Status')!r}: {message or '(no message)'}", endpoint=LIST_ENDPOINT, status=status
+        )
+
+    def _list(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds)."""
+        params = {"lastModifiedOnOrAfterUtc": _fmt(start), "lastModifiedOnOrBeforeUtc": _fmt(end)}
+        # An empty request item means "no narrowing" (customer, location, ...).
+        body = self.http.request(
+            "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": [{}]}, validate=self._validate
+        ).body
+        span = f"window {_fmt(start)}..{_fmt(end)}"
+        records = body.get("InvoiceRecords")
+        if not isinstance(records, list):
+            raise self.http.error(f"{span}: response has no 'InvoiceRecords' array", endpoint=LIST_ENDPOINT)
+        try:
+            count = int(str(body.get("Count")).strip())
+        except ValueError:
+            raise self.http.error(f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT) from None
+        if count != len(records):
+            raise self.http.error(
+                f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)}", endpoint=LIST_ENDPOINT
+            )
+        for pos, rec in enumerate(records):
+            if not isinstance(rec, dict):
+                raise self.http.error(f"{span}: InvoiceRecords[{pos}] is not an object", endpoint=LIST_ENDPOINT)
+        with self._stats_lock:
+            self.stats.pages += 1
+            self.stats.scanned += len(records)
+        return records
+
+    def _fetch(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+        """One window; a refused window is halved ([start, mid] and [mid+1s, end]) until it fits."""
+        try:
+            return self._list(start, end)
+        except _TooLarge as exc:
+            if end <= start:
+                raise self.http.error(
+                    f"more invoices than the API returns in one call were modified in the single second "
+                    f"{_fmt(start)} ({exc}); the window cannot be narrowed further",
+                    endpoint=LIST_ENDPOINT,
+                ) from None
+        mid = start + timedelta(seconds=int((end - start).total_seconds()) // 2)
+        with self._stats_lock:
+            self.stats.extra["window_splits"] = self.stats.extra.get("window_splits", 0) + 1
+        log.debug("source '%s': window %s..%s too large, splitting at %s", self.name, _fmt(start), _fmt(end), _fmt(mid))
+        return self._fetch(start, mid) + self._fetch(mid + SECOND, end)
+
+    # -- the walk ------------------------------------------------------------------------------
+    def _windows(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
+        """Consecutive slices that neither overlap nor leave a gap at second precision."""
+        step = self.config.window_size
+        lo = start
+        while lo <= end:
+            hi = min(_floor(lo + step) - SECOND, end)
+            yield lo, max(hi, lo)
+            lo = max(hi, lo) + SECOND
+
+    def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
+        # The API has whole seconds: flooring both ends keeps every record of the window.
+        start, end = _floor(window.start), _floor(window.end)
+        workers = self.config.concurrency
+        newest: dict[str, datetime | None] = {}
+        batch: list[SourceRecord] = []
+        inflight: deque[Future] = deque()
+        self.stats.extra.setdefault("window_splits", 0)
+        self.stats.extra.setdefault("duplicates", 0)
+
+        def collect(future: Future) -> None:
+            for payload in future.result():
+                rec = self.record_or_raw(payload)
+                # Inclusive bounds and re-read windows deliver a record more than once:
+                # keep the first copy of each version and any newer version.
+                if rec.invoice_id in newest:
+                    seen = newest[rec.invoice_id]
+                    if rec.last_modified_at is None or (seen is not None and rec.last_modified_at <= seen):
+                        self.stats.extra["duplicates"] += 1
+                        continue
+                newest[rec.invoice_id] = rec.last_modified_at
+                batch.append(rec)
+                self.stats.kept += 1
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-window") as pool:
+            try:
+                for lo, hi in self._windows(start, end):
+                    inflight.append(pool.submit(self._fetch, lo, hi))
+                    while len(inflight) >= workers * 2:
+                        collect(inflight.popleft())
+                    if len(batch) >= BATCH_SIZE:
+                        yield batch
+                        batch = []
+                    self.stats.progress(self.name)
+                while inflight:
+                    collect(inflight.popleft())
+                    if len(batch) >= BATCH_SIZE:
+                        yield batch
+                        batch = []
+            except BaseException:
+                for f in inflight:
+                    f.cancel()
+                raise
+        if batch:
+            yield batch
+        self.stats.extra["logins"] = self.auth.logins
+        self.stats.progress(self.name, force=True)
+
+    def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
+        """identify(), but a payload without usable keys still travels on (to quarantine)."""
+        try:
+            return self.identify(payload)
+        except MappingError:
+            loc, num = payload.get("InvoiceLocation"), payload.get("InvoiceNumber")
+            return SourceRecord(f"{loc or ''}-{num or ''}", None, payload)
+
+    # -- per-record ----------------------------------------------------------------------------
+    def identify(self, payload: dict[str, Any]) -> SourceRecord:
+        key = invoice_key(payload)
+        return SourceRecord(key, last_modified(payload, f"invoice {key}: "), payload)
+
+    def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
+        return map_invoice(payload, self.name, self.config.currency)

@@ -1,0 +1,149 @@
+"""Agvance invoice record -> conformed model (SPEC section 3, column 'agvance').
+
+Agvance has no single invoice id: invoice numbers restart per location, so the key is
+'<InvoiceLocation>-<InvoiceNumber>'. Dates are US 'MM/dd/yyyy'; LastModifiedUtc is a naive
+UTC timestamp. Amounts are JSON numbers (floats), converted exactly through money.to_decimal.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.sources.base import ConformedInvoice
+
+HEADER = "InvoiceRecordHeaderDetails"
+LINES = "InvoiceRecordLineItemDetails"
+TAXES = "InvoiceTaxCodeDetails"
+US_DATE = "%m/%d/%Y"
+
+
+def invoice_key(p: dict[str, Any]) -> str:
+    """'<InvoiceLocation>-<InvoiceNumber>': the same number exists at several locations."""
+    location = to_text(p.get("InvoiceLocation"))
+    number = to_text(p.get("InvoiceNumber"))
+    if not location or not number:
+        raise MappingError(f"InvoiceLocation/InvoiceNumber: missing (got {location!r}, {number!r})")
+    return f"{location.strip()}-{number.strip()}"
+
+
+def header(p: dict[str, Any], where: str = "") -> dict[str, Any]:
+    h = p.get(HEADER)
+    if not isinstance(h, dict):
+        raise MappingError(f"{where}{HEADER}: expected an object, got {type(h).__name__}")
+    return h
+
+
+def last_modified(p: dict[str, Any], where: str = "") -> datetime | None:
+    """The record's version: header LastModifiedUtc, naive and in UTC."""
+    return to_timestamp(header(p, where).get("LastModifiedUtc"), f"{where}{HEADER}.LastModifiedUtc", "UTC")
+
+
+def us_date(value: Any, field: str) -> date | None:
+    """'MM/dd/yyyy' (a trailing time part, as some tenants send, is ignored); ISO as a fallback."""
+    if isinstance(value, str) and "/" in value:
+        return to_date(value.strip().split(" ")[0], field, US_DATE)
+    return to_date(value, field)
+
+
+def to_bool(value: Any, field: str) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "y", "n"):
+        return value.strip().lower() in ("true", "1", "y")
+    raise MappingError(f"{field}: expected a boolean, got {value!r}")
+
+
+def _rows(p: dict[str, Any], name: str, where: str) -> list[dict[str, Any]]:
+    rows = p.get(name)
+    if rows is None:
+        return []
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise MappingError(f"{where}{name}: expected an array of objects")
+    return rows
+
+
+def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> ConformedInvoice:
+    invoice_id = invoice_key(p)
+    where = f"invoice {invoice_id}: "
+    h = header(p, where)
+
+    lines: list[dict[str, Any]] = []
+    seen_lines: set[str] = set()
+    for pos, item in enumerate(_rows(p, LINES, where)):
+        number = to_int(item.get("LineNumber"), f"{where}{LINES}[{pos}].LineNumber")
+        if number is None:
+            raise MappingError(f"{where}{LINES}[{pos}].LineNumber: missing")
+        line_id = str(number)
+        if line_id in seen_lines:
+            raise MappingError(f"{where}{LINES}: LineNumber {number} appears twice")
+        seen_lines.add(line_id)
+        lw = f"{where}line {number}: "
+        lines.append(
+            {
+                "line_id": line_id,
+                "line_number": number,
+                "item_code": to_text(item.get("ProductID")),
+                "description": to_text(item.get("ProductName")),
+                "quantity": to_decimal(item.get("Quantity"), lw + "Quantity", QUANTITY),
+                "unit_of_measure": to_text(item.get("UnitOfMeasure")),
+                "unit_price": to_decimal(item.get("UnitPrice"), lw + "UnitPrice", QUANTITY),
+                # Extension is the line's amount after discounts, before tax.
+                "line_amount": to_decimal(item.get("Extension"), lw + "Extension", required=True),
+            }
+        )
+
+    tax_lines: list[dict[str, Any]] = []
+    seen_taxes: set[str] = set()
+    for pos, tax in enumerate(_rows(p, TAXES, where)):
+        tw = f"{where}{TAXES}[{pos}]."
+        number = to_int(tax.get("LineNumber"), tw + "LineNumber")
+        code = to_text(tax.get("TaxCode")) or ""
+        tax_line_id = f"{'' if number is None else number}:{code}"
+        if tax_line_id in seen_taxes:
+            raise MappingError(f"{where}{TAXES}: LineNumber {number} / TaxCode {code!r} appears twice")
+        seen_taxes.add(tax_line_id)
+        # A tax row whose LineNumber matches no line (0 or null) is header-level tax.
+        line_id = str(number) if number is not None and str(number) in seen_lines else None
+        tax_lines.append(
+            {
+                "tax_line_id": tax_line_id,
+                "line_id": line_id,
+                "tax_code": code or None,
+                # TaxRate is already a percentage (7.25 means 7.25%).
+                "tax_rate": to_decimal(tax.get("TaxRate"), tw + "TaxRate", RATE),
+                "taxable_amount": to_decimal(tax.get("TaxableAmount"), tw + "TaxableAmount"),
+                "tax_amount": to_decimal(tax.get("TaxAmount"), tw + "TaxAmount", required=True),
+                "is_derived": False,
+            }
+        )
+
+    hw = f"{where}{HEADER}."
+    void = to_bool(h.get("Void"), hw + "Void")
+    balance = to_decimal(h.get("BalanceDue"), hw + "BalanceDue")
+    invoice = {
+        "source_name": source_name,
+        "source_type": "agvance",
+        "invoice_id": invoice_id,
+        "invoice_number": to_text(p.get("InvoiceNumber")),
+        "status": "Void" if void else ("Paid" if balance == 0 else "Open"),
+        "is_void": void,
+        "is_truncated": False,
+        "customer_id": to_text(h.get("CustomerID")),
+        "customer_name": to_text(h.get("CustomerName")),
+        "invoice_date": us_date(p.get("InvoiceDate"), where + "InvoiceDate"),
+        "due_date": us_date(h.get("DueDate"), hw + "DueDate"),
+        "currency_code": currency,
+        "total_amount": to_decimal(h.get("InvoiceTotal"), hw + "InvoiceTotal", required=True),
+        "balance_due": balance,
+        "payment_terms": to_text(h.get("Terms")),
+        "purchase_order": None,
+        "created_at": None,  # Agvance does not expose a creation time
+        "last_modified_at": last_modified(p, where),
+    }
+    return ConformedInvoice(invoice, lines, tax_lines)
