@@ -1,0 +1,97 @@
+"""`invoice-pipeline`: run, demo, simulate. Expected errors print one paragraph, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from invoice_pipeline.config import load_config, resolve_config_path
+from invoice_pipeline.errors import ConfigError, PipelineError
+
+log = logging.getLogger("invoice_pipeline")
+
+
+def _print_report(report) -> None:
+    header = f"{'source':16s} {'status':8s} {'extracted':>9s} {'loaded':>7s} {'stale':>6s} {'quarant.':>8s} {'API calls':>9s} {'secs':>7s}"
+    print(header)
+    for name, meta in report.sources.items():
+        print(
+            f"{name:16s} {'ok':8s} {meta['invoices_extracted']:>9d} {meta['invoices_loaded']:>7d} "
+            f"{meta['invoices_stale_skipped']:>6d} {meta['quarantined']:>8d} {meta['api_calls']:>9d} {meta['duration_s']:>7.1f}"
+        )
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from invoice_pipeline.runner import run_pipeline
+
+    path = resolve_config_path(args.config)
+    app = load_config(path)
+    unknown = [s for s in args.source or [] if s not in app.sources]
+    if unknown:
+        raise ConfigError(f"--source {unknown[0]}: not in {path} (configured: {', '.join(app.sources)})")
+    report = run_pipeline(app, str(path), args.source)
+    _print_report(report)
+    return 0 if report.success else 1
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from invoice_pipeline.simulate import serve_forever
+    from invoice_pipeline.simulation import Knobs
+
+    serve_forever(args.size, Knobs(latency=args.latency, seed=args.seed))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from invoice_pipeline.demo import run_demo
+
+    return run_demo(size=args.size)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="invoice-pipeline", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize everything for the chosen sources through the Dagster definitions")
+    run.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    run.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
+    run.set_defaults(func=cmd_run)
+    demo = sub.add_parser("demo", help="run the whole pipeline on the built-in simulators, no configuration needed")
+    demo.add_argument("--size", type=int, default=300, help="invoices per simulated source")
+    demo.set_defaults(func=cmd_demo)
+    sim = sub.add_parser("simulate", help="serve the simulators on fixed local ports for dagster dev")
+    sim.add_argument("--size", type=int, default=500)
+    sim.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
+    sim.add_argument("--seed", type=int, default=42)
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("dagster", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"invoice-pipeline: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except PipelineError as exc:
+        print(f"invoice-pipeline: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

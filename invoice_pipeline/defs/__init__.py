@@ -1,0 +1,20 @@
+"""Dagster wiring: thin assets, checks and resources over the plain functions of the package."""
+
+import dagster as dg
+
+from invoice_pipeline.config import AppConfig
+from invoice_pipeline.defs.assets import build_conformed_asset, build_publish_asset, build_source_asset
+from invoice_pipeline.defs.checks import build_checks
+from invoice_pipeline.defs.resources import PipelineResource
+
+ALL_ASSETS_JOB = "invoice_pipeline_job"
+
+
+def build_definitions(app: AppConfig, config_path: str | None = None) -> dg.Definitions:
+    source_assets = [build_source_asset(name, cfg) for name, cfg in app.sources.items()]
+    return dg.Definitions(
+        assets=[*source_assets, build_conformed_asset(app), build_publish_asset()],
+        asset_checks=build_checks(),
+        jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all())],
+        resources={"pipeline": PipelineResource(config_path=config_path or "")},
+    )

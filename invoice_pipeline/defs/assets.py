@@ -1,0 +1,101 @@
+"""Assets: one per configured source instance, the conformed model over all of them, the publish step."""
+
+
+import dagster as dg
+
+from invoice_pipeline.config import AppConfig, SourceConfig
+from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
+from invoice_pipeline.conformed import CONFORMED_TABLES
+from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.pipeline import RunSummary, run_source
+from invoice_pipeline.publish import publish, refresh_conformed
+
+WRITE_POOL = "duckdb_write"  # every asset that writes the DuckDB file (see FACTS.md)
+CONFORMED_ASSET_KEYS = [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES]
+
+
+def source_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "invoices"])
+
+
+def summary_metadata(summary: RunSummary) -> dict:
+    return {
+        "source_type": summary.source_type,
+        "run_id": summary.run_id,
+        "window_start": summary.window_start.isoformat(),
+        "window_end": summary.window_end.isoformat(),
+        "invoices_extracted": dg.MetadataValue.int(summary.invoices_extracted),
+        "invoices_loaded": dg.MetadataValue.int(summary.invoices_loaded),
+        "invoices_stale_skipped": dg.MetadataValue.int(summary.invoices_stale),
+        "quarantined": dg.MetadataValue.int(summary.quarantined),
+        "pages": dg.MetadataValue.int(summary.pages),
+        "api_calls": dg.MetadataValue.int(summary.api_calls),
+        "retries": dg.MetadataValue.int(summary.retries),
+        "duration_s": dg.MetadataValue.float(summary.duration_s),
+        "rows_written": dg.MetadataValue.json(summary.rows_written),
+        "source_stats": dg.MetadataValue.json({k: v for k, v in summary.extra.items() if isinstance(v, int | float | str)}),
+    }
+
+
+def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=source_asset_key(name),
+        group_name=name,
+        kinds={"duckdb", "python"},
+        tags={"source_type": config.type},
+        pool=WRITE_POOL,
+        description=(
+            f"Grain: one row per {config.type} invoice of source '{name}' (latest version), in schema "
+            f"{name} with one child table per nested array and the raw payloads in {name}._raw_invoices; "
+            "also merges this source's rows into the conformed main.* tables. Incremental: from the stored "
+            "cursor minus the lookback to a bound frozen at run start; the cursor moves only on success."
+        ),
+    )
+    def _source_asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse)
+        return dg.MaterializeResult(metadata=summary_metadata(summary))
+
+    return _source_asset
+
+
+def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
+    @dg.multi_asset(
+        specs=[
+            dg.AssetSpec(
+                key, group_name="conformed", kinds={"duckdb"}, deps=[source_asset_key(n) for n in app.sources],
+                description=f"Grain: one row per {table[:-1].replace('_', ' ')} across every configured source "
+                            f"(key {', '.join(TABLE_KEYS[table])}).",
+            )
+            for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True)
+        ],
+        pool=WRITE_POOL,
+        can_subset=False,
+    )
+    def conformed_model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
+        """Drops rows of sources no longer configured; the rows themselves are merged by each source run."""
+        counts = refresh_conformed(pipeline.warehouse, list(app.sources))
+        for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True):
+            yield dg.MaterializeResult(
+                asset_key=key,
+                metadata={"rows": dg.MetadataValue.int(sum(counts[table].values())),
+                          "rows_by_source": dg.MetadataValue.json(counts[table])},
+            )
+
+    return conformed_model
+
+
+def build_publish_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        key=dg.AssetKey(["published", "warehouse"]),
+        group_name="published",
+        kinds={"duckdb", "parquet"},
+        deps=CONFORMED_ASSET_KEYS,
+        pool=WRITE_POOL,
+        description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "
+                    "blocking checks on the conformed tables passed (write-audit-publish).",
+    )
+    def published_warehouse(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        result = publish(pipeline.app, pipeline.warehouse)
+        return dg.MaterializeResult(metadata={k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in result.items()})
+
+    return published_warehouse

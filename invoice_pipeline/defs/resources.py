@@ -1,0 +1,25 @@
+"""Resources: the loaded configuration and the warehouse built from it."""
+
+
+from functools import cached_property
+
+import dagster as dg
+
+from invoice_pipeline.config import AppConfig, load_config
+from invoice_pipeline.warehouse import Warehouse
+
+
+class PipelineResource(dg.ConfigurableResource):
+    """Gives assets the validated config file and its warehouse (one per code location)."""
+
+    config_path: str = ""
+
+    @cached_property
+    def app(self) -> AppConfig:
+        from invoice_pipeline.defs.loading import resolve_app_config
+
+        return resolve_app_config(self.config_path or None)
+
+    @cached_property
+    def warehouse(self) -> Warehouse:
+        return Warehouse(self.app.warehouse)

@@ -1,0 +1,94 @@
+"""Reconciliation rules over the conformed model, as plain SQL: each returns the offending rows.
+
+Used by the Dagster asset checks (blocking ones stop the publish step) and by tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+
+from invoice_pipeline.conformed import CONFORMED_KEYS
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    description: str
+    sql: str  # selects source_name, invoice_id, detail
+    blocking: bool = True
+
+
+def _duplicate_rule(table: str) -> Rule:
+    keys = CONFORMED_KEYS[table]
+    return Rule(
+        f"unique_{table}",
+        f"({', '.join(keys)}) is unique in main.{table}",
+        f"SELECT source_name, invoice_id, 'duplicate key, ' || count(*) || ' rows' AS detail "
+        f"FROM main.{table} GROUP BY {', '.join(keys)} HAVING count(*) > 1",
+    )
+
+
+def _orphan_rule(table: str) -> Rule:
+    return Rule(
+        f"orphans_{table}",
+        f"every row of main.{table} has its invoice",
+        f"SELECT c.source_name, c.invoice_id, 'no invoice for this {table[8:-1]}' AS detail FROM main.{table} c "
+        f"ANTI JOIN main.invoices i ON i.source_name = c.source_name AND i.invoice_id = c.invoice_id",
+    )
+
+
+RULES: list[Rule] = [
+    *(_duplicate_rule(t) for t in CONFORMED_KEYS),
+    *(_orphan_rule(t) for t in ("invoice_lines", "invoice_tax_lines", "invoice_installments")),
+    Rule(
+        "lines_plus_tax_equal_total",
+        "sum(line_amount) + sum(tax_amount) = total_amount per invoice, within 0.01 per line (truncated invoices exempt)",
+        """SELECT i.source_name, i.invoice_id,
+               'lines ' || i.net_amount || ' + tax ' || i.tax_amount || ' <> total ' || i.total_amount AS detail
+           FROM main.invoices i
+           LEFT JOIN (SELECT source_name, invoice_id, count(*) AS n FROM main.invoice_lines GROUP BY ALL) l
+             USING (source_name, invoice_id)
+           WHERE NOT i.is_truncated
+             AND abs(i.net_amount + i.tax_amount - i.total_amount) > 0.01 * greatest(coalesce(l.n, 0), 1)""",
+    ),
+    Rule(
+        "installments_equal_total",
+        "sum(installment original_amount) = total_amount per invoice (truncated invoices exempt)",
+        """SELECT i.source_name, i.invoice_id,
+               'installments ' || coalesce(s.amount, 0) || ' <> total ' || i.total_amount AS detail
+           FROM main.invoices i
+           LEFT JOIN (SELECT source_name, invoice_id, sum(original_amount) AS amount
+                      FROM main.invoice_installments GROUP BY ALL) s USING (source_name, invoice_id)
+           WHERE NOT i.is_truncated AND abs(coalesce(s.amount, 0) - i.total_amount) > 0.01""",
+    ),
+    Rule(
+        "balance_not_above_total",
+        "balance_due <= total_amount for invoices with a non-negative total",
+        """SELECT source_name, invoice_id, 'balance ' || balance_due || ' > total ' || total_amount AS detail
+           FROM main.invoices WHERE total_amount >= 0 AND balance_due > total_amount""",
+    ),
+    Rule(
+        "truncated_invoices",
+        "invoices whose source returned an incomplete child collection",
+        "SELECT source_name, invoice_id, 'source returned an incomplete child collection' AS detail "
+        "FROM main.invoices WHERE is_truncated",
+        blocking=False,
+    ),
+]
+
+
+def violations(con: duckdb.DuckDBPyConnection, rule: Rule, limit: int | None = None) -> list[tuple[str, str, str]]:
+    sql = f"SELECT * FROM ({rule.sql}) ORDER BY 1, 2" + (f" LIMIT {int(limit)}" if limit else "")
+    return con.execute(sql).fetchall()
+
+
+def count_violations(con: duckdb.DuckDBPyConnection, rule: Rule) -> int:
+    return con.execute(f"SELECT count(*) FROM ({rule.sql})").fetchone()[0]
+
+
+def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
+    """main.reconciliation_exceptions: every row that fails a rule, queryable by analysts."""
+    parts = [f"SELECT '{r.name}' AS rule, {str(r.blocking).upper()} AS blocking, * FROM ({r.sql})" for r in RULES]
+    con.execute("CREATE OR REPLACE VIEW main.reconciliation_exceptions AS " + " UNION ALL ".join(parts))

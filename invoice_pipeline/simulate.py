@@ -1,0 +1,90 @@
+"""The built-in simulators as a whole: start them, and the config that points the pipeline at them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+
+from invoice_pipeline.config import AppConfig, parse_config
+from invoice_pipeline.simulation import Knobs, SimulatorServer
+from invoice_pipeline.sources import known_types, simulator_class
+
+log = logging.getLogger("invoice_pipeline.simulate")
+
+# Fixed ports for `invoice-pipeline simulate`, so `dagster dev` finds the simulators without a config.
+DEFAULT_PORTS = {"oracle_occ": 8701, "crmcom": 8702, "softwareone": 8703, "agvance": 8704}
+DEMO_SOURCE_NAMES = {"oracle_occ": "oracle_us", "crmcom": "crm_eu", "softwareone": "swo", "agvance": "agvance_main"}
+SIMULATE_CONFIG = Path("data/simulate.yaml")
+
+
+def available_simulators() -> list[str]:
+    types = []
+    for t in known_types():
+        try:
+            simulator_class(t)
+            types.append(t)
+        except (ImportError, AttributeError):
+            log.debug("no simulator for %s yet", t)
+    return types
+
+
+def start_simulators(
+    stack: ExitStack, size: int = 200, knobs: Knobs | None = None, ports: dict[str, int] | None = None,
+    types: list[str] | None = None,
+) -> dict[str, SimulatorServer]:
+    """Start one simulator per source type (closed with the stack); returns them by source name."""
+    sims: dict[str, SimulatorServer] = {}
+    for type_name in types or available_simulators():
+        port = (ports or {}).get(type_name, 0)
+        sim = simulator_class(type_name)(size=size, knobs=knobs or Knobs(), port=port)
+        stack.enter_context(sim)
+        sims[DEMO_SOURCE_NAMES[type_name]] = sim
+    return sims
+
+
+def config_document(sims: dict[str, SimulatorServer], warehouse: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc: dict[str, Any] = {"sources": {name: sim.source_config() for name, sim in sims.items()}}
+    if warehouse:
+        doc["warehouse"] = warehouse
+    return doc
+
+
+def write_config(doc: dict[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("# Written by invoice-pipeline: points at the built-in simulators.\n" + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def simulator_app_config() -> AppConfig:
+    """Config for simulators on DEFAULT_PORTS (what `invoice-pipeline simulate` serves)."""
+    if SIMULATE_CONFIG.is_file():
+        return parse_config(yaml.safe_load(SIMULATE_CONFIG.read_text()))
+    sources = {}
+    for type_name in available_simulators():
+        sim = simulator_class(type_name)(size=1, port=0)  # only to ask it for its config block
+        sim._httpd.server_close()
+        block = sim.source_config()
+        parts = urlsplit(block["base_url"])
+        block["base_url"] = urlunsplit(parts._replace(netloc=f"127.0.0.1:{DEFAULT_PORTS[type_name]}"))
+        sources[DEMO_SOURCE_NAMES[type_name]] = block
+    return parse_config({"sources": sources})
+
+
+def serve_forever(size: int, knobs: Knobs) -> None:
+    with ExitStack() as stack:
+        sims = start_simulators(stack, size=size, knobs=knobs, ports=DEFAULT_PORTS)
+        write_config(config_document(sims), SIMULATE_CONFIG)
+        for name, sim in sims.items():
+            print(f"  {name:14s} {type(sim).__name__:28s} {sim.base_url}")
+        print(f"config written to {SIMULATE_CONFIG} (Dagster picks it up when no other config is given); Ctrl-C stops")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass

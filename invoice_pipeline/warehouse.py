@@ -1,0 +1,265 @@
+"""The DuckDB warehouse: connections under a cross-process writer lock, schemas, idempotent merges.
+
+Merge rule (SPEC 3): an invoice is replaced only by a version at least as new as the stored one,
+and its child rows (in every flattened table and every conformed table) are replaced as a set.
+Each batch commits in one transaction; the cursor moves only in the transaction of the last batch,
+so a failed or killed run leaves it where it was and a re-run merges the same rows again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from filelock import FileLock, Timeout
+
+from invoice_pipeline.config import WarehouseConfig
+from invoice_pipeline.conformed import CONFORMED_TABLES
+from invoice_pipeline.errors import PipelineError
+from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, TableBuffer
+
+log = logging.getLogger("invoice_pipeline.warehouse")
+
+INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
+TS = pa.timestamp("us", tz="UTC")
+
+
+def quote(name: str) -> str:
+    """A safe SQL identifier whatever characters the API put in a field name."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _lit(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@dataclass
+class LoadBatch:
+    """Everything one batch writes, prepared outside the lock."""
+
+    source_name: str
+    run_id: str
+    loaded_at: datetime
+    keys: pa.Table  # invoice_id, last_modified_at of the mapped records
+    flat: dict[str, TableBuffer]  # table path -> rows (JSON paths as column keys)
+    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
+    raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
+    quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
+    cursor: datetime | None = None  # set on the last batch of a successful incremental run
+
+
+@dataclass
+class BatchResult:
+    accepted: int = 0
+    stale: int = 0
+    rows_written: dict[str, int] = field(default_factory=dict)
+
+
+class Warehouse:
+    def __init__(self, config: WarehouseConfig, lock_timeout: float = 3600.0):
+        self.config = config
+        self.path = Path(config.duckdb_path)
+        self.lock_timeout = lock_timeout
+
+    # -- connections -------------------------------------------------------------------------
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """The only way to write: one writer at a time across processes (DuckDB's own lock fails fast)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.path) + ".lock")
+        started = time.monotonic()
+        try:
+            lock.acquire(timeout=5)
+        except Timeout:
+            log.info("warehouse %s is being written by another run; waiting for it", self.path)
+            try:
+                lock.acquire(timeout=self.lock_timeout)
+            except Timeout:
+                raise PipelineError(f"warehouse {self.path}: still locked by another run after {self.lock_timeout:.0f}s") from None
+        waited = time.monotonic() - started
+        if waited > 5:
+            log.info("warehouse lock acquired after %.1fs", waited)
+        try:
+            con = duckdb.connect(str(self.path))
+            try:
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+            finally:
+                con.close()
+        finally:
+            lock.release()
+
+    @contextmanager
+    def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Read access for the pipeline's own checks (taken under the writer lock, see FACTS.md)."""
+        with self.writer() as con:
+            yield con
+
+    # -- schema ------------------------------------------------------------------------------
+    def ensure_main(self, con: duckdb.DuckDBPyConnection) -> None:
+        for table, columns in CONFORMED_TABLES.items():
+            cols = ", ".join(f"{quote(c)} {t}" for c, (t, _) in columns.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS main.{table} ({cols})")
+            existing = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_schema='main' AND table_name=?", [table]
+            ).fetchall()}
+            for c, (t, _) in columns.items():
+                if c not in existing:  # a column added in a later release of the pipeline
+                    con.execute(f"ALTER TABLE main.{table} ADD COLUMN {quote(c)} {t}")
+            for c, (_, doc) in columns.items():
+                con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {_lit(doc)}")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS main._pipeline_cursors (source_name VARCHAR PRIMARY KEY, "
+            "cursor_at TIMESTAMPTZ NOT NULL, run_id VARCHAR, updated_at TIMESTAMPTZ)"
+        )
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS main._pipeline_runs (run_id VARCHAR, source_name VARCHAR, mode VARCHAR, "
+            "window_start TIMESTAMPTZ, window_end TIMESTAMPTZ, started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ, "
+            "status VARCHAR, invoices_extracted BIGINT, invoices_loaded BIGINT, invoices_stale BIGINT, "
+            "quarantined BIGINT, pages BIGINT, api_calls BIGINT, error VARCHAR)"
+        )
+
+    def ensure_source(self, con: duckdb.DuckDBPyConnection, source: str) -> None:
+        s = quote(source)
+        con.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {s}._tables (table_path VARCHAR, table_name VARCHAR)")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {s}._columns (table_name VARCHAR, field_path VARCHAR, column_name VARCHAR)")
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}._raw_invoices (invoice_id VARCHAR, last_modified_at TIMESTAMPTZ, "
+            "payload_sha256 VARCHAR, payload VARCHAR, run_id VARCHAR, extracted_at TIMESTAMPTZ)"
+        )
+        con.execute(
+            f"CREATE TABLE IF NOT EXISTS {s}._quarantine (invoice_id VARCHAR, reason VARCHAR, payload VARCHAR, "
+            "run_id VARCHAR, detected_at TIMESTAMPTZ)"
+        )
+        meta = ", ".join(f"{quote(c)} {t}" for c, t in _ROOT_META_TYPES.items())
+        con.execute(f"CREATE TABLE IF NOT EXISTS {s}.{quote(ROOT_TABLE)} ({meta})")
+
+    def source_tables(self, con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str]:
+        """table path -> table name of every flattened table of a source (root included)."""
+        rows = con.execute(f"SELECT table_path, table_name FROM {quote(source)}._tables").fetchall()
+        return {ROOT_TABLE: ROOT_TABLE, **dict(rows)}
+
+    # -- cursor ------------------------------------------------------------------------------
+    def cursor(self, con: duckdb.DuckDBPyConnection, source: str) -> datetime | None:
+        row = con.execute("SELECT cursor_at FROM main._pipeline_cursors WHERE source_name = ?", [source]).fetchone()
+        return row[0] if row else None
+
+    # -- merge -------------------------------------------------------------------------------
+    def write_batch(self, con: duckdb.DuckDBPyConnection, batch: LoadBatch) -> BatchResult:
+        src = batch.source_name
+        s = quote(src)
+        result = BatchResult()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            tables = self._evolve(con, src, batch.flat)
+            con.register("_stage_keys", batch.keys)
+            # Versions at least as new as the stored one win; an older one (a backfill, an
+            # overlapping window) is skipped, never written over newer data.
+            con.execute(
+                f"""CREATE OR REPLACE TEMP TABLE _accepted AS
+                SELECT k.invoice_id FROM _stage_keys k LEFT JOIN {s}.{quote(ROOT_TABLE)} t ON t._invoice_id = k.invoice_id
+                WHERE t._invoice_id IS NULL OR k.last_modified_at IS NULL OR t._last_modified_at IS NULL
+                   OR k.last_modified_at >= t._last_modified_at"""
+            )
+            result.accepted = con.execute("SELECT count(*) FROM _accepted").fetchone()[0]
+            result.stale = batch.keys.num_rows - result.accepted
+            accepted = "(SELECT invoice_id FROM _accepted)"
+            for table_name in self.source_tables(con, src).values():
+                con.execute(f"DELETE FROM {s}.{quote(table_name)} WHERE _invoice_id IN {accepted}")
+            for path, buffer in batch.flat.items():
+                name = tables[path]
+                arrow = self._flat_arrow(con, src, name, path, buffer, batch)
+                con.register("_stage_rows", arrow)
+                con.execute(f"INSERT INTO {s}.{quote(name)} BY NAME SELECT * FROM _stage_rows WHERE _invoice_id IN {accepted}")
+                con.unregister("_stage_rows")
+                result.rows_written[name] = buffer.rows
+            for table, arrow in batch.conformed.items():
+                con.execute(
+                    f"DELETE FROM main.{table} WHERE source_name = ? AND invoice_id IN {accepted}", [src]
+                )
+                con.register("_stage_conformed", arrow)
+                con.execute(f"INSERT INTO main.{table} BY NAME SELECT * FROM _stage_conformed WHERE invoice_id IN {accepted}")
+                con.unregister("_stage_conformed")
+            con.register("_stage_raw", batch.raw)
+            # Every distinct payload is kept once: a re-run adds nothing, a changed invoice adds a version.
+            con.execute(
+                f"""INSERT INTO {s}._raw_invoices SELECT r.* FROM _stage_raw r WHERE NOT EXISTS (
+                    SELECT 1 FROM {s}._raw_invoices x WHERE x.invoice_id = r.invoice_id AND x.payload_sha256 = r.payload_sha256)"""
+            )
+            con.unregister("_stage_raw")
+            if batch.quarantine.num_rows:
+                con.register("_stage_quarantine", batch.quarantine)
+                con.execute(f"INSERT INTO {s}._quarantine SELECT * FROM _stage_quarantine")
+                con.unregister("_stage_quarantine")
+            if batch.cursor is not None:
+                con.execute(
+                    "INSERT OR REPLACE INTO main._pipeline_cursors VALUES (?, ?, ?, ?)",
+                    [src, batch.cursor, batch.run_id, batch.loaded_at],
+                )
+            con.unregister("_stage_keys")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return result
+
+    def _evolve(self, con: duckdb.DuckDBPyConnection, src: str, flat: dict[str, TableBuffer]) -> dict[str, str]:
+        """Create tables and add columns for paths never seen before; returns table path -> name."""
+        s = quote(src)
+        known = self.source_tables(con, src)
+        naming = Naming({p: n for p, n in known.items()}, reserved=INTERNAL_TABLES)
+        for path, name in naming.assign(p for p in flat if p not in known).items():
+            con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, name])
+            meta = ", ".join(f"{quote(c)} {t}" for c, t in _CHILD_META_TYPES.items())
+            con.execute(f"CREATE TABLE {s}.{quote(name)} ({meta})")
+            known[path] = name
+        return known
+
+    def _column_names(self, con: duckdb.DuckDBPyConnection, src: str, table: str, paths: list[str]) -> dict[str, str]:
+        s = quote(src)
+        assigned = dict(con.execute(f"SELECT field_path, column_name FROM {s}._columns WHERE table_name = ?", [table]).fetchall())
+        reserved = ROOT_META if table == ROOT_TABLE else CHILD_META
+        naming = Naming(assigned, reserved=reserved)
+        for path, name in naming.assign(p for p in paths if p not in assigned).items():
+            con.execute(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [table, path, name])
+            con.execute(f"ALTER TABLE {s}.{quote(table)} ADD COLUMN {quote(name)} VARCHAR")
+        return naming.assigned
+
+    def _flat_arrow(self, con, src: str, name: str, path: str, buffer: TableBuffer, batch: LoadBatch) -> pa.Table:
+        fields = [p for p in buffer.columns if p.startswith(FIELD)]
+        names = self._column_names(con, src, name, fields)
+        meta_types = _ROOT_META_ARROW if path == ROOT_TABLE else _CHILD_META_ARROW
+        arrays, cols = [], []
+        for key, values in buffer.columns.items():
+            if key.startswith(FIELD):
+                cols.append(names[key])
+                arrays.append(pa.array(values, type=pa.string()))
+            else:
+                cols.append(key)
+                arrays.append(pa.array(values, type=meta_types[key]))
+        return pa.Table.from_arrays(arrays, names=cols)
+
+
+_ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}
+_CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
+_ROOT_META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string()}
+_CHILD_META_ARROW = {"_invoice_id": pa.string(), "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
+
+
+def table_counts(con: duckdb.DuckDBPyConnection, schema: str, tables: list[str]) -> dict[str, int]:
+    return {t: con.execute(f"SELECT count(*) FROM {quote(schema)}.{quote(t)}").fetchone()[0] for t in tables}
+
+
+def as_dict_rows(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> list[dict[str, Any]]:
+    cur = con.execute(sql, params or [])
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
