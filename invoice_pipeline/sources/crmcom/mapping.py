@@ -1,0 +1,147 @@
+"""CRM.COM invoice -> conformed model (SPEC section 3, column 'crmcom').
+
+CRM.COM quirks handled here: amounts are JSON floats with binary noise (rounded to 4 places by
+money.to_decimal, never formatted through a lossy string); timestamps are naive and in the
+tenant's time zone; DRAFT invoices have no number; R12+ items carry `applied_tax_rates` while
+older records only have the deprecated `vat_rate` / `vat_amount` (describing the same tax).
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_decimal, to_text, to_timestamp
+from invoice_pipeline.sources.base import ConformedInvoice
+
+ZERO = Decimal("0.0000")
+
+
+def _obj(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """A nested object, or {} when absent/null; anything else is unmappable."""
+    value = parent.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise MappingError(f"{where}{key}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def local_date(value: Any, field: str, timezone: str) -> date | None:
+    """The calendar date in the tenant's zone (naive values already are local; aware ones are converted)."""
+    ts = to_timestamp(value, field, timezone)
+    return None if ts is None else ts.astimezone(ZoneInfo(timezone)).date()
+
+
+def _tax_lines(item: dict[str, Any], line_id: str, line_amount: Decimal, where: str) -> list[dict[str, Any]]:
+    applied = item.get("applied_tax_rates")
+    if applied:
+        if not isinstance(applied, list):
+            raise MappingError(f"{where}applied_tax_rates: expected a list")
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for pos, entry in enumerate(applied):
+            if not isinstance(entry, dict):
+                raise MappingError(f"{where}applied_tax_rates[{pos}]: expected an object")
+            rate = _obj(entry, "tax_rates", f"{where}applied_tax_rates[{pos}].")
+            rate_id = to_text(rate.get("id")) or str(pos + 1)
+            key = f"{line_id}:{rate_id}"
+            if key in seen:  # the same rate twice on one item: keep both, keys stay unique
+                key = f"{key}:{pos + 1}"
+            seen.add(key)
+            rows.append(
+                {
+                    "tax_line_id": key,
+                    "line_id": line_id,
+                    "tax_code": to_text(rate.get("alternative_code")),
+                    "tax_rate": to_decimal(entry.get("tax_percentage"), f"{where}applied_tax_rates[{pos}].tax_percentage", RATE),
+                    "taxable_amount": line_amount,
+                    "tax_amount": to_decimal(
+                        entry.get("tax_amount"), f"{where}applied_tax_rates[{pos}].tax_amount", required=True
+                    ),
+                    "is_derived": False,
+                }
+            )
+        return rows
+    # Older records (before R12): one VAT per item in the deprecated fields; a zero rate is still a tax line.
+    vat_rate = _obj(item, "vat_rate", where)
+    if item.get("vat_amount") is None:
+        if to_decimal(item.get("vat_percentage"), f"{where}vat_percentage", RATE):
+            raise MappingError(f"{where}vat_amount: missing although vat_percentage is set")
+        return []  # untaxed item
+    return [
+        {
+            "tax_line_id": f"{line_id}:{to_text(vat_rate.get('id')) or 'vat'}",
+            "line_id": line_id,
+            "tax_code": to_text(vat_rate.get("alternative_code")),
+            "tax_rate": to_decimal(item.get("vat_percentage"), f"{where}vat_percentage", RATE),
+            "taxable_amount": line_amount,
+            "tax_amount": to_decimal(item.get("vat_amount"), f"{where}vat_amount", required=True),
+            "is_derived": True,
+        }
+    ]
+
+
+def map_invoice(p: dict[str, Any], source_name: str, *, timezone: str = "UTC", currency: str = "USD") -> ConformedInvoice:
+    """One invoice of `invoices/list` to the conformed header, lines and tax lines."""
+    invoice_id = to_text(p.get("id"))
+    if not invoice_id:
+        raise MappingError("id: missing")
+    items = p.get("invoice_item_set") or []
+    if not isinstance(items, list):
+        raise MappingError("invoice_item_set: expected a list")
+
+    lines: list[dict[str, Any]] = []
+    tax_lines: list[dict[str, Any]] = []
+    for pos, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise MappingError(f"invoice_item_set[{pos}]: expected an object")
+        line_id = to_text(item.get("id"))
+        if not line_id:
+            raise MappingError(f"invoice_item_set[{pos}].id: missing")
+        where = f"invoice item {line_id}: "
+        product = _obj(item, "product", where)
+        net = to_decimal(item.get("net_amount"), where + "net_amount", required=True)
+        discount = to_decimal(item.get("discount_amount"), where + "discount_amount") or ZERO
+        line_amount = net - discount  # SPEC 3: after discount, before tax
+        lines.append(
+            {
+                "line_id": line_id,
+                "line_number": pos + 1,  # CRM.COM items have no number: 1-based position
+                "item_code": to_text(product.get("code")),
+                "description": to_text(product.get("description")),
+                "quantity": to_decimal(item.get("quantity"), where + "quantity", QUANTITY),
+                "unit_of_measure": None,
+                "unit_price": None,  # not in the payload (`cost` is the product's cost, not its price)
+                "line_amount": line_amount,
+            }
+        )
+        tax_lines.extend(_tax_lines(item, line_id, line_amount, where))
+
+    ar = _obj(p, "accounts_receivable", "")
+    log_info = _obj(p, "log_information", "")
+    rate_period = _obj(p, "currency_rate_period", "")
+    status = to_text(p.get("life_cycle_state"))
+    invoice = {
+        "source_name": source_name,
+        "source_type": "crmcom",
+        "invoice_id": invoice_id,
+        "invoice_number": to_text(p.get("number")),  # null for DRAFT invoices
+        "status": status,
+        "is_void": status == "CANCELLED",
+        "is_truncated": False,
+        "customer_id": to_text(ar.get("id")),
+        "customer_name": to_text(ar.get("name")),
+        "invoice_date": local_date(p.get("issued_on"), "issued_on", timezone),
+        "due_date": local_date(p.get("due_on"), "due_on", timezone),
+        "currency_code": to_text(_obj(rate_period, "currency", "currency_rate_period.").get("code")) or currency,
+        "total_amount": to_decimal(p.get("total_amount"), "total_amount", required=True),
+        "balance_due": to_decimal(p.get("outstanding_amount"), "outstanding_amount"),
+        "payment_terms": None,
+        "purchase_order": None,
+        "created_at": to_timestamp(log_info.get("created_date"), "log_information.created_date", timezone),
+        "last_modified_at": to_timestamp(log_info.get("updated_date"), "log_information.updated_date", timezone),
+    }
+    return ConformedInvoice(invoice, lines, tax_lines)
