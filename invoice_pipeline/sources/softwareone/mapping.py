@@ -1,0 +1,107 @@
+"""SoftwareOne Marketplace invoice -> conformed model (SPEC section 3, column 'softwareone').
+
+The API has no tax-line objects: each invoice line yields one derived tax line (rate `vatPercent`,
+base `vatBaseAmount`, amount `amountIncludingVat - lineAmount`). Dates are taken as written, in the
+ERP's own offset ("2025-04-30T00:00:00.0000000+10:00" is 30 April, not 29 April UTC).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.sources.base import ConformedInvoice
+
+
+def _obj(parent: dict[str, Any], name: str) -> dict[str, Any]:
+    """A nested object, or {} when absent (or a placeholder such as "[Circular Reference]")."""
+    value = parent.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def omitted(payload: dict[str, Any]) -> list[str]:
+    """Fields the API says it left out of this invoice (its own `$meta.omitted`)."""
+    names = _obj(payload, "$meta").get("omitted")
+    return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def lines_missing(payload: dict[str, Any]) -> bool:
+    """True when the payload does not carry its complete `lines` (omitted or absent)."""
+    return "lines" in omitted(payload) or not isinstance(payload.get("lines"), list)
+
+
+def last_modified(payload: dict[str, Any]) -> Any:
+    """audit.updated.at, else audit.created.at: never-updated invoices have no `updated`."""
+    audit = _obj(payload, "audit")
+    updated = _obj(audit, "updated").get("at")
+    if updated not in (None, ""):
+        return to_timestamp(updated, "audit.updated.at")
+    return to_timestamp(_obj(audit, "created").get("at"), "audit.created.at")
+
+
+def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
+    invoice_id = to_text(p.get("id"))
+    if not invoice_id:
+        raise MappingError("id: missing")
+    if lines_missing(p):
+        # Never load an invoice whose lines the API left out as if it had none.
+        raise MappingError(f"invoice {invoice_id}: lines: omitted by the API ($meta.omitted) or missing")
+    erp, price, buyer, audit = _obj(p, "erpData"), _obj(p, "price"), _obj(p, "buyer"), _obj(p, "audit")
+    status = to_text(p.get("status"))
+
+    lines, tax_lines = [], []
+    for pos, item in enumerate(p["lines"]):
+        if not isinstance(item, dict):
+            raise MappingError(f"lines[{pos}]: expected an object")
+        line_id = to_text(item.get("id"))
+        if not line_id:
+            raise MappingError(f"invoice {invoice_id}: lines[{pos}].id: missing")
+        where = f"line {line_id}: "
+        line_amount = to_decimal(item.get("lineAmount"), where + "lineAmount", required=True)
+        gross = to_decimal(item.get("amountIncludingVat"), where + "amountIncludingVat", required=True)
+        lines.append(
+            {
+                "line_id": line_id,
+                "line_number": to_int(item.get("lineNo"), where + "lineNo"),
+                "item_code": to_text(item.get("itemNo")),
+                "description": to_text(item.get("description")),
+                "quantity": to_decimal(item.get("quantity"), where + "quantity", QUANTITY),
+                "unit_of_measure": to_text(item.get("unitOfMeasure")),
+                "unit_price": to_decimal(item.get("unitPrice"), where + "unitPrice", QUANTITY),
+                "line_amount": line_amount,
+            }
+        )
+        tax_lines.append(
+            {
+                "tax_line_id": line_id,  # one derived tax line per line: it shares the line's id
+                "line_id": line_id,
+                "tax_code": None,
+                "tax_rate": to_decimal(item.get("vatPercent"), where + "vatPercent", RATE),
+                "taxable_amount": to_decimal(item.get("vatBaseAmount"), where + "vatBaseAmount"),
+                "tax_amount": gross - line_amount,
+                "is_derived": True,
+            }
+        )
+
+    created = _obj(audit, "created").get("at")
+    invoice = {
+        "source_name": source_name,
+        "source_type": "softwareone",
+        "invoice_id": invoice_id,
+        "invoice_number": to_text(erp.get("documentNo")),
+        "status": status,
+        "is_void": status == "Cancelled",
+        "is_truncated": False,
+        "customer_id": to_text(buyer.get("id")),
+        "customer_name": to_text(buyer.get("name")),
+        "invoice_date": to_date(erp.get("documentDate"), "erpData.documentDate"),
+        "due_date": to_date(erp.get("dueDate"), "erpData.dueDate"),
+        "currency_code": to_text(price.get("currency")),
+        "total_amount": to_decimal(erp.get("invoiceTotal"), "erpData.invoiceTotal", required=True),
+        "balance_due": to_decimal(erp.get("balanceDue"), "erpData.balanceDue"),
+        "payment_terms": to_text(_obj(erp, "payment").get("termsCode")),
+        "purchase_order": to_text(erp.get("yourReference")),  # the customer's own reference (BC "Your Reference")
+        "created_at": to_timestamp(created, "audit.created.at"),
+        "last_modified_at": last_modified(p),
+    }
+    return ConformedInvoice(invoice, lines, tax_lines)
