@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("dagster", "urllib3"):
+    for noisy in ("dagster", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)

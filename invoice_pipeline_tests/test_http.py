@@ -1,0 +1,137 @@
+"""The shared HTTP layer against a real local server (no mocking of requests)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+
+from invoice_pipeline.errors import AuthExpired, RetryableResponse, SourceError
+from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.simulation import Knobs, SimRequest, SimResponse, SimulatorServer
+
+SECRET = "tok-9f8e7d6c5b4a"
+
+
+class ScriptedServer(SimulatorServer):
+    """Answers each path from a queue of scripted responses (the last one repeats)."""
+
+    def __init__(self, knobs: Knobs | None = None):
+        super().__init__(knobs)
+        self.script: dict[str, deque[SimResponse | bytes]] = {}
+        self.seen: list[SimRequest] = []
+
+    def handle(self, request: SimRequest) -> SimResponse:
+        self.seen.append(request)
+        queue = self.script[request.path]
+        item = queue.popleft() if len(queue) > 1 else queue[0]
+        return SimResponse(200, item) if isinstance(item, bytes) else item
+
+
+@pytest.fixture
+def server():
+    with ScriptedServer() as srv:
+        yield srv
+
+
+def client(srv: ScriptedServer, **kw: Any) -> HttpClient:
+    kw.setdefault("max_retries", 3)
+    return HttpClient("src_a", srv.base_url, backoff_initial=0.01, backoff_max=0.02, secrets=[SECRET], **kw)
+
+
+def test_retries_5xx_then_succeeds(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([SimResponse(503, {"message": "busy"}), SimResponse(502, {}), SimResponse(200, {"ok": 1})])
+    http = client(server)
+    assert http.request("GET", "/x").body == {"ok": 1}
+    assert http.stats.api_calls == 3 and http.stats.retries == 2
+
+
+def test_honours_retry_after(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([SimResponse(429, {"message": "slow down"}, {"Retry-After": "0.4"}), SimResponse(200, {"ok": 1})])
+    started = time.monotonic()
+    assert client(server).request("GET", "/x").body == {"ok": 1}
+    assert time.monotonic() - started >= 0.4
+
+
+def test_gives_up_naming_source_endpoint_status_without_secrets(server: ScriptedServer) -> None:
+    server.script["/api/items"] = deque([SimResponse(500, {"message": f"internal failure for token {SECRET}"})])
+    with pytest.raises(SourceError) as err:
+        client(server, max_retries=2).request("GET", "/api/items", params={"token": SECRET})
+    text = str(err.value)
+    assert "src_a" in text and "GET /api/items" in text and "HTTP 500" in text and "3 attempts" in text
+    assert SECRET not in text
+    assert len(server.seen) == 3
+
+
+def test_client_error_is_not_retried(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([SimResponse(400, {"errorCode": "E1", "message": "bad q", "status": "400"})])
+    with pytest.raises(SourceError, match="bad q") as err:
+        client(server).request("GET", "/x")
+    assert err.value.status == 400 and len(server.seen) == 1
+
+
+def test_cut_off_json_is_retried(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([b'{"items": [1, 2', b'{"items": [1, 2]}'])
+    assert client(server).request("GET", "/x").body == {"items": [1, 2]}
+
+
+def test_dropped_connections_are_retried() -> None:
+    with ScriptedServer(Knobs(drop_rate=0.5, seed=3)) as srv:
+        srv.script["/x"] = deque([SimResponse(200, {"ok": 1})])
+        http = client(srv, max_retries=8)
+        for _ in range(10):
+            assert http.request("GET", "/x").body == {"ok": 1}
+        assert http.stats.retries > 0
+
+
+class CountingAuth(Auth):
+    def __init__(self) -> None:
+        self.token = "old"
+        self.renewals = 0
+
+    def apply(self, headers: dict, params: dict) -> None:
+        headers["Authorization"] = f"Bearer {self.token}"
+
+    def renew(self) -> None:
+        self.renewals += 1
+        self.token = f"new{self.renewals}"
+
+
+def test_401_renews_once_then_fails(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([SimResponse(401, {"message": "expired"}), SimResponse(200, {"ok": 1})])
+    http = client(server)
+    http.auth = auth = CountingAuth()
+    assert http.request("GET", "/x").body == {"ok": 1}
+    assert auth.renewals == 1
+    assert server.seen[-1].headers["Authorization"] == "Bearer new1"
+
+    server.script["/y"] = deque([SimResponse(401, {"message": "The user is not authenticated."})])
+    with pytest.raises(SourceError, match="authentication failed.*credentials"):
+        http.request("GET", "/y")
+    assert auth.renewals == 2  # one renewal for this call, then a clear failure
+
+
+def test_validator_sees_body_errors_on_http_200(server: ScriptedServer) -> None:
+    server.script["/x"] = deque(
+        [SimResponse(200, {"status": "BUSY"}), SimResponse(200, {"status": "EXPIRED"}), SimResponse(200, {"status": "OK"})]
+    )
+    http = client(server)
+    http.auth = auth = CountingAuth()
+
+    def validate(status: int, body: Any) -> None:
+        if body["status"] == "BUSY":
+            raise RetryableResponse("busy")
+        if body["status"] == "EXPIRED":
+            raise AuthExpired("token expired")
+
+    assert http.request("GET", "/x", validate=validate).body == {"status": "OK"}
+    assert auth.renewals == 1
+
+
+def test_timeout_is_retried_then_reported() -> None:
+    with ScriptedServer(Knobs(latency=0.3)) as srv:
+        srv.script["/slow"] = deque([SimResponse(200, {"ok": 1})])
+        with pytest.raises(SourceError, match="timed out"):
+            client(srv, timeout=0.05, max_retries=1).request("GET", "/slow")

@@ -1,0 +1,122 @@
+"""The generic load path: merge rules, schema evolution, quarantine, cursor, hostile names."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from invoice_pipeline.pipeline import run_source
+from invoice_pipeline.sources.base import Window
+from invoice_pipeline.warehouse import Warehouse, quote
+from invoice_pipeline.timeutil import parse_timestamp
+
+from .conftest import make_app
+from .fake_source import FakeSource, fake_config_block, invoice
+
+
+def load(tmp_path: Path, payloads: list[dict], **kw):
+    app = make_app(tmp_path, {"fake": fake_config_block()})
+    src = FakeSource("fake", app.sources["fake"], payloads, **kw)
+    return app, run_source(app, "fake", source=src)
+
+
+def query(app, sql: str):
+    with Warehouse(app.warehouse).writer() as con:
+        return con.execute(sql).fetchall()
+
+
+def test_load_rerun_no_duplicates_and_children_replaced(tmp_path: Path) -> None:
+    app, s = load(tmp_path, [invoice(1), invoice(2, lines=3)])
+    assert s.invoices_loaded == 2
+    assert query(app, "SELECT count(*), sum(total_amount), sum(net_amount), sum(tax_amount) FROM main.invoices") == [
+        (2, Decimal("55.5500"), Decimal("50.5000"), Decimal("5.0500"))
+    ]
+    load(tmp_path, [invoice(1), invoice(2, lines=3)])
+    assert query(app, "SELECT count(*) FROM fake.invoices")[0][0] == 2
+    assert query(app, "SELECT count(*) FROM fake.invoices__lines")[0][0] == 5
+    # a newer version with a line deleted at the source: the line disappears everywhere
+    load(tmp_path, [invoice(2, updated="2025-02-01T00:00:00Z", lines=1)])
+    assert query(app, "SELECT count(*) FROM fake.invoices__lines WHERE _invoice_id = '2'")[0][0] == 1
+    assert query(app, "SELECT count(*) FROM main.invoice_lines WHERE invoice_id = '2'")[0][0] == 1
+    assert query(app, "SELECT count(*) FROM fake._raw_invoices")[0][0] == 3  # two versions of #2, one of #1
+
+
+def test_older_version_never_overwrites_newer(tmp_path: Path) -> None:
+    app, _ = load(tmp_path, [invoice(1, updated="2025-03-01T00:00:00Z", lines=1)])
+    _, s = load(tmp_path, [invoice(1, updated="2025-01-01T00:00:00Z", lines=4)])
+    assert (s.invoices_loaded, s.invoices_stale) == (0, 1)
+    assert query(app, "SELECT count(*) FROM main.invoice_lines")[0][0] == 1
+    assert query(app, "SELECT _last_modified_at FROM fake.invoices")[0][0] == parse_timestamp("2025-03-01T00:00:00Z")
+
+
+def test_within_batch_duplicates_keep_the_newest(tmp_path: Path) -> None:
+    app, _ = load(tmp_path, [invoice(1, updated="2025-03-01T00:00:00Z", lines=1), invoice(1, updated="2025-01-01T00:00:00Z", lines=3)])
+    assert query(app, "SELECT count(*) FROM main.invoice_lines")[0][0] == 1
+
+
+def test_new_fields_become_columns(tmp_path: Path) -> None:
+    app, _ = load(tmp_path, [invoice(1)])
+    load(tmp_path, [invoice(2, surprise={"deep": "yes"})])
+    assert query(app, 'SELECT "surprise__deep" FROM fake.invoices WHERE _invoice_id = \'2\'') == [("yes",)]
+    assert query(app, 'SELECT "surprise__deep" FROM fake.invoices WHERE _invoice_id = \'1\'') == [(None,)]
+
+
+def test_bad_record_quarantined_rest_loads(tmp_path: Path) -> None:
+    bad_amount = invoice(3)
+    bad_amount["lines"][0]["amount"] = "12,5"
+    no_total = invoice(4)
+    del no_total["total"]
+    app, s = load(tmp_path, [invoice(1), bad_amount, no_total, {"updated": "2025-01-01T00:00:00Z"}])
+    assert s.invoices_loaded == 1 and s.quarantined == 3
+    rows = dict(query(app, "SELECT coalesce(invoice_id, '?'), reason FROM fake._quarantine"))
+    assert "not a number: '12,5'" in rows["3"]
+    assert "total: missing" in rows["4"]
+    assert "no invoice key" in rows["?"]
+
+
+def test_failed_run_keeps_cursor_and_rerun_completes(tmp_path: Path) -> None:
+    app, first = load(tmp_path, [invoice(1)])
+    cursor = query(app, "SELECT cursor_at FROM main._pipeline_cursors")[0][0]
+    payloads = [invoice(n, updated="2026-01-01T00:00:00Z") for n in range(2, 8)]
+    with pytest.raises(RuntimeError):
+        load(tmp_path, payloads, fail_after=5)
+    assert query(app, "SELECT cursor_at FROM main._pipeline_cursors")[0][0] == cursor
+    assert query(app, "SELECT status FROM main._pipeline_runs ORDER BY started_at DESC, status LIMIT 1") in ([("failed",)], [("success",)])
+    _, s = load(tmp_path, payloads)
+    assert query(app, "SELECT count(*) FROM main.invoices")[0][0] == 7
+    assert query(app, "SELECT cursor_at FROM main._pipeline_cursors")[0][0] > cursor
+
+
+def test_backfill_window_does_not_move_cursor(tmp_path: Path) -> None:
+    app, _ = load(tmp_path, [invoice(1)])
+    cursor = query(app, "SELECT cursor_at FROM main._pipeline_cursors")[0][0]
+    src = FakeSource("fake", app.sources["fake"], [invoice(9)])
+    window = Window(parse_timestamp("2024-06-01T00:00:00Z"), parse_timestamp("2024-07-01T00:00:00Z"))
+    s = run_source(app, "fake", source=src, window=window)
+    assert s.mode == "backfill" and s.invoices_loaded == 1
+    assert query(app, "SELECT cursor_at FROM main._pipeline_cursors")[0][0] == cursor
+
+
+def test_records_before_start_date_are_not_loaded(tmp_path: Path) -> None:
+    app, s = load(tmp_path, [invoice(1, updated="2023-12-31T23:59:59Z"), invoice(2)])
+    assert s.invoices_before_start == 1
+    assert query(app, "SELECT invoice_id FROM main.invoices") == [("2",)]
+
+
+def test_hostile_field_names_load_safely(tmp_path: Path) -> None:
+    hostile = {
+        'a"; DROP TABLE main.invoices; --': "x", "Größe": "1", "Rate": "1", "rate": "2", "../../etc": "p",
+        "x" * 300: "long", "rows": [{"Col'Name": 1, "col'name": 2, "with space": 3, "_invoice_id": "forged"}],
+        "../escape": [{"a": 1}],
+    }
+    app, s = load(tmp_path, [invoice(1, **hostile)])
+    assert s.invoices_loaded == 1
+    assert query(app, "SELECT count(*) FROM main.invoices")[0][0] == 1
+    cols = {r[0] for r in query(app, "SELECT column_name FROM information_schema.columns WHERE table_schema='fake' AND table_name='invoices'")}
+    assert {"Größe", 'a"; DROP TABLE main.invoices; --'} <= cols and len({c.lower() for c in cols}) == len(cols)
+    assert query(app, f"SELECT {quote('rate__2')}, Rate FROM fake.invoices") == [("2", "1")]
+    rows = query(app, "SELECT _invoice_id, \"col'name__2\" FROM fake.invoices__rows")
+    assert rows == [("1", "2")]
+    assert query(app, f"SELECT count(*) FROM fake.{quote('invoices__../escape')}")[0][0] == 1
