@@ -39,6 +39,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from invoice_pipeline.replay import replay_source
+
+    path = resolve_config_path(args.config)
+    app = load_config(path)
+    if args.source not in app.sources:
+        raise ConfigError(f"--source {args.source}: not in {path} (configured: {', '.join(app.sources)})")
+    summary = replay_source(app, args.source)
+    print(f"{args.source}: rebuilt {summary.invoices_loaded} invoices from raw payloads "
+          f"({summary.quarantined} quarantined) in {summary.duration_s:.1f}s, no API call made")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from invoice_pipeline.simulate import serve_forever
     from invoice_pipeline.simulation import Knobs
@@ -61,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
     run.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
     run.set_defaults(func=cmd_run)
+    replay = sub.add_parser("replay", help="rebuild a source's tables from its kept raw payloads, without API calls")
+    replay.add_argument("--config", help="config file")
+    replay.add_argument("--source", required=True, help="the source to rebuild")
+    replay.set_defaults(func=cmd_replay)
     demo = sub.add_parser("demo", help="run the whole pipeline on the built-in simulators, no configuration needed")
     demo.add_argument("--size", type=int, default=300, help="invoices per simulated source")
     demo.set_defaults(func=cmd_demo)
