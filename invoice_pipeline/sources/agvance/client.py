@@ -162,7 +162,9 @@ class AgvanceSource(Source):
         if "session" in lowered and ("expired" in lowered or "invalid" in lowered):
             raise AuthExpired(message)
         raise self.http.error(
-            f"API answered Status {body.get('Status')!r}: {message or '(no message)'}", endpoint=LIST_ENDPOINT, status=status
+            f"API answered Status {body.get('Status')!r}: {message or '(no message)'}",
+            endpoint=LIST_ENDPOINT,
+            status=status,
         )
 
     def _list(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
@@ -179,7 +181,9 @@ class AgvanceSource(Source):
         try:
             count = int(str(body.get("Count")).strip())
         except ValueError:
-            raise self.http.error(f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT) from None
+            raise self.http.error(
+                f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT
+            ) from None
         if count != len(records):
             raise self.http.error(
                 f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)}", endpoint=LIST_ENDPOINT
@@ -215,7 +219,7 @@ class AgvanceSource(Source):
         step = self.config.window_size
         lo = start
         while lo <= end:
-            hi = min(_floor(lo + step) - SECOND, end)
+            hi = end if step > end - lo else _floor(lo + step) - SECOND  # no overflow on a huge step
             yield lo, max(hi, lo)
             lo = max(hi, lo) + SECOND
 

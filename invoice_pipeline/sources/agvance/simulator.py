@@ -52,7 +52,8 @@ LONG_COLUMN = ("Restricted Entry Interval (REI) in hours as printed on the produ
 TENANT_COLUMNS = {
     "InvoiceBooksDetails": ["Book ID", "Contract #", 'Booked "Price"', "Qty Applied", "Rate", "rate", "Größe"],
     "InvoiceBlendsDetails": ["Blend Name", "Analysis;N-P-K", "Lbs/Acre", "Acres", "Größe", "Mixer Operator's Initials"],
-    "InvoiceDelivsDetails": ["Ticket No", "Delivered On", "Truck/Trailer", "Driver's Name", "Net Wt", "Destination; Field"],
+    "InvoiceDelivsDetails": ["Ticket No", "Delivered On", "Truck/Trailer", "Driver's Name", "Net Wt",
+                             "Destination; Field"],
     "InvoiceEnergyDetails": ["Tank Serial #", "Fuel Type", "Gallons", "Température °F", "Meter Start", "Meter End"],
     "InvoiceApplicatorDetails": ["Applicator License", "Applicator Name", "EPA Reg. No.", "Wind Speed (mph)",
                                  "Temp", "temp", LONG_COLUMN],
@@ -191,7 +192,8 @@ def tenant_rows(rng: random.Random, lines: list[Line], when: date) -> dict[str, 
         rate = _decimal(rng, 400, 800, 2)
         out["InvoiceBooksDetails"].append(dict(zip(TENANT_COLUMNS["InvoiceBooksDetails"], [
             f"BK{rng.randint(1000, 9999)}", f"C-{when.year}-{rng.randint(1, 999):03d}", num(rate),
-            num(_decimal(rng, 1, 40, 2)), num(rate), "per TON", rng.choice(["50 lb", "Bulk", "2.5 gal", None])], strict=True)))
+            num(_decimal(rng, 1, 40, 2)), num(rate), "per TON", rng.choice(["50 lb", "Bulk", "2.5 gal", None])],
+            strict=True)))
     if codes & {"UREA46", "DAP1846", "POT060"}:
         for _ in range(rng.randint(1, 2)):
             out["InvoiceBlendsDetails"].append(dict(zip(TENANT_COLUMNS["InvoiceBlendsDetails"], [
@@ -379,9 +381,9 @@ class AgvanceSimulator(SimulatorServer):
     def handle(self, request: SimRequest) -> SimResponse:
         route = request.path[len(self.base_path):].lower() if request.path.startswith(self.base_path) else ""
         if route not in ("/login", "/invoice/getinvoiceslist"):
-            return SimResponse(404, {"Message": f"No HTTP resource was found that matches the request URI '{request.path}'."})
+            return SimResponse(404, {"Message": f"No HTTP resource was found that matches the URI '{request.path}'."})
         if request.method != "POST":
-            return SimResponse(405, {"Message": f"The requested resource does not support http method '{request.method}'."})
+            return SimResponse(405, {"Message": f"The resource does not support http method '{request.method}'."})
         if request.headers.get("ApiKey") != API_KEY:
             return _error(401, "Invalid ApiKey")
         try:
@@ -407,7 +409,8 @@ class AgvanceSimulator(SimulatorServer):
         if not isinstance(body, dict) or (body.get("UserName"), body.get("Password"), str(body.get("DatabaseID"))) != (
             USERNAME, PASSWORD, DATABASE_ID
         ):
-            return SimResponse(200, {"Status": "Error", "Message": "Invalid UserName, Password or DatabaseID", "SessionID": ""})
+            return SimResponse(200, {"Status": "Error", "Message": "Invalid UserName, Password or DatabaseID",
+                                     "SessionID": ""})
         session = uuid.uuid4().hex
         with self._lock:
             self.sessions[session] = time.monotonic()
@@ -419,7 +422,8 @@ class AgvanceSimulator(SimulatorServer):
         for name, default in (("lastModifiedOnOrAfterUtc", 0), ("lastModifiedOnOrBeforeUtc", 2**40)):
             value = request.param(name) or ""
             try:  # both optional; second precision, UTC, both inclusive
-                bounds.append(int(datetime.strptime(value, API_TIME).replace(tzinfo=UTC).timestamp()) if value else default)
+                parsed = datetime.strptime(value, API_TIME).replace(tzinfo=UTC) if value else None
+                bounds.append(int(parsed.timestamp()) if parsed else default)
             except ValueError:
                 return _error(200, f"Invalid {name} '{value}': expected format yyyy-MM-ddTHH:mm:ss")
         items = body.get("InvoiceListRequestItems") if isinstance(body, dict) else None
