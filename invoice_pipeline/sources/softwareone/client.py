@@ -150,7 +150,7 @@ class SoftwareOneSource(Source):
                 if not isinstance(item, dict):
                     raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
                 self.stats.scanned += 1
-                (missing if page_omits_lines or lines_missing(item) else complete).append(item)
+                (missing if _incomplete(item, page_omits_lines) else complete).append(item)
             if missing:
                 complete += self._refetch(missing)
             for item in complete:
@@ -179,9 +179,9 @@ class SoftwareOneSource(Source):
             terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
             rql = terms if len(chunk) == 1 else f"or({terms})"
             body = self._get(rql, 0, len(chunk))
-            whole_page = "lines" in _meta_omitted(body)
+            page_omits_lines = "lines" in _meta_omitted(body)
             for item in body["data"]:
-                if isinstance(item, dict) and not whole_page and not lines_missing(item):
+                if isinstance(item, dict) and not _incomplete(item, page_omits_lines):
                     found[str(item.get("id"))] = item
         still = [invoice_id for invoice_id in ids if invoice_id not in found]
         if still:
@@ -214,3 +214,12 @@ def _meta_omitted(body: dict[str, Any]) -> list[str]:
     meta = body.get("$meta")
     names = meta.get("omitted") if isinstance(meta, dict) else None
     return [str(n) for n in names] if isinstance(names, list) else []
+
+
+def _incomplete(item: dict[str, Any], page_omits_lines: bool) -> bool:
+    """An item lacks its lines if it says so, has no `lines` array, or the page says lines were
+    omitted and the item carries no `$meta.omitted` of its own to tell it apart."""
+    if lines_missing(item):
+        return True
+    own = item.get("$meta")
+    return page_omits_lines and not (isinstance(own, dict) and isinstance(own.get("omitted"), list))
