@@ -14,7 +14,12 @@ from pathlib import Path
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
-from invoice_pipeline.warehouse import Warehouse, quote
+import duckdb
+
+from invoice_pipeline.reconcile import create_exceptions_view
+from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.views import create_analyst_views
+from invoice_pipeline.warehouse import Warehouse, apply_comments
 
 log = logging.getLogger("invoice_pipeline.publish")
 
@@ -87,13 +92,23 @@ def publish_snapshot(wh: Warehouse, app: AppConfig) -> dict[str, int]:
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:6]}")
     counts: dict[str, int] = {}
     with wh.writer() as con:
-        con.execute(f"ATTACH '{str(tmp).replace(chr(39), chr(39) * 2)}' AS snapshot (STORAGE_VERSION '{PUBLISHED_STORAGE_VERSION}')")
+        con.execute(f"ATTACH {sql_literal(str(tmp))} AS snapshot (STORAGE_VERSION '{PUBLISHED_STORAGE_VERSION}')")
         try:
             for table in CONFORMED_TABLES:
                 con.execute(f"CREATE TABLE snapshot.main.{table} AS SELECT * FROM main.{table}")
                 counts[table] = con.execute(f"SELECT count(*) FROM snapshot.main.{table}").fetchone()[0]
         finally:
             con.execute("DETACH snapshot")
+    # Views and comments are created by a connection to the snapshot itself, so that they bind to
+    # its own tables, before anyone can see the file.
+    snap = duckdb.connect(str(tmp))
+    try:
+        apply_comments(snap)
+        create_analyst_views(snap)
+        create_exceptions_view(snap)
+        snap.execute("CHECKPOINT")
+    finally:
+        snap.close()
     os.replace(tmp, final)
     return counts
 

@@ -24,21 +24,15 @@ from filelock import FileLock, Timeout
 from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.errors import PipelineError
+from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.views import create_analyst_views
+from invoice_pipeline.reconcile import create_exceptions_view
 from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, TableBuffer
 
 log = logging.getLogger("invoice_pipeline.warehouse")
 
 INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
 TS = pa.timestamp("us", tz="UTC")
-
-
-def quote(name: str) -> str:
-    """A safe SQL identifier whatever characters the API put in a field name."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _lit(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 @dataclass
@@ -114,8 +108,9 @@ class Warehouse:
             for c, (t, _) in columns.items():
                 if c not in existing:  # a column added in a later release of the pipeline
                     con.execute(f"ALTER TABLE main.{table} ADD COLUMN {quote(c)} {t}")
-            for c, (_, doc) in columns.items():
-                con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {_lit(doc)}")
+        apply_comments(con)
+        create_analyst_views(con)
+        create_exceptions_view(con)
         con.execute(
             "CREATE TABLE IF NOT EXISTS main._pipeline_cursors (source_name VARCHAR PRIMARY KEY, "
             "cursor_at TIMESTAMPTZ NOT NULL, run_id VARCHAR, updated_at TIMESTAMPTZ)"
@@ -253,6 +248,14 @@ _ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ"
 _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
 _ROOT_META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string()}
 _CHILD_META_ARROW = {"_invoice_id": pa.string(), "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
+
+
+def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:
+    """COMMENT ON COLUMN for every conformed column: where it comes from in each source."""
+    prefix = f"{catalog}.main." if catalog else "main."
+    for table, columns in CONFORMED_TABLES.items():
+        for c, (_, doc) in columns.items():
+            con.execute(f"COMMENT ON COLUMN {prefix}{table}.{quote(c)} IS {sql_literal(doc)}")
 
 
 def table_counts(con: duckdb.DuckDBPyConnection, schema: str, tables: list[str]) -> dict[str, int]:
