@@ -51,6 +51,17 @@ class SourceConfig(BaseModel):
     concurrency: int = Field(default=8, ge=1, le=64)
     timeout: Duration = timedelta(seconds=30)
     max_retries: int = Field(default=5, ge=0, le=20)
+    schedule: str = "0 * * * *"  # cron of the incremental run in Dagster (hourly by default)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        # the same parser the Dagster schedule will use (dagster is a hard dependency anyway)
+        from dagster._utils.schedules import is_valid_cron_string
+
+        if not is_valid_cron_string(value):
+            raise ValueError(f"not a valid cron expression: {value!r}")
+        return value
 
     @field_validator("base_url")
     @classmethod

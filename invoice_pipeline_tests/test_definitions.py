@@ -46,3 +46,43 @@ def test_materialize_assets_against_simulator(in_tmp: Path) -> None:
         assert Path(app.warehouse.published_path).exists()
         with Warehouse(app.warehouse).writer() as con:
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 40
+
+
+def test_schedules_sensors_and_jobs_per_source(in_tmp: Path) -> None:
+    from invoice_pipeline.config import parse_config
+    from .fake_source import fake_config_block
+
+    app = parse_config({"sources": {"a": {**fake_config_block(), "schedule": "*/15 * * * *"}, "b": fake_config_block()}})
+    defs = build_definitions(app)
+    schedule = defs.resolve_schedule_def("a_schedule")
+    assert schedule.cron_schedule == "*/15 * * * *" and schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert defs.resolve_schedule_def("b_schedule").cron_schedule == "0 * * * *"
+    assert defs.resolve_job_def("a_incremental") is not None
+    assert defs.resolve_sensor_def("log_run_failures").default_status == dg.DefaultSensorStatus.RUNNING
+    assert defs.resolve_sensor_def("conformed_and_publish_automation") is not None
+
+
+def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=30) as sim:
+        app = make_app(in_tmp, {"agv": sim.source_config()})
+        config_file = in_tmp / "cfg.yaml"
+        config_file.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
+                                               "sources": {"agv": sim.source_config()}}))
+        defs = build_definitions(app, str(config_file))
+        job = defs.resolve_job_def("agv_incremental")
+        instance = dg.DagsterInstance.ephemeral()
+        assert job.execute_in_process(instance=instance).success
+        with Warehouse(app.warehouse).writer() as con:
+            cursor = con.execute("SELECT cursor_at FROM main._pipeline_cursors").fetchone()[0]
+        run_config = {"ops": {"agv__invoices": {"config": {"backfill_from": "2024-01-01T00:00:00Z",
+                                                           "backfill_to": "2025-01-01T00:00:00Z"}}}}
+        result = job.execute_in_process(instance=instance, run_config=run_config)
+        assert result.success
+        meta = result.asset_materializations_for_node("agv__invoices")[0].metadata
+        assert meta["mode"].value == "backfill" and meta["window_end"].value.startswith("2025-01-01")
+        assert meta["invoices_extracted"].value > 0 and meta["invoices_loaded"].value == meta["invoices_extracted"].value
+        with Warehouse(app.warehouse).writer() as con:
+            assert con.execute("SELECT cursor_at FROM main._pipeline_cursors").fetchone()[0] == cursor
+            assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 30

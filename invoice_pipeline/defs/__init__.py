@@ -6,6 +6,7 @@ from invoice_pipeline.config import AppConfig
 from invoice_pipeline.defs.assets import build_conformed_asset, build_publish_asset, build_source_asset
 from invoice_pipeline.defs.checks import build_checks
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.defs.schedules import automation_sensor, build_schedules, build_source_jobs, log_run_failures
 
 ALL_ASSETS_JOB = "invoice_pipeline_job"
 
@@ -15,6 +16,8 @@ def build_definitions(app: AppConfig, config_path: str | None = None) -> dg.Defi
     return dg.Definitions(
         assets=[*source_assets, build_conformed_asset(app), build_publish_asset()],
         asset_checks=build_checks(),
-        jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all())],
+        jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()), *build_source_jobs(app)],
+        schedules=build_schedules(app),
+        sensors=[automation_sensor, log_run_failures],
         resources={"pipeline": PipelineResource(config_path=config_path or "")},
     )

@@ -7,8 +7,11 @@ from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.defs.schedules import CONFORMED_CONDITION, PUBLISH_CONDITION
 from invoice_pipeline.pipeline import RunSummary, run_source
 from invoice_pipeline.publish import publish, refresh_conformed
+from invoice_pipeline.sources.base import Window
+from invoice_pipeline.timeutil import parse_timestamp
 
 WRITE_POOL = "duckdb_write"  # every asset that writes the DuckDB file (see FACTS.md)
 CONFORMED_ASSET_KEYS = [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES]
@@ -21,6 +24,7 @@ def source_asset_key(source_name: str) -> dg.AssetKey:
 def summary_metadata(summary: RunSummary) -> dict:
     return {
         "source_type": summary.source_type,
+        "mode": summary.mode,
         "run_id": summary.run_id,
         "window_start": summary.window_start.isoformat(),
         "window_end": summary.window_end.isoformat(),
@@ -37,6 +41,24 @@ def summary_metadata(summary: RunSummary) -> dict:
     }
 
 
+class SourceRunConfig(dg.Config):
+    """Launchpad config: leave empty for the incremental run; set both for a backfill of that window."""
+
+    backfill_from: str = ""  # ISO timestamp, inclusive, e.g. 2024-03-01T00:00:00Z
+    backfill_to: str = ""  # ISO timestamp, inclusive
+
+
+def backfill_window(config: SourceRunConfig) -> Window | None:
+    if not config.backfill_from and not config.backfill_to:
+        return None
+    if not (config.backfill_from and config.backfill_to):
+        raise dg.Failure("a backfill needs both backfill_from and backfill_to")
+    window = Window(parse_timestamp(config.backfill_from), parse_timestamp(config.backfill_to))
+    if window.start > window.end:
+        raise dg.Failure(f"backfill_from {config.backfill_from} is after backfill_to {config.backfill_to}")
+    return window
+
+
 def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
     @dg.asset(
         key=source_asset_key(name),
@@ -51,8 +73,11 @@ def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
             "cursor minus the lookback to a bound frozen at run start; the cursor moves only on success."
         ),
     )
-    def _source_asset(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse)
+    def _source_asset(
+        context: dg.AssetExecutionContext, config: SourceRunConfig, pipeline: PipelineResource
+    ) -> dg.MaterializeResult:
+        # A backfill re-reads a past window; it never moves the cursor and never regresses newer rows.
+        summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse, window=backfill_window(config))
         return dg.MaterializeResult(metadata=summary_metadata(summary))
 
     return _source_asset
@@ -63,6 +88,7 @@ def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
         specs=[
             dg.AssetSpec(
                 key, group_name="conformed", kinds={"duckdb"}, deps=[source_asset_key(n) for n in app.sources],
+                automation_condition=CONFORMED_CONDITION,
                 description=f"Grain: one row per {table[:-1].replace('_', ' ')} across every configured source "
                             f"(key {', '.join(TABLE_KEYS[table])}).",
             )
@@ -91,6 +117,7 @@ def build_publish_asset() -> dg.AssetsDefinition:
         kinds={"duckdb", "parquet"},
         deps=CONFORMED_ASSET_KEYS,
         pool=WRITE_POOL,
+        automation_condition=PUBLISH_CONDITION,
         description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "
                     "blocking checks on the conformed tables passed (write-audit-publish).",
     )
