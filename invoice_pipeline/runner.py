@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
+from filelock import FileLock
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
@@ -63,7 +64,10 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     selection = [dg.AssetKey([s, "invoices"]) for s in selected]
     selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
     job = defs.resolve_job_def(ALL_ASSETS_JOB)
-    with dg.DagsterInstance.get() as instance:
+    # Creating a fresh instance's SQLite storage is not safe from two processes at once: serialise it.
+    with FileLock(str(Path(os.environ["DAGSTER_HOME"]) / ".instance.lock")):
+        instance = dg.DagsterInstance.get()
+    with instance:
         result = job.execute_in_process(
             instance=instance,
             asset_selection=selection,
