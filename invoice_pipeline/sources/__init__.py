@@ -22,7 +22,9 @@ SOURCE_PACKAGES: dict[str, str] = {
 
 
 def _available(type_name: str) -> bool:
-    return importlib.util.find_spec(SOURCE_PACKAGES[type_name]) is not None
+    if importlib.util.find_spec(SOURCE_PACKAGES[type_name]) is None:
+        return False
+    return hasattr(importlib.import_module(SOURCE_PACKAGES[type_name]), "SOURCE_CLASS")
 
 
 def known_types() -> list[str]:
