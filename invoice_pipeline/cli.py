@@ -52,6 +52,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dictionary(args: argparse.Namespace) -> int:
+    from invoice_pipeline.dictionary import write_dictionary
+
+    print(f"data dictionary written to {write_dictionary(Path(args.output))}")
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from invoice_pipeline.simulate import serve_forever
     from invoice_pipeline.simulation import Knobs
@@ -78,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", help="config file")
     replay.add_argument("--source", required=True, help="the source to rebuild")
     replay.set_defaults(func=cmd_replay)
+    dictionary = sub.add_parser("dictionary", help="regenerate the data dictionary from the warehouse's comments")
+    dictionary.add_argument("--output", default="docs/DATA_DICTIONARY.md")
+    dictionary.set_defaults(func=cmd_dictionary)
     demo = sub.add_parser("demo", help="run the whole pipeline on the built-in simulators, no configuration needed")
     demo.add_argument("--size", type=int, default=300, help="invoices per simulated source")
     demo.set_defaults(func=cmd_demo)

@@ -92,3 +92,7 @@ def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
     """main.reconciliation_exceptions: every row that fails a rule, queryable by analysts."""
     parts = [f"SELECT '{r.name}' AS rule, {str(r.blocking).upper()} AS blocking, * FROM ({r.sql})" for r in RULES]
     con.execute("CREATE OR REPLACE VIEW main.reconciliation_exceptions AS " + " UNION ALL ".join(parts))
+    con.execute(
+        "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing a reconciliation rule: rule name, "
+        "whether it blocks publishing, source_name, invoice_id and what is wrong.'"
+    )
