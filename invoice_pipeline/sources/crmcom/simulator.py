@@ -31,6 +31,14 @@ def _status(code: str = "OK", message: str | None = None) -> dict[str, Any]:
     return {"message": message, "description": message, "code": code}
 
 
+def _error(code: str, message: str, http_status: int = 200) -> SimResponse:
+    """CRM.COM reports most errors in the body's status, with HTTP 200 (INVALID_TOKEN comes with 401)."""
+    return SimResponse(http_status, {"status": _status(code, message), "data": None})
+
+
+INVALID_TOKEN = ("INVALID_TOKEN", "The token is invalid or has expired", 401)
+
+
 @dataclass
 class _Item:
     id: str
@@ -180,7 +188,9 @@ def _rate_object(i: int) -> dict[str, Any]:
     return {"name": name, "id": rid, "description": desc, "alternative_code": code}
 
 
-def item_payload(it: _Item, legacy: bool, vat_fields: bool, net: float, disc: float, tax: float, taxes: list[float]) -> dict[str, Any]:
+def item_payload(
+    it: _Item, legacy: bool, vat_fields: bool, net: float, disc: float, tax: float, taxes: list[float]
+) -> dict[str, Any]:
     pid, code, desc, ptype, _, _, _ = PRODUCTS[it.product]
     vat_pct = RATES[it.rates[0]][2]
     out: dict[str, Any] = {
@@ -199,7 +209,9 @@ def item_payload(it: _Item, legacy: bool, vat_fields: bool, net: float, disc: fl
     return out
 
 
-def invoice_payload(inv: _Invoice, ar: dict[str, Any], items: list[dict[str, Any]], amounts: tuple, dates: tuple) -> dict[str, Any]:
+def invoice_payload(
+    inv: _Invoice, ar: dict[str, Any], items: list[dict[str, Any]], amounts: tuple, dates: tuple
+) -> dict[str, Any]:
     f_net, f_disc, f_tax, f_total, outstanding = amounts
     created, updated, posted, due = dates
     udf = inv.udf
@@ -328,7 +340,7 @@ class CrmcomSimulator(SimulatorServer):
     def inject(self, path_suffix: str, code: str, message: str = "Simulated error", http_status: int = 200) -> None:
         """Answer the next request whose path ends with path_suffix with this error status (tests)."""
         with self._lock:
-            self._injected.append((path_suffix, SimResponse(http_status, {"status": _status(code, message), "data": None})))
+            self._injected.append((path_suffix, _error(code, message, http_status)))
 
     def handle(self, request: SimRequest) -> SimResponse:
         path = request.path[len(self.base_path):] if request.path.startswith(self.base_path) else request.path
@@ -342,16 +354,16 @@ class CrmcomSimulator(SimulatorServer):
         if request.method == "POST" and path == "/authentication/token/release":
             return self._release(request)
         if request.method != "GET" or path not in ("/accounts_receivable/list", "/invoices/list"):
-            return SimResponse(404, {"status": _status("NOT_FOUND", f"No such method: {request.method} {path}"), "data": None})
+            return _error("NOT_FOUND", f"No such method: {request.method} {path}", 404)
         if not self._valid(request.param("token")):
-            return SimResponse(401, {"status": _status("INVALID_TOKEN", "The token is invalid or has expired"), "data": None})
+            return _error(*INVALID_TOKEN)
         try:
             limit = min(int(request.param("number_of_results", str(CAP))), CAP)
             offset = int(request.param("offset", "0"))
             if limit < 0 or offset < 0:
                 raise ValueError
         except ValueError:
-            return SimResponse(200, {"status": _status("INVALID_PARAMETER", "number_of_results/offset must be >= 0"), "data": None})
+            return _error("INVALID_PARAMETER", "number_of_results and offset must be integers >= 0")
         if path == "/accounts_receivable/list":
             return SimResponse(200, {"status": _status(), "data": self._account_list[offset:offset + limit]})
         return self._invoice_list(request, limit, offset)
@@ -359,7 +371,7 @@ class CrmcomSimulator(SimulatorServer):
     def _login(self, request: SimRequest) -> SimResponse:
         body = request.json() or {}
         if (body.get("username"), body.get("password"), body.get("organisation")) != (USERNAME, PASSWORD, ORGANISATION):
-            return SimResponse(200, {"status": _status("AUTHENTICATION_FAILED", "Invalid username, password or organisation"), "data": None})
+            return _error("AUTHENTICATION_FAILED", "Invalid username, password or organisation")
         token = uuid.uuid4().hex.upper()
         with self._lock:
             self.tokens[token] = time.monotonic()
@@ -370,7 +382,7 @@ class CrmcomSimulator(SimulatorServer):
         token = (request.json() or {}).get("token")
         with self._lock:
             if not self._valid(token):
-                return SimResponse(401, {"status": _status("INVALID_TOKEN", "The token is invalid or has expired"), "data": None})
+                return _error(*INVALID_TOKEN)
             del self.tokens[token]
             self.released.append(token)
         return SimResponse(200, {"status": _status(), "data": None})
@@ -383,11 +395,11 @@ class CrmcomSimulator(SimulatorServer):
     def _invoice_list(self, request: SimRequest, limit: int, offset: int) -> SimResponse:
         idents = request.query.get("accounts_receivable_identifier", [])
         if len(idents) != 1 or "=" not in idents[0]:
-            return SimResponse(200, {"status": _status("MISSING_PARAMETER", "Exactly one accounts_receivable_identifier is required"), "data": None})
+            return _error("MISSING_PARAMETER", "Exactly one accounts_receivable_identifier is required")
         key, _, value = idents[0].partition("=")
         ar = self._ar_index.get((key, value))
         if ar is None:
-            return SimResponse(200, {"status": _status("INVALID_PARAMETER", f"Accounts receivable not found: {idents[0]}"), "data": None})
+            return _error("INVALID_PARAMETER", f"Accounts receivable not found: {idents[0]}")
         fields = [f for f in (request.param("fields_set") or "").split(",") if f]
         with self._lock:
             page = self._by_ar[ar][offset:offset + limit]
@@ -404,27 +416,29 @@ class CrmcomSimulator(SimulatorServer):
             "organisation": ORGANISATION, "timezone": TIMEZONE, "currency": "EUR", "start_date": "2024-01-01T00:00:00Z",
         }
 
-    def mutate(self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1) -> dict[str, list[str]]:
+    def mutate(
+        self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1
+    ) -> dict[str, list[str]]:
         """Change the data set between runs; every touched invoice gets last-modified = now."""
         r = random.Random(f"{self.knobs.seed}:mutate:{seed}")
         now = datetime.now(UTC).replace(microsecond=0)
-        touched: dict[str, list[str]] = {"updates": [], "new": [], "voids": [], "delete_lines": []}
+        touched: dict[str, list[str]] = {"updated": [], "new": [], "voided": [], "lines_deleted": []}
         with self._lock:
             pool = [inv for inv in self.invoices if inv.state != "CANCELLED"]
             r.shuffle(pool)
             for inv in [i for i in pool if i.state != "DRAFT"][:updates]:
                 inv.items[0].qty += 1  # amounts change and still add up
-                touched["updates"].append(inv.id)
-            rest = [i for i in pool if i.id not in touched["updates"]]
+                touched["updated"].append(inv.id)
+            rest = [i for i in pool if i.id not in touched["updated"]]
             for inv in [i for i in rest if i.state == "POSTED"][:voids]:
                 inv.state = "CANCELLED"
-                touched["voids"].append(inv.id)
-            rest = [i for i in rest if i.id not in touched["voids"]]
+                touched["voided"].append(inv.id)
+            rest = [i for i in rest if i.id not in touched["voided"]]
             for inv in [i for i in rest if len(i.items) >= 2][:delete_lines]:
                 inv.items.pop()
-                touched["delete_lines"].append(inv.id)
+                touched["lines_deleted"].append(inv.id)
             for inv in self.invoices:
-                if inv.id in touched["updates"] or inv.id in touched["voids"] or inv.id in touched["delete_lines"]:
+                if inv.id in touched["updated"] or inv.id in touched["voided"] or inv.id in touched["lines_deleted"]:
                     inv.updated = now
                     self._cache.pop(inv.idx, None)
             for _ in range(new):
