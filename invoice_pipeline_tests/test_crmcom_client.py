@@ -101,7 +101,7 @@ def test_token_expiring_mid_run_is_obtained_again(sim: CrmcomSimulator) -> None:
 
 def test_token_renewed_before_its_lifetime_ends(sim: CrmcomSimulator) -> None:
     source = make_source(sim, concurrency=1)
-    source.auth.lifetime = 0.0  # every request finds the token at the end of its (client-side) life
+    source.auth.RENEW_AT = 0.0  # every request finds the token due for renewal (its 2 hours are not over)
     logins_before, released_before = sim.logins, len(sim.released)
     assert len(extract_all(source)) == 200
     logins = sim.logins - logins_before

@@ -94,7 +94,9 @@ class CrmTokenAuth(Auth):
         self.lifetime = lifetime
         self._token: str | None = None
         self._renew_after = 0.0
-        self._retired: list[str] = []  # replaced before expiry: still valid, released at the end
+        self._issued = 0.0
+        self._retired: list[tuple[str, float]] = []  # (token, issued) replaced before expiry: released at the end
+        self._releasing: list[str] = []
         self._lock = threading.Lock()
         self._local = threading.local()  # the token this thread last sent (see renew)
         self.logins = 0
@@ -110,7 +112,8 @@ class CrmTokenAuth(Auth):
         if not token:
             raise self._http.error(f"{what}: answered without data.token", endpoint=endpoint)
         self._token = str(token)
-        self._renew_after = time.monotonic() + self.lifetime * self.RENEW_AT
+        self._issued = time.monotonic()
+        self._renew_after = self._issued + self.lifetime * self.RENEW_AT
         self.logins += 1
 
     def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
@@ -118,7 +121,7 @@ class CrmTokenAuth(Auth):
             if self._token is None:
                 self._login()
             elif time.monotonic() >= self._renew_after:
-                self._retired.append(self._token)
+                self._retired.append((self._token, self._issued))
                 self._login()
             token = self._token
         self._local.token = token
@@ -132,13 +135,14 @@ class CrmTokenAuth(Auth):
                 self._login()
 
     def secrets(self) -> list[str]:
-        return [t for t in (self._token, *self._retired) if t]
+        return [t for t in (self._token, *(t for t, _ in self._retired), *self._releasing) if t]
 
     def close(self) -> None:
         """Release every token still valid; failures are logged, never raised (a run may be failing already)."""
         with self._lock:
-            tokens = [t for t in (*self._retired, self._token) if t]
-            self._token, self._retired = None, []
+            alive = time.monotonic() - self.lifetime
+            tokens = [t for t, issued in self._retired if issued > alive] + ([self._token] if self._token else [])
+            self._token, self._retired, self._releasing = None, [], tokens
         for token in tokens:
             try:
                 self._http.request(
@@ -147,6 +151,7 @@ class CrmTokenAuth(Auth):
                 )
             except SourceError as exc:
                 log.warning("source '%s': could not release a token: %s", self._http.source, exc)
+        self._releasing = []
 
 
 @dataclass
