@@ -101,6 +101,9 @@ class HttpClient:
         self._retry_after_cap = retry_after_cap
         self._lock = threading.Lock()
         self.session = requests.Session()
+        # Resolve proxy settings from the environment once, not on every call (~1 ms each in requests).
+        self.session.proxies.update(requests.utils.get_environ_proxies(self.base_url))
+        self.session.trust_env = False
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2) * 2, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)

@@ -68,8 +68,8 @@ def simulator_app_config() -> AppConfig:
     sources = {}
     for type_name in available_simulators():
         sim = simulator_class(type_name)(size=1, port=0)  # only to ask it for its config block
-        sim._httpd.server_close()
         block = sim.source_config()
+        sim.stop()
         parts = urlsplit(block["base_url"])
         block["base_url"] = urlunsplit(parts._replace(netloc=f"127.0.0.1:{DEFAULT_PORTS[type_name]}"))
         sources[DEMO_SOURCE_NAMES[type_name]] = block

@@ -92,7 +92,9 @@ class SimulatorServer:
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
+        if self._thread is not None:  # shutdown() would wait forever for a loop that never ran
+            self._httpd.shutdown()
+            self._thread = None
         self._httpd.server_close()
 
     def __enter__(self) -> SimulatorServer:
