@@ -63,7 +63,8 @@ PRODUCTS = [
     ("Office chair ergonomic", "Ea", "Goods", (90, 450), False),
     ("Copy paper A4 80g (box)", "BOX", "Goods", (12, 40), False),
 ]
-COMPANY_A = ["Computer", "Allied", "Summit", "Pinnacle", "Harbor", "Blue Ridge", "Northwind", "Vertex", "Cedar", "Atlas"]
+COMPANY_A = ["Computer", "Allied", "Summit", "Pinnacle", "Harbor", "Blue Ridge", "Northwind", "Vertex", "Cedar",
+             "Atlas"]
 COMPANY_B = ["Service and Rentals", "Manufacturing", "Health Systems", "Logistics", "Foods", "Retail Group", "Energy"]
 CITIES = ["Chattanooga", "Boston", "Denver", "Frankfurt", "Leeds", "Toronto", "Sydney", "Austin", "Lyon", "Perth"]
 TERMS = {"Immediate": 0, "30 Net": 30, "45 Net": 45, "60 Net": 60}
@@ -295,7 +296,7 @@ class OracleOccSimulator(SimulatorServer):
         self._tokens: dict[str, float] = {}  # token -> monotonic expiry
         self._rng = random.Random(self.knobs.seed)
         self._counters = {"line": 100105455400000, "tax": 1630000, "inst": 525000, "number": 10000}
-        self._customers = self._make_customers(max(8, size // 25))
+        self._customers = self._make_customers(max(12, size // 20))
         self._invoices: dict[int, Invoice] = {}
         self._by_number: dict[str, int] = {}
         self._query_cache: OrderedDict[tuple, list[int]] = OrderedDict()
@@ -308,7 +309,8 @@ class OracleOccSimulator(SimulatorServer):
 
     def _make_customers(self, n: int) -> list[Customer]:
         rng = random.Random(self.knobs.seed * 31 + 7)
-        currencies = rng.choices(list(CURRENCY_WEIGHTS), weights=list(CURRENCY_WEIGHTS.values()), k=n)
+        # Every currency has a customer; beyond those, currencies follow their weights.
+        currencies = list(CURRENCY_WEIGHTS) + rng.choices(list(CURRENCY_WEIGHTS), list(CURRENCY_WEIGHTS.values()), k=n)
         return [
             Customer(1006 + i * 3, f"{COMPANY_A[i % len(COMPANY_A)]} {COMPANY_B[(i * 3 + i // 10) % len(COMPANY_B)]}"
                      + (f" {i // 70 + 1}" if i >= 70 else ""),
@@ -638,7 +640,9 @@ class OracleOccSimulator(SimulatorServer):
             if ids is not None:
                 self._query_cache.move_to_end(key)
                 return ids
-            rows = [inv for inv in self._invoices.values() if all(OPS[op](FIELDS[f](inv), v) for f, op, v in conditions)]
+            rows = [
+                inv for inv in self._invoices.values() if all(OPS[op](FIELDS[f](inv), v) for f, op, v in conditions)
+            ]
             # Stable sorts, last key first; the id breaks ties so offset paging is deterministic.
             for name, descending in reversed(order + (("CustomerTransactionId", False),)):
                 rows.sort(key=FIELDS[name], reverse=descending)
@@ -662,6 +666,10 @@ class OracleOccSimulator(SimulatorServer):
             return SimResponse(200, self._detail(inv))
 
     # -- truth and changes -------------------------------------------------------------------
+    def invoice_ids(self) -> list[str]:
+        with self._data_lock:
+            return [str(i) for i in sorted(self._invoices)]
+
     def expected(self, since: datetime | None = None) -> dict[str, Any]:
         """Totals over invoices last updated at or after `since`, as a client will see them:
         collections cut at 25 items count only the 25 that come back."""
@@ -713,11 +721,15 @@ class OracleOccSimulator(SimulatorServer):
 
         with self._data_lock:
             for inv in pick(updates, lambda i: i.status != "Void"):
-                paid = inv.entered - inv.balance
+                paid, entered = inv.entered - inv.balance, inv.entered
                 for ln in rng.sample(inv.lines, min(len(inv.lines), _ri(rng, 1, 2))):
                     ln.halves = max(1, ln.halves + 2 * _ri(rng, -2, 3))
                     ln.unit_cents = max(100, ln.unit_cents * _ri(rng, 85, 120) // 100)
                     ln.version += 1
+                    self._price(ln, rng, inv.customer.currency)
+                while inv.entered == entered:  # an update always changes the total
+                    ln = inv.lines[0]
+                    ln.unit_cents += 100
                     self._price(ln, rng, inv.customer.currency)
                 self._schedule(inv, rng, paid)
                 touch(inv, "updates")
