@@ -383,7 +383,7 @@ class OracleOccSimulator(SimulatorServer):
     def _finish(self, inv: Invoice, invoice_id: int, rng: random.Random, settle: bool) -> None:
         inv.id = invoice_id
         inv.number = str(self._next_id("number", rng))
-        # Inconsistency is drawn per invoice id, so the same invoices disagree whatever the size.
+        # A separate stream per invoice id: the knob changes headers only, never the rest of the data.
         ir = random.Random(self.knobs.seed * 1_000_003 + invoice_id) if self.knobs.inconsistent_rate else None
         if ir is not None and ir.random() < self.knobs.inconsistent_rate:
             base = inv.line_cents + inv.tax_cents
@@ -671,8 +671,12 @@ class OracleOccSimulator(SimulatorServer):
             return [str(i) for i in sorted(self._invoices)]
 
     def expected(self, since: datetime | None = None) -> dict[str, Any]:
-        """Totals over invoices last updated at or after `since`, as a client will see them:
-        collections cut at 25 items count only the 25 that come back."""
+        """Truth over invoices last updated at or after `since` (all if None), as a client sees it.
+
+        Collections cut at 25 items count only the 25 that come back; `truncated` counts invoices
+        with any such collection. Keys: invoices, lines, tax_lines, installments, truncated, void
+        (counts) and total_amount, line_amount, tax_amount, balance_due (Decimal sums).
+        """
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
         out = dict.fromkeys(("invoices", "lines", "tax_lines", "installments", "truncated", "void"), 0)
