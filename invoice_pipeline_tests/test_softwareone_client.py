@@ -228,3 +228,25 @@ def test_identify_tolerates_timestamp_styles(sim):
         assert rec.invoice_id == "INV-1" and rec.last_modified_at == want
     rec = src.identify({"id": "INV-2", "audit": {"created": {"at": "2025-04-30T09:30:00.0000000-05:00"}}})
     assert rec.last_modified_at == datetime(2025, 4, 30, 14, 30, tzinfo=UTC)
+
+
+def test_result_set_growing_while_paging_skips_nothing():
+    """Invoices updated mid-run join the set at early (created-ordered) positions: later pages
+    shift and the total grows; the client must follow the new total, never skip a record."""
+    with SIMULATOR_CLASS(size=200, knobs=Knobs(seed=4)) as s:
+        since = sorted(i.last_modified for i in s.data.invoices)[100]
+        before = {i.id for i in s.data.invoices if i.last_modified >= since}
+        src = make_source(s, page_size=10, concurrency=2)
+        real_get, joined = src._get, []
+
+        def get_then_mutate(rql, offset, limit):
+            body = real_get(rql, offset, limit)
+            if not joined:
+                joined.extend(s.mutate(updates=30, seed=3)["updated"])
+            return body
+
+        src._get = get_then_mutate
+        got = [r.invoice_id for r in extract(src, since)]
+        assert len(got) == len(set(got))
+        assert before <= set(got)
+        assert set(joined) - before  # some invoices did join mid-run

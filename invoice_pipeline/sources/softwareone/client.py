@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
-from invoice_pipeline.http import Auth
+from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
@@ -77,7 +77,7 @@ class SoftwareOneSource(Source):
     config_model = SoftwareOneConfig
     default_page_size = 100  # the API caps limit at 100 anyway
 
-    def __init__(self, name: str, config: SoftwareOneConfig, http=None):
+    def __init__(self, name: str, config: SoftwareOneConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.http.auth = ApiTokenAuth(config.api_token)
 

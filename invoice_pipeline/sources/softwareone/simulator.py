@@ -479,7 +479,7 @@ class SoftwareOneSimulator(SimulatorServer):
         super().__init__(knobs, host, port)
         self.created_at = datetime.now(UTC).replace(microsecond=0)
         self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, self.created_at - timedelta(hours=1))
-        digest = hashlib.sha256(f"swo-token-{self.knobs.seed}".encode()).hexdigest()
+        digest = hashlib.sha256(b"swo-simulator-token").hexdigest()  # fixed: `simulate` asks a throwaway instance
         self.token = f"idt:TKN-{int(digest[:8], 16) % 10000:04d}-{int(digest[8:16], 16) % 10000:04d}:{digest[16:56]}"
         self._epoch = time.monotonic()
         self._rejected_period = 0
