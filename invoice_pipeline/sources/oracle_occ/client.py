@@ -43,6 +43,7 @@ class OracleTokenAuth(Auth):
         self._token: str | None = None
         self._refresh_after = 0.0
         self._lock = threading.Lock()
+        self._used = threading.local()  # the token this thread last sent
 
     def _store(self, body: Any, endpoint: str) -> None:
         if not isinstance(body, dict) or not body.get("access_token"):
@@ -71,11 +72,14 @@ class OracleTokenAuth(Auth):
                 self._login()
             elif time.monotonic() >= self._refresh_after:
                 self._refresh()
+            self._used.token = self._token
             headers["Authorization"] = f"Bearer {self._token}"
 
     def renew(self) -> None:
         with self._lock:
-            self._login()
+            # Several workers see the same expired token: only the first logs in again.
+            if self._token is None or getattr(self._used, "token", None) == self._token:
+                self._login()
 
     def secrets(self) -> list[str]:
         return [self._token] if self._token else []
