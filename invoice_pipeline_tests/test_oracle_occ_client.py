@@ -113,12 +113,12 @@ def test_next_run_sees_updates_new_voids_and_deleted_lines():
         cursor = datetime.now(UTC).replace(microsecond=0)
         touched = sim.mutate(updates=3, new=2, voids=2, delete_lines=2, seed=9)
         second = extract(source, cursor)
-        changed = {i for kind in ("updates", "new", "voids", "delete_lines") for i in touched[kind]}
+        changed = {i for kind in ("updated", "new", "voided", "lines_deleted") for i in touched[kind]}
         assert set(second) == changed
         assert totals(source, second) == sim.expected(cursor)
-        for invoice_id in touched["voids"]:
+        for invoice_id in touched["voided"]:
             assert source.to_conformed(second[invoice_id]).invoice["is_void"] is True
-        for invoice_id in touched["delete_lines"]:
+        for invoice_id in touched["lines_deleted"]:
             before = len(source.to_conformed(first[invoice_id]).lines)
             assert len(source.to_conformed(second[invoice_id]).lines) == min(before - 1, 25)
 

@@ -389,9 +389,9 @@ def test_mutate_changes_the_data_as_announced():
         before = {i["CustomerTransactionId"]: api.detail(i["CustomerTransactionId"]) for i in api.all_items()}
         start = datetime.now(UTC).replace(microsecond=0)
         touched = sim.mutate(updates=4, new=3, voids=2, delete_lines=2, payments=3, seed=5)
-        counts = {"updates": 4, "new": 3, "voids": 2, "delete_lines": 2, "payments": 3}
+        counts = {"updated": 4, "new": 3, "voided": 2, "lines_deleted": 2, "payments": 3}
         assert {k: len(v) for k, v in touched.items()} == counts
-        changed = touched["updates"] + touched["new"] + touched["voids"] + touched["delete_lines"]
+        changed = touched["updated"] + touched["new"] + touched["voided"] + touched["lines_deleted"]
         assert len(set(changed + touched["payments"])) == 14
         assert sim.expected(start)["invoices"] == 11
         assert api.total(f"LastUpdateDate>='{start.isoformat()}'") == 11
@@ -402,14 +402,14 @@ def test_mutate_changes_the_data_as_announced():
                 assert dec(d["EnteredAmount"]) == lines_plus_tax(d)  # changed amounts still add up
         for invoice_id in touched["new"]:
             assert int(invoice_id) > max(map(int, before)) and api.detail(invoice_id)["InvoiceStatus"] == "Complete"
-        for invoice_id in touched["updates"]:
+        for invoice_id in touched["updated"]:
             old, new = before[invoice_id], api.detail(invoice_id)
             assert new["EnteredAmount"] != old["EnteredAmount"]
             assert new["@context"]["headers"]["ETag"] != old["@context"]["headers"]["ETag"]
-        for invoice_id in touched["voids"]:
+        for invoice_id in touched["voided"]:
             d = api.detail(invoice_id)
             assert d["InvoiceStatus"] == "Void" and d["InvoiceBalanceAmount"] == "0"
-        for invoice_id in touched["delete_lines"]:
+        for invoice_id in touched["lines_deleted"]:
             count = before[invoice_id]["receivablesInvoiceLines"]["count"]
             assert api.detail(invoice_id)["receivablesInvoiceLines"]["count"] == count - 1
         for invoice_id in touched["payments"]:  # balances drop, LastUpdateDate does not move

@@ -710,7 +710,7 @@ class OracleOccSimulator(SimulatorServer):
         """
         rng = random.Random(self.knobs.seed * 7919 + seed)
         now = datetime.now(UTC).replace(microsecond=0)
-        touched: dict[str, list[str]] = {"updates": [], "new": [], "voids": [], "delete_lines": [], "payments": []}
+        touched: dict[str, list[str]] = {"updated": [], "new": [], "voided": [], "lines_deleted": [], "payments": []}
         used: set[int] = set()
 
         def pick(n: int, eligible: Callable[[Invoice], bool]) -> list[Invoice]:
@@ -736,15 +736,15 @@ class OracleOccSimulator(SimulatorServer):
                     ln.unit_cents += 100
                     self._price(ln, rng, inv.customer.currency)
                 self._schedule(inv, rng, paid)
-                touch(inv, "updates")
+                touch(inv, "updated")
             for inv in pick(voids, lambda i: i.status != "Void" and i.balance == i.entered):
                 self._void(inv)
-                touch(inv, "voids")
+                touch(inv, "voided")
             for inv in pick(delete_lines, lambda i: i.status != "Void" and len(i.lines) >= 2):
                 paid = inv.entered - inv.balance
                 inv.lines.remove(rng.choice(inv.lines))  # Oracle does not renumber the remaining lines
                 self._schedule(inv, rng, paid)
-                touch(inv, "delete_lines")
+                touch(inv, "lines_deleted")
             for inv in pick(payments, lambda i: i.status == "Complete" and i.balance > 0):
                 self._pay(inv, inv.balance if rng.random() < 0.5 else max(1, inv.balance * _ri(rng, 10, 90) // 100))
                 touched["payments"].append(str(inv.id))
