@@ -52,6 +52,7 @@ class SourceConfig(BaseModel):
     timeout: Duration = timedelta(seconds=30)
     max_retries: int = Field(default=5, ge=0, le=20)
     schedule: str = "0 * * * *"  # cron of the incremental run in Dagster (hourly by default)
+    max_staleness: Duration = timedelta(days=1)  # freshness check: the cursor may not be older than this
 
     @field_validator("schedule")
     @classmethod

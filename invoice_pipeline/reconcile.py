@@ -6,10 +6,13 @@ Used by the Dagster asset checks (blocking ones stop the publish step) and by te
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import duckdb
 
+from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS
+from invoice_pipeline.sql import quote
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,32 @@ def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
         "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing a reconciliation rule: rule name, "
         "whether it blocks publishing, source_name, invoice_id and what is wrong.'"
     )
+
+
+def stale_sources(con: duckdb.DuckDBPyConnection, app: AppConfig, now: datetime) -> list[tuple[str, str]]:
+    """(source, why) for every configured source whose cursor is older than its max_staleness."""
+    cursors = dict(con.execute("SELECT source_name, cursor_at FROM main._pipeline_cursors").fetchall())
+    stale = []
+    for name, cfg in app.sources.items():
+        cursor = cursors.get(name)
+        if cursor is None:
+            stale.append((name, "never loaded successfully"))
+        elif now - cursor > cfg.max_staleness:
+            stale.append((name, f"cursor {cursor.isoformat()} older than {cfg.max_staleness}"))
+    return stale
+
+
+def quarantined(con: duckdb.DuckDBPyConnection, sources: list[str]) -> dict[str, list[tuple[str | None, str]]]:
+    """Quarantined records per source: (invoice_id, reason), newest first."""
+    out: dict[str, list[tuple[str | None, str]]] = {}
+    for name in sources:
+        exists = con.execute(
+            "SELECT count(*) FROM duckdb_tables() WHERE schema_name = ? AND table_name = '_quarantine'", [name]
+        ).fetchone()[0]
+        if exists:
+            rows = con.execute(
+                f"SELECT invoice_id, reason FROM {quote(name)}._quarantine ORDER BY detected_at DESC, invoice_id"
+            ).fetchall()
+            if rows:
+                out[name] = rows
+    return out

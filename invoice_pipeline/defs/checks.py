@@ -4,7 +4,16 @@
 import dagster as dg
 
 from invoice_pipeline.defs.resources import PipelineResource
-from invoice_pipeline.reconcile import RULES, Rule, count_violations, create_exceptions_view, violations
+from invoice_pipeline.reconcile import (
+    RULES,
+    Rule,
+    count_violations,
+    create_exceptions_view,
+    quarantined,
+    stale_sources,
+    violations,
+)
+from invoice_pipeline.timeutil import utc_now
 
 CHECKED_ASSET = dg.AssetKey(["main", "invoices"])
 
@@ -31,5 +40,36 @@ def build_check(rule: Rule) -> dg.AssetChecksDefinition:
     return _check
 
 
+@dg.asset_check(asset=CHECKED_ASSET, name="sources_fresh", blocking=False,
+                description="Each configured source's cursor is no older than its max_staleness (config key).")
+def sources_fresh(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    with pipeline.warehouse.writer() as con:
+        pipeline.warehouse.ensure_main(con)
+        stale = stale_sources(con, pipeline.app, utc_now())
+    return dg.AssetCheckResult(
+        passed=not stale,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"stale_sources": dg.MetadataValue.json(dict(stale))},
+        description="; ".join(f"{s}: {why}" for s, why in stale) or None,
+    )
+
+
+@dg.asset_check(asset=CHECKED_ASSET, name="no_quarantined_records", blocking=False,
+                description="Records that could not be mapped sit in <source>._quarantine with their reason.")
+def no_quarantined_records(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    with pipeline.warehouse.writer() as con:
+        found = quarantined(con, list(pipeline.app.sources))
+    return dg.AssetCheckResult(
+        passed=not found,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "quarantined_by_source": dg.MetadataValue.json({s: len(r) for s, r in found.items()}),
+            "first_records": dg.MetadataValue.json(
+                {s: [{"invoice_id": i, "reason": why} for i, why in rows[:10]] for s, rows in found.items()}),
+        },
+        description="; ".join(f"{s}: {len(r)} quarantined, first {r[0][0]}: {r[0][1]}" for s, r in found.items()) or None,
+    )
+
+
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    return [build_check(rule) for rule in RULES]
+    return [*(build_check(rule) for rule in RULES), sources_fresh, no_quarantined_records]

@@ -356,6 +356,10 @@ class AgvanceSimulator(SimulatorServer):
             self._reindex()
         return touched
 
+    def inconsistent_ids(self) -> set[str]:
+        """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
+        return {key for key, inv in self.invoices.items() if inv.skew}
+
     def expected(self, since: datetime | None = None) -> dict[str, Any]:
         """Truth from the simulator's own Decimals (not through the client's mapping)."""
         out: dict[str, Any] = {"invoices": 0, "lines": 0, "tax_lines": 0, "total_amount": Decimal("0.00"),

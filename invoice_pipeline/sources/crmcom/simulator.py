@@ -449,6 +449,10 @@ class CrmcomSimulator(SimulatorServer):
                 touched["new"].append(inv.id)
         return touched
 
+    def inconsistent_ids(self) -> set[str]:
+        """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
+        return {inv.id for inv in self.invoices if inv.delta_cents}
+
     def expected(self, since: datetime | None = None) -> dict[str, Any]:
         """Truth from the simulator's own cents (not through the client's mapping)."""
         out: dict[str, Any] = {"invoices": 0, "lines": 0, "tax_lines": 0}

@@ -554,6 +554,10 @@ class SoftwareOneSimulator(SimulatorServer):
         with self._lock:
             return self.data.mutate(updates, new, voids, delete_lines, seed, datetime.now(UTC).replace(microsecond=0))
 
+    def inconsistent_ids(self) -> set[str]:
+        """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
+        return {inv.id for inv in self.data.invoices if inv.delta}
+
     def expected(self, since: datetime | None = None) -> dict:
         with self._lock:
             return self.data.expected(since)
