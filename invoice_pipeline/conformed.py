@@ -26,6 +26,8 @@ INVOICE_COLUMNS: dict[str, tuple[str, str]] = {
     "status": ("VARCHAR", "Oracle InvoiceStatus; CRM.COM life_cycle_state; SoftwareOne status; Agvance Void/Paid/Open."),
     "is_void": ("BOOLEAN", "Voided/cancelled at the source."),
     "is_truncated": ("BOOLEAN", "The source returned an incomplete child collection: lines/taxes may be missing."),
+    "is_deleted": ("BOOLEAN", "The invoice is gone from the source's list endpoint (detected by reconciliation); kept, never erased."),
+    "deleted_detected_at": ("TIMESTAMPTZ", "When the pipeline first found the invoice missing at the source (null unless is_deleted)."),
     "customer_id": ("VARCHAR", "Oracle BillToPartyId; CRM.COM accounts_receivable.id; SoftwareOne buyer.id; Agvance CustomerID."),
     "customer_name": ("VARCHAR", "Oracle BillToCustomerName; CRM.COM accounts_receivable.name; SoftwareOne buyer.name; Agvance CustomerName."),
     "invoice_date": ("DATE", "Oracle TransactionDate; CRM.COM issued_on; SoftwareOne erpData.documentDate; Agvance InvoiceDate."),
@@ -117,6 +119,7 @@ def finalize(conformed: ConformedInvoice, *, derive_installment: bool) -> Confor
     inv["tax_amount"] = sum((tl["tax_amount"] or Decimal(0) for tl in conformed.tax_lines), Decimal("0.0000"))
     inv.setdefault("is_truncated", False)
     inv.setdefault("is_void", False)
+    inv.setdefault("is_deleted", False)  # a (re)loaded invoice exists at the source
     if derive_installment and not conformed.installments:
         conformed.installments.append(
             {
