@@ -670,6 +670,11 @@ class OracleOccSimulator(SimulatorServer):
         with self._data_lock:
             return [str(i) for i in sorted(self._invoices)]
 
+    def inconsistent_ids(self) -> set[str]:
+        """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
+        with self._lock:
+            return {str(k) for k, inv in self._invoices.items() if inv.delta}
+
     def expected(self, since: datetime | None = None) -> dict[str, Any]:
         """Truth over invoices last updated at or after `since` (all if None), as a client sees it.
 
