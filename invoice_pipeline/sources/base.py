@@ -11,15 +11,39 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import HttpClient
 
 log = logging.getLogger("invoice_pipeline.extract")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int, name: str) -> Iterator[R]:
+    """fn over items on `workers` threads, at most `depth` calls queued, results in input order.
+
+    The bounded queue keeps memory flat and lets a slow producer (list paging) overlap the calls.
+    """
+    inflight: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
+        try:
+            for item in items:
+                inflight.append(pool.submit(fn, item))
+                while len(inflight) >= depth:
+                    yield inflight.popleft().result()
+            while inflight:
+                yield inflight.popleft().result()
+        except BaseException:
+            for future in inflight:
+                future.cancel()
+            raise
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,7 @@ class Source(ABC):
     default_page_size: ClassVar[int] = 100
     # Sources without installment objects get one derived installment per invoice (SPEC 3).
     has_installments: ClassVar[bool] = False
+    key_field: ClassVar[str | None] = None  # top-level field holding the invoice key, when there is one
 
     def __init__(self, name: str, config: SourceConfig, http: HttpClient | None = None):
         self.name = name
@@ -108,6 +133,14 @@ class Source(ABC):
     @abstractmethod
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         """Map one raw invoice to the conformed model; raises MappingError to quarantine it."""
+
+    def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
+        """identify(), but a payload without a usable key or version still travels on (to quarantine)."""
+        try:
+            return self.identify(payload)
+        except Exception:  # noqa: BLE001 - any identification failure is the record's, not the run's
+            key = payload.get(self.key_field) if self.key_field and isinstance(payload, dict) else None
+            return SourceRecord(str(key or ""), None, payload)
 
     def close(self) -> None:
         self.http.close()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -16,7 +14,7 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import SourceError
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 
@@ -90,6 +88,7 @@ class OracleOccSource(Source):
     config_model = OracleOccConfig
     default_page_size = 25  # the API caps limit at 25 anyway
     has_installments = True
+    key_field = "CustomerTransactionId"
 
     def __init__(self, name: str, config: OracleOccConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
@@ -148,41 +147,19 @@ class OracleOccSource(Source):
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
         workers = self.config.concurrency
         batch: list[SourceRecord] = []
-        inflight: deque[Future] = deque()
-
-        def collect(future: Future) -> None:
-            payload = future.result()
+        # A few rounds queued so list paging never starves the detail workers.
+        details = ordered_map(self._detail, self._list_ids(window), workers, workers * 4, f"{self.name}-detail")
+        for payload in details:
             if payload is not None:
                 batch.append(self.record_or_raw(payload))
                 self.stats.kept += 1
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-detail") as pool:
-            try:
-                for invoice_id in self._list_ids(window):
-                    inflight.append(pool.submit(self._detail, invoice_id))
-                    # Keep a few rounds queued so list paging never starves the detail workers.
-                    while len(inflight) >= workers * 4:
-                        collect(inflight.popleft())
-                    if len(batch) >= BATCH_SIZE:
-                        yield batch
-                        batch = []
-                    self.stats.progress(self.name)
-                while inflight:
-                    collect(inflight.popleft())
-            except BaseException:
-                for f in inflight:
-                    f.cancel()
-                raise
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = []
+            self.stats.progress(self.name)
         if batch:
             yield batch
         self.stats.progress(self.name, force=True)
-
-    def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
-        """identify(), but a payload without usable keys still travels on (to quarantine)."""
-        try:
-            return self.identify(payload)
-        except MappingError:
-            return SourceRecord(str(payload.get("CustomerTransactionId") or ""), None, payload)
 
     # -- per-record ------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
