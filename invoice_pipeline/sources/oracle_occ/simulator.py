@@ -706,12 +706,14 @@ class OracleOccSimulator(SimulatorServer):
         return {**out, **{k: Decimal(v).scaleb(-2) for k, v in cents.items()}}
 
     def mutate(
-        self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, payments: int = 0, seed: int = 1
+        self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, payments: int = 0, seed: int = 1,
+        deletes: int = 0,
     ) -> dict[str, list[str]]:
         """Change the data set between runs; returns the invoice ids touched per kind.
 
         updates/voids/delete_lines set LastUpdateDate to now; payments (a receipt applied to the
-        installments) change balances but, as in Oracle, not the invoice's LastUpdateDate.
+        installments) change balances but, as in Oracle, not the invoice's LastUpdateDate;
+        deletes remove invoices outright (gone from list and detail, no change event: "deleted").
         """
         rng = random.Random(self.knobs.seed * 7919 + seed)
         now = datetime.now(UTC).replace(microsecond=0)
@@ -753,6 +755,12 @@ class OracleOccSimulator(SimulatorServer):
             for inv in pick(payments, lambda i: i.status == "Complete" and i.balance > 0):
                 self._pay(inv, inv.balance if rng.random() < 0.5 else max(1, inv.balance * _ri(rng, 10, 90) // 100))
                 touched["payments"].append(str(inv.id))
+            if deletes:
+                touched["deleted"] = []
+            for inv in pick(deletes, lambda i: True):
+                del self._invoices[inv.id]
+                self._by_number.pop(inv.number, None)
+                touched["deleted"].append(str(inv.id))
             next_id = max(self._invoices, default=300000)
             for _ in range(new):
                 inv = self._draft(rng, now - timedelta(seconds=_ri(rng, 30, 600)), now)
