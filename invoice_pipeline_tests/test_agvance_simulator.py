@@ -175,12 +175,3 @@ def test_mutate_and_expected(sim):
     assert int(body["Count"]) == 11
 
 
-def test_fast_at_20000_invoices():
-    started = time.monotonic()
-    with SIMULATOR_CLASS(size=20000, knobs=Knobs(retry_after=0)) as big:
-        session = login(big)
-        t = time.monotonic()
-        body = list_call(big, session, "2025-01-01T00:00:00", "2025-01-07T23:59:59").json()
-        assert body["Status"] == "Success" and int(body["Count"]) > 50
-        assert time.monotonic() - t < 1.0
-    assert time.monotonic() - started < 10

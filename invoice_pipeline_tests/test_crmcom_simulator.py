@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -141,13 +140,3 @@ def test_mutate_and_expected_since() -> None:
         assert after["total_amount"] == after["line_amount"] + after["tax_amount"]
 
 
-def test_fast_at_20000_invoices() -> None:
-    started = time.monotonic()
-    with CrmcomSimulator(size=20000) as big:
-        tok = token(big)
-        t0 = time.monotonic()
-        page = call(big, "/invoices/list", token=tok, accounts_receivable_identifier=f"id={big.accounts[0]['id']}",
-                    number_of_results=500, offset=4500).json()["data"]
-        assert len(page) == 500
-        assert time.monotonic() - t0 < 2.0  # served from the cached per-AR index
-    assert time.monotonic() - started < 20  # generous: test runners may be busy

@@ -419,13 +419,3 @@ def test_mutate_changes_the_data_as_announced():
         assert sim.expected()["invoices"] == 203
 
 
-def test_list_pages_stay_fast_at_20000_invoices():
-    with SIMULATOR_CLASS(size=20000) as sim:
-        api = Api(sim)
-        q = "LastUpdateDate>='2024-01-01T00:00:00Z'"
-        api.get(LIST, q=q, orderBy="CustomerTransactionId:asc")  # builds the cached index
-        started = time.perf_counter()
-        for page in range(20):
-            body = api.get(LIST, q=q, orderBy="CustomerTransactionId:asc", offset=page * 997).json()
-            assert body["count"] == 25
-        assert (time.perf_counter() - started) / 20 < 0.1
