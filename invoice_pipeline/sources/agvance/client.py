@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
@@ -24,7 +24,7 @@ from invoice_pipeline.errors import AuthExpired
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 
 log = logging.getLogger("invoice_pipeline.agvance")
 
@@ -34,6 +34,9 @@ LIST_ENDPOINT = f"POST {LIST_PATH}"
 API_TIME = "%Y-%m-%dT%H:%M:%S"  # the API's bound format: UTC, second precision
 BATCH_SIZE = 500
 SECOND = timedelta(seconds=1)
+ITEMS_PER_CALL = 50  # request items (number ranges) per GetInvoicesList call when reading specific invoices
+LIST_IDS_SLICE = timedelta(days=92)  # span per call when listing every key (halved when refused)
+RANGE_GAP = 20  # invoice numbers this close share one range (a few extra invoices beat another item)
 
 
 def _text(value: Any) -> Any:
@@ -167,12 +170,12 @@ class AgvanceSource(Source):
             status=status,
         )
 
-    def _list(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
-        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds)."""
+    def _list(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds), narrowed by items."""
         params = {"lastModifiedOnOrAfterUtc": _fmt(start), "lastModifiedOnOrBeforeUtc": _fmt(end)}
         # An empty request item means "no narrowing" (customer, location, ...).
         body = self.http.request(
-            "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": [{}]}, validate=self._validate
+            "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": items or [{}]}, validate=self._validate
         ).body
         span = f"window {_fmt(start)}..{_fmt(end)}"
         records = body.get("InvoiceRecords")
@@ -196,10 +199,10 @@ class AgvanceSource(Source):
             self.stats.scanned += len(records)
         return records
 
-    def _fetch(self, start: datetime, end: datetime) -> list[dict[str, Any]]:
+    def _fetch(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
         """One window; a refused window is halved ([start, mid] and [mid+1s, end]) until it fits."""
         try:
-            return self._list(start, end)
+            return self._list(start, end, items)
         except _TooLarge as exc:
             if end <= start:
                 raise self.http.error(
@@ -211,7 +214,7 @@ class AgvanceSource(Source):
         with self._stats_lock:
             self.stats.extra["window_splits"] = self.stats.extra.get("window_splits", 0) + 1
         log.debug("source '%s': window %s..%s too large, splitting at %s", self.name, _fmt(start), _fmt(end), _fmt(mid))
-        return self._fetch(start, mid) + self._fetch(mid + SECOND, end)
+        return self._fetch(start, mid, items) + self._fetch(mid + SECOND, end, items)
 
     # -- the walk ------------------------------------------------------------------------------
     def _windows(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
@@ -286,3 +289,72 @@ class AgvanceSource(Source):
 
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         return map_invoice(payload, self.name, self.config.currency)
+
+    # -- lifecycle: specific invoices, the full id list ------------------------------------------
+    def _all_time(self) -> tuple[datetime, datetime]:
+        """start_date .. a day ahead: everything loadable, and nothing modified while we read is missed."""
+        return _floor(self.config.start_date), _floor(datetime.now(UTC) + timedelta(days=1))
+
+    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Current version of these invoices: request items (locationId, startInvoiceNumber,
+        endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
+        beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
+        still correct (it only returns more, and a too-large answer splits by time as usual)."""
+        wanted = set(ids)
+        numbers: dict[str, list[int]] = {}
+        for key in wanted:
+            location, _, number = key.rpartition("-")
+            if location and number.isdigit():
+                numbers.setdefault(location, []).append(int(number))
+            else:  # not a range-able number: the whole location
+                numbers.setdefault(location, [])
+        items: list[dict[str, Any]] = []
+        for location, nums in sorted(numbers.items()):
+            if not nums:
+                items.append({"locationId": location})
+                continue
+            nums.sort()
+            lo = hi = nums[0]
+            for n in nums[1:] + [None]:
+                if n is not None and n - hi <= RANGE_GAP:
+                    hi = n
+                    continue
+                items.append({"locationId": location, "startInvoiceNumber": lo, "endInvoiceNumber": hi})
+                if n is not None:
+                    lo = hi = n
+        start, end = self._all_time()
+        groups = [items[i : i + ITEMS_PER_CALL] for i in range(0, len(items), ITEMS_PER_CALL)]
+        workers = self.config.concurrency
+        newest: dict[str, SourceRecord] = {}
+        for payloads in ordered_map(lambda group: self._fetch(start, end, group), groups, workers, workers * 2,
+                                    f"{self.name}-byid"):
+            for payload in payloads:
+                rec = self.record_or_raw(payload)
+                if rec.invoice_id in wanted:
+                    prev = newest.get(rec.invoice_id)
+                    if prev is None or (rec.last_modified_at and prev.last_modified_at
+                                        and rec.last_modified_at > prev.last_modified_at):
+                        newest[rec.invoice_id] = rec
+        self.stats.kept += len(newest)
+        records = list(newest.values())
+        for i in range(0, len(records), BATCH_SIZE):
+            yield records[i : i + BATCH_SIZE]
+
+    def list_ids(self, since: datetime | None = None) -> set[str]:
+        """Every invoice key modified at or after `since` (default start_date), up to a day ahead.
+
+        The API has no id-only listing: slices of LIST_IDS_SLICE (parallel), each halved by time
+        wherever the API refuses it as too large; only the keys are kept, so memory stays flat."""
+        start, end = self._all_time()
+        start = _floor(since) if since else start
+        slices, lo = [], start
+        while lo <= end:
+            hi = min(lo + LIST_IDS_SLICE - SECOND, end)
+            slices.append((lo, hi))
+            lo = hi + SECOND
+
+        def keys(span: tuple[datetime, datetime]) -> set[str]:
+            return {self.record_or_raw(p).invoice_id for p in self._fetch(*span)}
+
+        workers = self.config.concurrency
+        return set().union(*ordered_map(keys, slices, workers, workers * 2, f"{self.name}-ids"))

@@ -325,12 +325,19 @@ class AgvanceSimulator(SimulatorServer):
         self._times = [t for t, _ in pairs]
         self._keys = [k for _, k in pairs]
 
-    def mutate(self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1) -> dict:
-        """Change the data set between runs; every touched invoice gets LastModifiedUtc = now."""
+    def mutate(self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1,
+               payments: int = 0, deletes: int = 0) -> dict:
+        """Change the data set between runs; every touched invoice gets LastModifiedUtc = now.
+
+        payments change AmountPaid/BalanceDue but not LastModifiedUtc ("payments"); deletes remove
+        invoices without a change event ("deleted"); those keys are returned only when asked for.
+        """
         rng = random.Random(seed * 104729 + self.knobs.seed)
         now = datetime.now(UTC).replace(microsecond=0)
         touched: dict[str, list[str]] = {"updated": [], "new": [], "voided": [], "lines_deleted": []}
         with self._lock:
+            if payments or deletes:
+                touched.update(self._pay_or_delete(random.Random(seed * 15485863 + self.knobs.seed), payments, deletes))
             pool = sorted(k for k, i in self.invoices.items() if not i.void)
             rng.shuffle(pool)
             multi = [k for k in pool if len(self.invoices[k].lines) >= 2]
@@ -355,6 +362,23 @@ class AgvanceSimulator(SimulatorServer):
                 touched["new"].append(self._add(rng, now).key)
             self._reindex()
         return touched
+
+    def _pay_or_delete(self, rng: random.Random, payments: int, deletes: int) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        if payments:
+            unpaid = sorted(k for k, i in self.invoices.items() if not i.void and i.paid_share < 1)
+            out["payments"] = rng.sample(unpaid, min(payments, len(unpaid)))
+            for key in out["payments"]:
+                inv = self.invoices[key]
+                inv.paid_share = Decimal(1) if inv.paid_share > 0 or rng.random() < 0.5 else Decimal("0.5")
+                inv._cache = None  # re-render, LastModifiedUtc stays
+        if deletes:
+            pool = sorted(k for k in self.invoices if k not in out.get("payments", []))
+            out["deleted"] = rng.sample(pool, min(deletes, len(pool)))
+            for key in out["deleted"]:
+                del self.invoices[key]
+            self._reindex()
+        return out
 
     def inconsistent_ids(self) -> set[str]:
         """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
@@ -447,8 +471,11 @@ class AgvanceSimulator(SimulatorServer):
 
 def _matches(inv: Inv, item: dict[str, Any]) -> bool:
     """The request item fields the simulator honours (an empty item matches everything)."""
+    number = int(inv.number)
     return ((not item.get("customerId") or item["customerId"] == inv.customer[0])
             and (not item.get("locationId") or item["locationId"] == inv.location)
+            and (item.get("startInvoiceNumber") in (None, "") or number >= int(item["startInvoiceNumber"]))
+            and (item.get("endInvoiceNumber") in (None, "") or number <= int(item["endInvoiceNumber"]))
             and (not item.get("voidOnly") or inv.void))
 
 

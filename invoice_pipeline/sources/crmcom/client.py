@@ -12,10 +12,10 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -25,7 +25,7 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import AuthExpired, SourceError
 from invoice_pipeline.http import Auth, HttpClient, Validator
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
 
 log = logging.getLogger("invoice_pipeline.crmcom")
@@ -316,4 +316,74 @@ class CrmcomSource(Source):
 
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         return map_invoice(payload, self.name, timezone=self.config.timezone, currency=self.config.currency)
+
+    # -- lifecycle: specific invoices, the full id list ---------------------------------------
+    def _account_or_none(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult | None:
+        """One AR's invoices; None when the AR itself is gone (INVALID_PARAMETER), not a failure."""
+        try:
+            return self._account_invoices(ar_id, window, stop)
+        except SourceError as exc:
+            if "INVALID_PARAMETER" not in str(exc):
+                raise
+            log.warning("source '%s': accounts receivable %s no longer exists; skipped", self.name, ar_id)
+            return None
+
+    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Current version of these invoices: the API lists invoices only per AR, so read the ARs
+        that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""
+        wanted = set(ids)
+        everything = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
+        stop = threading.Event()
+        accounts = sorted(set(customer_ids)) if customer_ids else list(self._accounts())
+        workers = self.config.concurrency
+        batch: list[SourceRecord] = []
+        try:
+            results = ordered_map(lambda ar: self._account_or_none(ar, everything, stop), accounts, workers,
+                                  workers * 2, f"{self.name}-byid")
+            for result in results:
+                if result is None:
+                    continue
+                self.stats.pages += result.pages
+                self.stats.scanned += result.scanned
+                for record in result.records:
+                    if record.invoice_id in wanted:
+                        wanted.discard(record.invoice_id)
+                        batch.append(record)
+                        self.stats.kept += 1
+                if len(batch) >= BATCH_SIZE:
+                    yield batch
+                    batch = []
+        finally:
+            stop.set()
+        if batch:
+            yield batch
+
+    def _account_ids(self, ar_id: str) -> tuple[list[str], int]:
+        """Ids of one AR's invoices (fields_set=id keeps the pages small); also the page count."""
+        ids: list[str] = []
+        offset, size, pages = 0, self.page_size, 0
+        while True:
+            params = {"accounts_receivable_identifier": f"id={ar_id}", "number_of_results": size,
+                      "offset": offset, "fields_set": "id"}
+            page = self._page(INVOICES_PATH, params, f"invoice ids of accounts receivable {ar_id} at offset {offset}")
+            pages += 1
+            for pos, item in enumerate(page):
+                invoice_id = to_text(item.get("id")) if isinstance(item, dict) else None
+                if not invoice_id:
+                    raise self.http.error(f"invoices of accounts receivable {ar_id}: item {offset + pos} has no id",
+                                          endpoint=f"GET {INVOICES_PATH}")
+                ids.append(invoice_id)
+            if len(page) < size:
+                return ids, pages
+            offset += len(page)
+
+    def list_ids(self, since: datetime | None = None) -> set[str]:
+        """Every invoice id of every AR. `since` is ignored: the API has no date filter."""
+        workers = self.config.concurrency
+        found: set[str] = set()
+        for ids, pages in ordered_map(self._account_ids, self._accounts(), workers, workers * 2, f"{self.name}-ids"):
+            self.stats.pages += pages
+            self.stats.scanned += len(ids)
+            found.update(ids)
+        return found
 

@@ -264,6 +264,7 @@ class CrmcomSimulator(SimulatorServer):
         self._ar_index = {(k, a[k]): i for i, a in enumerate(self.accounts) for k in ("id", "number", "name")}
         self._account_list = [{k: a[k] for k in ("id", "number", "name", "life_cycle_state")} for a in self.accounts]
         self.invoices: list[_Invoice] = []
+        self.deleted: set[int] = set()  # idx of invoices removed by mutate(deletes=...)
         self._by_ar: dict[int, list[int]] = {i: [] for i in range(len(self.accounts))}
         self._cache: dict[int, bytes] = {}
         end = self.created_at - timedelta(hours=1)
@@ -417,14 +418,22 @@ class CrmcomSimulator(SimulatorServer):
         }
 
     def mutate(
-        self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1
+        self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1,
+        payments: int = 0, deletes: int = 0,
     ) -> dict[str, list[str]]:
-        """Change the data set between runs; every touched invoice gets last-modified = now."""
+        """Change the data set between runs; every touched invoice gets last-modified = now.
+
+        payments: receipts change outstanding_amount but not log_information.updated_date (keys
+        "payments"); deletes: invoices vanish from invoices/list without any change event ("deleted").
+        Those two keys are returned only when asked for.
+        """
         r = random.Random(f"{self.knobs.seed}:mutate:{seed}")
         now = datetime.now(UTC).replace(microsecond=0)
         touched: dict[str, list[str]] = {"updated": [], "new": [], "voided": [], "lines_deleted": []}
         with self._lock:
-            pool = [inv for inv in self.invoices if inv.state != "CANCELLED"]
+            if payments or deletes:
+                self._pay_or_delete(r, payments, deletes, touched)
+            pool = [inv for inv in self.invoices if inv.state != "CANCELLED" and inv.idx not in self.deleted]
             r.shuffle(pool)
             for inv in [i for i in pool if i.state != "DRAFT"][:updates]:
                 inv.items[0].qty += 1  # amounts change and still add up
@@ -449,6 +458,27 @@ class CrmcomSimulator(SimulatorServer):
                 touched["new"].append(inv.id)
         return touched
 
+    def _pay_or_delete(self, r: random.Random, payments: int, deletes: int, touched: dict[str, list[str]]) -> None:
+        """Payments without a change event (as receipts applied in the back office) and silent deletions."""
+        live = [inv for inv in self.invoices if inv.idx not in self.deleted]
+        unpaid = [inv for inv in live if inv.state == "POSTED" and inv.paid != "full"]
+        r.shuffle(unpaid)
+        touched["payments"] = []
+        for inv in unpaid[:payments]:
+            inv.paid = "full" if inv.paid == "part" or r.random() < 0.5 else "part"
+            self._cache.pop(inv.idx, None)
+            touched["payments"].append(inv.id)
+        if deletes:
+            touched["deleted"] = []
+            rest = [inv for inv in live if inv.id not in touched["payments"]]
+            r.shuffle(rest)
+            for inv in rest[:deletes]:
+                self.deleted.add(inv.idx)
+                self._by_ar[inv.ar].remove(inv.idx)
+                touched["deleted"].append(inv.id)
+        if not payments:
+            del touched["payments"]
+
     def inconsistent_ids(self) -> set[str]:
         """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
         return {inv.id for inv in self.invoices if inv.delta_cents}
@@ -459,7 +489,7 @@ class CrmcomSimulator(SimulatorServer):
         total = lines = tax = 0
         with self._lock:
             for inv in self.invoices:
-                if since is not None and inv.updated < since:
+                if (since is not None and inv.updated < since) or inv.idx in self.deleted:
                     continue
                 out["invoices"] += 1
                 out["lines"] += len(inv.items)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -170,3 +171,30 @@ class OracleOccSource(Source):
 
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         return map_invoice(payload, self.name)
+
+    # -- lifecycle: specific invoices, the full id list -------------------------------------
+    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Current version of these invoices, one detail call each (parallel); an unknown id (404) is skipped.
+
+        Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
+        modification window never sees them. customer_ids is not needed here.
+        """
+        workers = self.config.concurrency
+        batch: list[SourceRecord] = []
+        for payload in ordered_map(self._detail, sorted(set(ids)), workers, workers * 4, f"{self.name}-byid"):
+            self.stats.scanned += 1
+            if payload is None:
+                continue
+            batch.append(self.record_or_raw(payload))
+            self.stats.kept += 1
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def list_ids(self, since: datetime | None = None) -> set[str]:
+        """Every invoice id last updated at or after `since` (default start_date): list pages only,
+        no detail calls. Deletion reconciliation compares it with the warehouse."""
+        start = since or self.config.start_date
+        return set(self._list_ids(Window(start, start)))

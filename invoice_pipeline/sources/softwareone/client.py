@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -14,7 +14,7 @@ from pydantic import SecretStr
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
 
 log = logging.getLogger("invoice_pipeline.softwareone")
@@ -208,6 +208,62 @@ class SoftwareOneSource(Source):
 
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         return map_invoice(payload, self.name)
+
+    # -- lifecycle: specific invoices, the full id list -------------------------------------------
+    def _by_ids_chunk(self, chunk: list[str]) -> list[dict[str, Any]]:
+        terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
+        body = self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk))
+        page_omits_lines = "lines" in _meta_omitted(body)
+        complete, missing = [], []
+        for item in body["data"]:
+            if not isinstance(item, dict):
+                raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
+            (missing if _incomplete(item, page_omits_lines) else complete).append(item)
+        return complete + (self._refetch(missing) if missing else [])
+
+    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
+        ids the API no longer knows are simply absent. customer_ids is not needed here."""
+        wanted = sorted(set(ids))
+        wanted_set = set(wanted)
+        chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
+        workers = self.config.concurrency
+        batch: list[SourceRecord] = []
+        for items in ordered_map(self._by_ids_chunk, chunks, workers, workers * 2, f"{self.name}-byid"):
+            self.stats.scanned += len(items)
+            for item in items:
+                record = self.record_or_raw(item)
+                if record.invoice_id in wanted_set:
+                    batch.append(record)
+                    self.stats.kept += 1
+            if len(batch) >= BATCH_SIZE:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    def list_ids(self, since: datetime | None = None) -> set[str]:
+        """Every invoice id created or updated at or after `since` (default start_date): pages of
+        `select=audit` only (lines left out), ordered by immutable keys so paging never skips."""
+        start = rql_time(since or self.config.start_date)
+        rql = f"or(ge(audit.updated.at,{start}),ge(audit.created.at,{start}))"
+        ids: set[str] = set()
+        offset = 0
+        while True:
+            query = f"{rql}&select=audit&{ORDER}&limit={self.page_size}&offset={offset}"
+            body = self.http.request("GET", LIST_PATH, raw_query=query, validate=self._validate).body
+            self.stats.pages += 1
+            data = body["data"]
+            for item in data:
+                invoice_id = item.get("id") if isinstance(item, dict) else None
+                if invoice_id in (None, ""):
+                    raise self.http.error(f"list item without id at offset {offset}", endpoint=ENDPOINT)
+                ids.add(str(invoice_id))
+            self.stats.scanned += len(data)
+            total = self._pagination(body).get("total")
+            offset += len(data)
+            if not data or (isinstance(total, int) and offset >= total):
+                return ids
 
 
 def _meta_omitted(body: dict[str, Any]) -> list[str]:

@@ -175,6 +175,7 @@ class DataSet:
                 updated = min(updated, end)
             self.invoices.append(self._invoice(seq, created, updated))
         self.by_id = {inv.id: inv for inv in self.invoices}
+        self.next_seq = size  # sequence of the next new invoice (ids never reused after a deletion)
 
     # -- generation -----------------------------------------------------------------------
     def _buyer(self, i: int) -> dict[str, Any]:
@@ -340,8 +341,12 @@ class DataSet:
         }
 
     # -- mutation and truth -------------------------------------------------------------------
-    def mutate(self, updates: int, new: int, voids: int, delete_lines: int, seed: int, now: datetime) -> dict:
+    def mutate(self, updates: int, new: int, voids: int, delete_lines: int, seed: int, now: datetime,
+               payments: int = 0, deletes: int = 0) -> dict:
         rng = random.Random(seed * 1_000_003 + self.version)
+        extra: dict[str, list[str]] = {}
+        if payments or deletes:
+            extra = self._pay_or_delete(random.Random(seed * 7_777_777 + self.version), payments, deletes)
         live = [inv for inv in self.invoices if inv.status != "Cancelled"]
         never = [inv for inv in live if inv.updated is None]
         touched: dict[str, list[str]] = {"updated": [], "new": [], "voided": [], "lines_deleted": []}
@@ -365,13 +370,34 @@ class DataSet:
             inv.lines.pop(rng.randrange(len(inv.lines)))
             touched["lines_deleted"].append(self._touch(inv, now, rng))
         for _ in range(new):
-            inv = self._invoice(len(self.invoices), now, None)
+            inv = self._invoice(self.next_seq, now, None)
+            self.next_seq += 1
             inv.created = now
             self.invoices.append(inv)
             self.by_id[inv.id] = inv
             touched["new"].append(inv.id)
         self.version += 1
-        return touched
+        return {**touched, **extra}
+
+    def _pay_or_delete(self, rng: random.Random, payments: int, deletes: int) -> dict[str, list[str]]:
+        """Receipts that change erpData.balanceDue (and status) without an audit.updated, and
+        invoices that vanish from the API without a change event; keys only when asked for."""
+        out: dict[str, list[str]] = {}
+        if payments:
+            open_ = [inv for inv in self.invoices if inv.status != "Cancelled" and inv.balance > 0]
+            out["payments"] = []
+            for inv in rng.sample(open_, min(payments, len(open_))):
+                inv.paid = inv.total if rng.random() < 0.5 else inv.paid + (inv.balance / 2).quantize(CENT)
+                inv.status = "Paid" if inv.balance == 0 else inv.status
+                out["payments"].append(inv.id)
+        if deletes:
+            pool = [inv for inv in self.invoices if inv.id not in out.get("payments", [])]
+            out["deleted"] = [inv.id for inv in rng.sample(pool, min(deletes, len(pool)))]
+            gone = set(out["deleted"])
+            self.invoices = [inv for inv in self.invoices if inv.id not in gone]
+            for invoice_id in gone:
+                del self.by_id[invoice_id]
+        return out
 
     def _touch(self, inv: Invoice, now: datetime, rng: random.Random) -> str:
         inv.updated, inv.updated_by = now, rng.randrange(len(USERS))
@@ -549,10 +575,16 @@ class SoftwareOneSimulator(SimulatorServer):
         self._index.move_to_end(key)
         return rows
 
-    def mutate(self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1) -> dict:
-        """Change the data set between runs; touched invoices get last-modified = now (UTC, seconds)."""
+    def mutate(self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, seed: int = 1,
+               payments: int = 0, deletes: int = 0) -> dict:
+        """Change the data set between runs; touched invoices get last-modified = now (UTC, seconds).
+
+        payments change balances without audit.updated ("payments"); deletes make invoices vanish
+        without a change event ("deleted"); those keys are returned only when asked for.
+        """
         with self._lock:
-            return self.data.mutate(updates, new, voids, delete_lines, seed, datetime.now(UTC).replace(microsecond=0))
+            return self.data.mutate(updates, new, voids, delete_lines, seed, datetime.now(UTC).replace(microsecond=0),
+                                    payments=payments, deletes=deletes)
 
     def inconsistent_ids(self) -> set[str]:
         """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
