@@ -132,7 +132,11 @@ class HttpClient:
         validate: Validator | None = None,
         raw_query: str | None = None,
     ) -> HttpResponse:
-        """One logical call: retried on transient failures, renewed once on auth expiry.
+        """One logical call: retried on transient failures, renewed once per attempt on auth expiry.
+
+        The renewal budget is per attempt, not per call: backoffs between transient retries can
+        outlast a short-lived credential, so a 401 after a retry earns a fresh login; a 401 right
+        after a renewal still fails (wrong credentials never loop).
 
         raw_query is appended verbatim (SoftwareOne's RQL must not be percent-encoded).
         """
@@ -140,6 +144,7 @@ class HttpClient:
         renewed = [False]
 
         def attempt() -> HttpResponse:
+            renewed[0] = False
             return self._attempt(method, path, endpoint, params, json, data, headers, use_auth, validate, raw_query, renewed)
 
         retrying = Retrying(
