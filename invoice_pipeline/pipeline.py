@@ -84,6 +84,15 @@ def _payload_json(payload: dict) -> str:
     return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def _unidentified(source: Source, rec: SourceRecord, what: str) -> str:
+    """The quarantine reason of a record without key or version, with identify()'s own cause."""
+    try:
+        source.identify(rec.payload)
+    except Exception as exc:  # the cause a person needs to fix the record
+        return f"{what}: {exc}" if exc.__class__.__name__ == "MappingError" else f"{what}: {type(exc).__name__}: {exc}"
+    return what
+
+
 def prepare_batch(
     source: Source, records: Iterable[SourceRecord], run_id: str, loaded_at: datetime, start_date: datetime | None = None
 ) -> tuple[LoadBatch, int]:
@@ -96,7 +105,7 @@ def prepare_batch(
     before_start = 0
     for rec in records:
         if not rec.invoice_id:
-            quarantine.append((None, "record has no invoice key", _payload_json(rec.payload)))
+            quarantine.append((None, _unidentified(source, rec, "record has no invoice key"), _payload_json(rec.payload)))
             continue
         if start_date is not None and rec.last_modified_at is not None and rec.last_modified_at < start_date:
             before_start += 1
@@ -112,7 +121,7 @@ def prepare_batch(
         payload_text = _payload_json(rec.payload)
         raw_rows.append((invoice_id, rec.last_modified_at, hashlib.sha256(payload_text.encode()).hexdigest(), payload_text))
         if rec.last_modified_at is None:
-            quarantine.append((invoice_id, "record has no last-modified time", payload_text))
+            quarantine.append((invoice_id, _unidentified(source, rec, "record has no last-modified time"), payload_text))
             continue
         try:
             mapped = finalize_conformed(source.to_conformed(rec.payload), derive_installment=not source.has_installments)
@@ -187,6 +196,9 @@ def run_source(
         if mode == "incremental":
             pending.cursor = window.end  # committed in the same transaction as the last rows
         _write(wh, pending, summary)
+        from invoice_pipeline.lifecycle import record_history  # lazy: lifecycle builds on this module
+
+        record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation
         summary.status = "success"
     except Exception as exc:
         summary.status = "failed"
