@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shlex
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -76,13 +78,32 @@ def simulator_app_config() -> AppConfig:
     return parse_config({"sources": sources})
 
 
+def start_serving(
+    stack: ExitStack, size: int, knobs: Knobs, ports: dict[str, int] | None = None, config_path: Path = SIMULATE_CONFIG,
+) -> dict[str, SimulatorServer]:
+    """Start the simulators, write the config that points at them and the local Dagster instance.
+
+    The instance (data/dagster_home/dagster.yaml unless DAGSTER_HOME is set) gets the pool limit and
+    the managed `invoice_pipeline` loggers, so `dagster dev` shows progress lines in the run logs.
+    """
+    from invoice_pipeline.runner import ensure_dagster_home
+
+    sims = start_simulators(stack, size=size, knobs=knobs, ports=DEFAULT_PORTS if ports is None else ports)
+    write_config(config_document(sims), config_path)
+    ensure_dagster_home()
+    return sims
+
+
 def serve_forever(size: int, knobs: Knobs) -> None:
     with ExitStack() as stack:
-        sims = start_simulators(stack, size=size, knobs=knobs, ports=DEFAULT_PORTS)
-        write_config(config_document(sims), SIMULATE_CONFIG)
+        sims = start_serving(stack, size, knobs)
         for name, sim in sims.items():
             print(f"  {name:14s} {type(sim).__name__:28s} {sim.base_url}")
-        print(f"config written to {SIMULATE_CONFIG} (Dagster picks it up when no other config is given); Ctrl-C stops")
+        home = os.environ["DAGSTER_HOME"]
+        print(f"config written to {SIMULATE_CONFIG} (Dagster picks it up when no other config is given)")
+        print(f"Dagster instance (run history, schedules, pool limits): {home}")
+        print(f"In another terminal:\n  export DAGSTER_HOME={shlex.quote(home)}\n  dagster dev -w workspace.yaml   # or: dg dev")
+        print("Ctrl-C stops the simulators", flush=True)
         try:
             while True:
                 time.sleep(3600)

@@ -1,0 +1,286 @@
+"""The Dagster UI in a real browser: `dagster dev` against the simulators, driven by headless Chromium.
+
+Starts the four simulators and `dagster dev -w workspace.yaml` (webserver + daemon) on a free loopback
+port with a temporary DAGSTER_HOME and config, opens the UI in Debian's chromium through selenium,
+checks the catalog and the lineage graph list every source's assets, launches a materialization by
+clicking in the UI, and waits for the run to succeed (in the UI and through /graphql), with the
+extraction's progress lines in the run's logs and the rows in the warehouse.
+
+In CI (and by default) the smallest form runs: one source asset's "Materialize" button (one step).
+`bash scripts/browser_test.sh` runs the full form: "Materialize all" on the global lineage graph
+(every source, the conformed model, the 13 checks and publish; a few minutes on 2 cores).
+Needs chromium and chromedriver (scripts/install_chromium.sh); skipped without them unless CI is set.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from invoice_pipeline.config import load_config
+from invoice_pipeline.runner import DAGSTER_YAML
+from invoice_pipeline.simulate import config_document, start_simulators, write_config
+from invoice_pipeline.warehouse import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+FULL = os.environ.get("INVOICE_PIPELINE_UI_FULL", "") not in ("", "0")
+SIZE = 25  # invoices per simulated source
+SOURCE = "swo"  # the source materialized in the smallest form (one API call per run)
+TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def _require_browser() -> str:
+    chromium = shutil.which("chromium")
+    missing = [name for name, ok in (("chromium", chromium), ("chromedriver", CHROMEDRIVER.exists())) if not ok]
+    if missing:
+        reason = f"{' and '.join(missing)} not installed (run: bash scripts/install_chromium.sh)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI is set but {reason}")
+        pytest.skip(reason)
+    return str(chromium)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(what: str, condition: Callable[[], Any], timeout: float, interval: float = 0.5,
+          alive: Callable[[], str | None] = lambda: None) -> Any:
+    """Poll until condition() is truthy; fail with `what` (and why the server died, if it did)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        died = alive()
+        if died:
+            pytest.fail(f"while waiting for {what}: {died}")
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class DagsterUI:
+    """A `dagster dev` process group (webserver + daemon + code server) and a GraphQL client for it."""
+
+    def __init__(self, tmp: Path, config_path: Path):
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        home = tmp / "dagster_home"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)  # the same instance config as data/dagster_home
+        self.log_path = tmp / "dagster_dev.log"
+        env = {**os.environ, "DAGSTER_HOME": str(home), "INVOICE_PIPELINE_CONFIG": str(config_path),
+               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        dagster = Path(sys.executable).with_name("dagster")
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.http = requests.Session()
+        self.http.trust_env = False  # loopback only, whatever proxy the environment sets
+
+    def died(self) -> str | None:
+        if self.proc.poll() is None:
+            return None
+        return f"dagster dev exited with {self.proc.returncode}:\n{self.log_tail()}"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGINT is dagster dev's clean shutdown; the process group goes with SIGKILL if it lingers."""
+        for sig, grace in ((signal.SIGINT, 5.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(grace)
+                if sig == signal.SIGKILL:
+                    return
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # children of a leader that exited cleanly
+        except ProcessLookupError:
+            pass
+
+    def graphql(self, query: str, **variables: Any) -> dict:
+        response = self.http.post(f"{self.url}/graphql", json={"query": query, "variables": variables}, timeout=30)
+        response.raise_for_status()
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]
+
+    def loaded(self) -> bool:
+        """The webserver answers and the code location loaded (a load error fails at once)."""
+        try:
+            data = self.graphql("""{ workspaceOrError { __typename ... on Workspace { locationEntries {
+                name loadStatus locationOrLoadError { __typename ... on PythonError { message } } } } } }""")
+        except requests.RequestException:
+            return False
+        entries = data["workspaceOrError"].get("locationEntries") or []
+        for entry in entries:
+            error = entry["locationOrLoadError"]
+            if error and error["__typename"] == "PythonError":
+                pytest.fail(f"code location {entry['name']} failed to load: {error['message']}")
+        return bool(entries) and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"] for e in entries)
+
+    def run_status(self, run_id: str) -> str:
+        data = self.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }", id=run_id)
+        return data["runOrError"].get("status", data["runOrError"]["__typename"])
+
+    def run_messages(self, run_id: str) -> list[tuple[str, str, str]]:
+        """(event type, step key, message) of every event of the run, as the UI's log viewer gets them."""
+        data = self.graphql("""query($id: ID!) { logsForRun(runId: $id, limit: 5000) { __typename
+            ... on EventConnection { events { __typename ... on MessageEvent { message stepKey } } } } }""", id=run_id)
+        return [(e["__typename"], e.get("stepKey") or "", e.get("message") or "")
+                for e in data["logsForRun"]["events"]]
+
+
+def _browser(chromium: str, stack: ExitStack):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--no-proxy-server", "--window-size=1600,1000"):
+        options.add_argument(arg)
+    options.add_argument(f"--user-data-dir={stack.enter_context(tempfile.TemporaryDirectory(prefix='chromium-'))}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    stack.callback(driver.quit)
+    return driver
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[tuple[DagsterUI, Any, dict[str, Any], Path]]:
+    chromium = _require_browser()
+    with ExitStack() as stack:
+        sims = start_simulators(stack, size=SIZE)
+        warehouse = {"duckdb_path": str(tmp_path / "warehouse.duckdb"),
+                     "published_path": str(tmp_path / "published" / "warehouse.duckdb"),
+                     "parquet_dir": str(tmp_path / "parquet")}
+        config_path = write_config(config_document(sims, warehouse), tmp_path / "invoice_pipeline.yaml")
+        server = DagsterUI(tmp_path, config_path)
+        stack.callback(server.stop)
+        driver = _browser(chromium, stack)  # starts while dagster dev loads
+        _wait("dagster dev to load the code location", server.loaded, timeout=120, alive=server.died)
+        yield server, driver, sims, config_path
+
+
+def _body_text(driver) -> str:
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.common.by import By
+
+    try:
+        return driver.find_element(By.TAG_NAME, "body").text
+    except WebDriverException:  # the page re-rendered under us
+        return ""
+
+
+def _click_button(driver, label: str, timeout: float = 30) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    xpath = f"//button[normalize-space()='{label}']"
+    WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+
+
+def _dismiss_welcome(driver) -> None:
+    """A fresh instance greets the first visitor with a 'Join the Dagster community' dialog."""
+    from selenium.webdriver.common.by import By
+
+    for button in driver.find_elements(By.XPATH, "//button[normalize-space()='Skip']"):
+        if button.is_displayed():
+            button.click()
+
+
+def _launched_run_id(driver, timeout: float = 30) -> str:
+    """The run id from the 'Launched run ... View' toast the UI shows after a launch."""
+    from selenium.webdriver.common.by import By
+
+    def link() -> str | None:
+        for a in driver.find_elements(By.XPATH, "//a[contains(@href, '/runs/')]"):
+            href = a.get_attribute("href") or ""
+            run_id = href.rstrip("/").rsplit("/runs/", 1)[-1]
+            if len(run_id) == 36:
+                return run_id
+        return None
+
+    return _wait("the UI to confirm the launched run", link, timeout)
+
+
+def test_ui_lists_every_source_and_materializes_from_a_click(ui) -> None:
+    server, driver, sims, config_path = ui
+    sources = list(sims)
+    assert SOURCE in sources
+
+    # The catalog lists every configured source's asset, the conformed model and the published snapshot.
+    driver.get(f"{server.url}/assets")
+    expected = [f"{s} / invoices" for s in sources] + ["main / invoices", "main / invoice_lines", "published / warehouse"]
+    _wait("the asset catalog to list every asset", lambda: all(k in _body_text(driver) for k in expected), 60)
+
+    # The global lineage graph shows one group per source (plus conformed and published).
+    driver.get(f"{server.url}/asset-groups")
+    _wait("the lineage graph", lambda: "Materialize all" in _body_text(driver), 60)
+    _dismiss_welcome(driver)
+    graph = _body_text(driver)
+    missing_groups = [g for g in [*sources, "conformed", "published"] if g not in graph.split("\n")]
+    assert not missing_groups, f"groups missing from the lineage graph: {missing_groups}\n{graph[:2000]}"
+
+    # Launch by clicking, as a user would.
+    if FULL:
+        _click_button(driver, "Materialize all")
+        materialized, timeout = sources, 600.0
+    else:
+        driver.get(f"{server.url}/assets/{SOURCE}/invoices")
+        _wait("the asset page", lambda: "Materialize" in _body_text(driver), 60)
+        _dismiss_welcome(driver)
+        _click_button(driver, "Materialize")
+        materialized, timeout = [SOURCE], 150.0
+    run_id = _launched_run_id(driver)
+
+    status = _wait(f"run {run_id} to finish", lambda: (s := server.run_status(run_id)) in TERMINAL and s,
+                   timeout, interval=1.0, alive=server.died)
+    events = server.run_messages(run_id)
+    failures = [m for kind, _, m in events if kind in ("ExecutionStepFailureEvent", "RunFailureEvent")]
+    assert status == "SUCCESS", f"run {run_id} ended {status}: {failures}\n{server.log_tail()}"
+
+    # The UI shows the run as succeeded.
+    driver.get(f"{server.url}/runs/{run_id}")
+    _wait("the run page to show Success", lambda: "Success" in _body_text(driver).split("\n"), 60)
+
+    # Progress lines (counts and rates) of the extraction are in the run's logs in the UI.
+    for source in materialized:
+        lines = [m for kind, step, m in events
+                 if kind == "LogMessageEvent" and step == f"{source}__invoices" and "invoices/s" in m]
+        assert lines and f"{SIZE} invoices" in lines[-1], (source, lines)
+
+    # And the rows landed: every invoice of each materialized source, in its schema and the conformed model.
+    app = load_config(config_path)
+    with Warehouse(app.warehouse).writer() as con:  # waits for any later run holding the writer lock
+        for source in materialized:
+            assert con.execute(f'SELECT count(*) FROM "{source}".invoices').fetchone()[0] == SIZE
+            assert con.execute("SELECT count(*) FROM main.invoices WHERE source_name = ?", [source]).fetchone()[0] == SIZE
+    if FULL:
+        assert Path(app.warehouse.published_path).exists()
