@@ -27,13 +27,13 @@ def _print_report(report) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from invoice_pipeline.runner import run_pipeline
-
     path = resolve_config_path(args.config)
     app = load_config(path)
     unknown = [s for s in args.source or [] if s not in app.sources]
     if unknown:
         raise ConfigError(f"--source {unknown[0]}: not in {path} (configured: {', '.join(app.sources)})")
+    from invoice_pipeline.runner import run_pipeline  # Dagster loads in seconds: only for a valid config
+
     report = run_pipeline(app, str(path), args.source)
     _print_report(report)
     return 0 if report.success else 1

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import requests
@@ -63,10 +64,11 @@ class HttpResponse:
 
 
 class _Transient(Exception):
-    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None, hint: str = ""):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+        self.hint = hint  # what to check when this is the error we give up on
 
 
 @dataclass
@@ -107,6 +109,13 @@ class HttpClient:
         adapter = HTTPAdapter(pool_connections=2, pool_maxsize=max(pool_size, 2) * 2, max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
+
+    @property
+    def _reach_hint(self) -> str:
+        """An API never reached is most often a wrong base_url: say which one was tried."""
+        parts = urlsplit(self.base_url)
+        where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return f"; check the source's base_url ({where}) and that the API is reachable"
 
     # -- secrets -------------------------------------------------------------------------
     def redact(self, text: str) -> str:
@@ -158,7 +167,7 @@ class HttpClient:
             return retrying(attempt)
         except _Transient as exc:
             raise self.error(
-                f"gave up after {self.max_retries + 1} attempts: {exc}", endpoint=endpoint, status=exc.status
+                f"gave up after {self.max_retries + 1} attempts: {exc}{exc.hint}", endpoint=endpoint, status=exc.status
             ) from None
 
     def _wait_for(self, state: RetryCallState) -> float:
@@ -194,9 +203,9 @@ class HttpClient:
             )
             content = resp.content
         except requests.Timeout:
-            raise _Transient(f"timed out after {self.timeout:g}s") from None
+            raise _Transient(f"timed out after {self.timeout:g}s", hint=self._reach_hint) from None
         except requests.ConnectionError as exc:
-            raise _Transient(f"connection failed: {type(exc).__name__}") from None
+            raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
         except requests.RequestException as exc:
             raise _Transient(f"transfer failed: {type(exc).__name__}") from None
         with self._lock:

@@ -72,7 +72,7 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             instance=instance,
             asset_selection=selection,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )
     report = RunReport(success=result.success)
     for event in result.all_events:
