@@ -1,0 +1,554 @@
+"""Invoice lifecycle: re-poll open invoices, detect deletions, keep the history of every version.
+
+Plain Python, like pipeline.py; defs/lifecycle.py wires it into Dagster.
+
+- Re-poll: balances move when a payment is applied, often without the invoice's last-modified
+  time moving, so a modification window never sees it. `repoll_open_invoices` re-reads the
+  invoices still open in the warehouse (balance due <> 0, not void, not deleted, due or invoice
+  date within `repoll_horizon`) with each source's cheapest read of specific invoices
+  (`fetch_by_ids`) and merges them like any load (the merge accepts an equal last-modified time).
+- Deletions: an invoice can vanish from a source without a change event. `reconcile_deletions`
+  compares the source's ids (`list_ids`) with the warehouse, confirms each missing one with
+  `fetch_by_ids`, and marks the rest `is_deleted` with `deleted_detected_at` (never erased). A
+  deleted invoice that shows up again is loaded, which un-deletes it.
+- History: `main.invoice_history` holds one row per observed version of each invoice, valid from
+  `valid_from` (inclusive) to `valid_to` (exclusive; NULL = the current version), contiguous and
+  never overlapping. `record_history` derives it from `main.invoices` after every load and is
+  idempotent: a re-run, an overlapping window, a backfill whose older version the merge rejected
+  and a replay add nothing.
+- `main.ar_aging_snapshot`: balances per source, customer, currency and aging bucket as of the
+  end of a day (UTC), computed from the history; recomputing a day replaces that day.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, cast
+
+import duckdb
+
+from invoice_pipeline.config import AppConfig, SourceConfig
+from invoice_pipeline.errors import PipelineError
+from invoice_pipeline.pipeline import RunSummary, build_source, run_source
+from invoice_pipeline.sources.base import Source, SourceRecord, Window
+from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.timeutil import parse_duration, utc_now
+from invoice_pipeline.warehouse import Warehouse
+
+log = logging.getLogger("invoice_pipeline.lifecycle")
+
+MONEY_T = "DECIMAL(18,4)"
+
+# Config keys read with these defaults until config.SourceConfig declares them.
+DEFAULT_REPOLL_HORIZON = timedelta(days=365)
+DEFAULT_RECONCILE_SCHEDULE = "0 3 * * *"
+DEFAULT_MAX_DELETED_SHARE = 0.5
+GUARD_MIN_DELETIONS = 10  # below this many deletions the share guard never trips (small tenants)
+
+# column -> (type, comment)
+HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
+    "source_name": ("VARCHAR", "Configured source name."),
+    "invoice_id": ("VARCHAR", "Source key (as in main.invoices)."),
+    "valid_from": ("TIMESTAMPTZ", "This version holds from here (inclusive): the source's last-modified time when it "
+                                  "moved, else when the pipeline observed the change (payments, deletions)."),
+    "valid_to": ("TIMESTAMPTZ", "Until here (exclusive) = the next version's valid_from; NULL for the current version."),
+    "invoice_number": ("VARCHAR", "As in main.invoices."),
+    "status": ("VARCHAR", "Source status of this version."),
+    "is_void": ("BOOLEAN", "Voided/cancelled at the source in this version."),
+    "is_deleted": ("BOOLEAN", "Gone from the source (found by deletion reconciliation) in this version."),
+    "deleted_detected_at": ("TIMESTAMPTZ", "When the pipeline found the invoice missing (deleted versions only)."),
+    "customer_id": ("VARCHAR", "As in main.invoices."),
+    "customer_name": ("VARCHAR", "As in main.invoices."),
+    "invoice_date": ("DATE", "As in main.invoices."),
+    "due_date": ("DATE", "As in main.invoices."),
+    "currency_code": ("VARCHAR", "As in main.invoices."),
+    "net_amount": (MONEY_T, "As in main.invoices."),
+    "tax_amount": (MONEY_T, "As in main.invoices."),
+    "total_amount": (MONEY_T, "Header total of this version."),
+    "balance_due": (MONEY_T, "What was owed while this version held."),
+    "last_modified_at": ("TIMESTAMPTZ", "The source's last-modified time of this version."),
+    "observed_at": ("TIMESTAMPTZ", "When the pipeline loaded this version (main.invoices._loaded_at)."),
+    "run_id": ("VARCHAR", "Pipeline run that loaded this version."),
+    "version_hash": ("VARCHAR", "md5 of the tracked columns: equal hash = same version."),
+}
+# A change in any of these is a new version.
+TRACKED = ["invoice_number", "status", "is_void", "is_deleted", "customer_id", "customer_name", "invoice_date",
+           "due_date", "currency_code", "net_amount", "tax_amount", "total_amount", "balance_due", "last_modified_at"]
+
+AGING_COLUMNS: dict[str, tuple[str, str]] = {
+    "snapshot_date": ("DATE", "The day (UTC) whose end the balances describe."),
+    "source_name": ("VARCHAR", "Configured source name."),
+    "customer_id": ("VARCHAR", "Customer (as in main.invoices)."),
+    "customer_name": ("VARCHAR", "Customer name (the latest seen among the aged invoices)."),
+    "currency_code": ("VARCHAR", "Currency of the balances (never mixed)."),
+    "aging_bucket": ("VARCHAR", "Days past due at snapshot_date: not_due, 1-30, 31-60, 61-90, over_90, no_due_date."),
+    "invoice_count": ("BIGINT", "Open invoices in the bucket."),
+    "balance_due": (MONEY_T, "Sum of their balance due."),
+    "total_amount": (MONEY_T, "Sum of their invoice totals."),
+    "as_of": ("TIMESTAMPTZ", "The instant whose history versions were aged (the end of snapshot_date, UTC)."),
+    "computed_at": ("TIMESTAMPTZ", "When this snapshot row was computed."),
+}
+AGING_BUCKET_SQL = """CASE
+    WHEN coalesce(due_date, invoice_date) IS NULL THEN 'no_due_date'
+    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 0 THEN 'not_due'
+    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 30 THEN '1-30'
+    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 60 THEN '31-60'
+    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 90 THEN '61-90'
+    ELSE 'over_90' END"""
+
+
+def version_hash_sql(alias: str = "") -> str:
+    """The version hash of a main.invoices (or history) row; timestamps as epoch µs (zone-proof)."""
+    p = f"{alias}." if alias else ""
+    parts = ", ".join(
+        f"{c} := epoch_us({p}{c})" if c == "last_modified_at" else f"{c} := {p}{c}" for c in TRACKED
+    )
+    return f"md5(to_json(struct_pack({parts})))"
+
+
+# -- settings --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LifecycleSettings:
+    """Per-source lifecycle keys (read with defaults until config.SourceConfig declares them)."""
+
+    repoll_horizon: timedelta = DEFAULT_REPOLL_HORIZON
+    repoll_schedule: str | None = None  # None/empty: re-poll after every incremental run
+    reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
+    reconcile_max_deleted_share: float = DEFAULT_MAX_DELETED_SHARE
+
+
+def lifecycle_settings(config: SourceConfig) -> LifecycleSettings:
+    horizon = getattr(config, "repoll_horizon", None)
+    if horizon is not None and not isinstance(horizon, timedelta):
+        horizon = parse_duration(horizon)
+    share = getattr(config, "reconcile_max_deleted_share", None)
+    return LifecycleSettings(
+        repoll_horizon=horizon if horizon is not None else DEFAULT_REPOLL_HORIZON,
+        repoll_schedule=getattr(config, "repoll_schedule", None) or None,
+        reconcile_schedule=getattr(config, "reconcile_schedule", None) or DEFAULT_RECONCILE_SCHEDULE,
+        reconcile_max_deleted_share=float(share) if share is not None else DEFAULT_MAX_DELETED_SHARE,
+    )
+
+
+# -- tables ----------------------------------------------------------------------------------------
+TABLE_COMMENTS = {
+    "invoice_history": "One row per observed version of each invoice; valid_from inclusive, valid_to exclusive "
+                       "(NULL = current). Owed at instant T: the versions with valid_from <= T < coalesce(valid_to, "
+                       "infinity), not void, not deleted.",
+    "ar_aging_snapshot": "Open balances per source, customer, currency and aging bucket at the end of snapshot_date "
+                         "(UTC), from main.invoice_history; one set of rows per day.",
+}
+
+
+def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND table_name = ?", [table]).fetchall()}
+
+
+def ensure_lifecycle_tables(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the two tables (with comments) once; later releases' new columns are added."""
+    for table, columns in (("invoice_history", HISTORY_COLUMNS), ("ar_aging_snapshot", AGING_COLUMNS)):
+        existing = _existing_columns(con, table)
+        if not existing:
+            cols = ", ".join(f"{quote(c)} {t}" for c, (t, _) in columns.items())
+            con.execute(f"CREATE TABLE IF NOT EXISTS main.{table} ({cols})")
+            con.execute(f"COMMENT ON TABLE main.{table} IS {sql_literal(TABLE_COMMENTS[table])}")
+        for c, (t, doc) in columns.items():
+            if c in existing:
+                continue
+            if existing:
+                con.execute(f"ALTER TABLE main.{table} ADD COLUMN {quote(c)} {t}")
+            con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {sql_literal(doc)}")
+
+
+def _prepare(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
+    """The conformed tables (only if missing: ensure_main rewrites every comment) and ours."""
+    if not _existing_columns(con, "invoices"):
+        wh.ensure_main(con)
+    ensure_lifecycle_tables(con)
+
+
+# -- history ---------------------------------------------------------------------------------------
+HISTORY_VALUE_COLUMNS = [c for c in HISTORY_COLUMNS if c not in ("valid_from", "valid_to", "observed_at", "run_id",
+                                                                  "version_hash")]
+
+
+def _record_history(con: duckdb.DuckDBPyConnection, source_name: str, run_id: str | None) -> int:
+    """The body of record_history, inside the caller's transaction."""
+    # 1. A deletion mark lost by a reload that is not a genuine new observation (replay rebuilds
+    #    rows from raw payloads with is_deleted = false) is restored from the history. A row loaded
+    #    by this run, or with a newer last-modified time, is a real sighting: it stays un-deleted.
+    con.execute(
+        """UPDATE main.invoices AS i SET is_deleted = true, deleted_detected_at = h.deleted_detected_at
+        FROM main.invoice_history AS h
+        WHERE i.source_name = $src AND h.source_name = i.source_name AND h.invoice_id = i.invoice_id
+          AND h.valid_to IS NULL AND h.is_deleted AND NOT coalesce(i.is_deleted, false)
+          AND i.last_modified_at <= h.last_modified_at AND i._run_id IS DISTINCT FROM $run_id""",
+        {"src": source_name, "run_id": run_id},
+    )
+    # 2. Rows whose version differs from the current history row (or that have none) are new versions.
+    values = ", ".join(f"c.{c}" for c in HISTORY_VALUE_COLUMNS)
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE _history_stage AS
+        WITH cur AS (
+            SELECT *, {version_hash_sql()} AS version_hash FROM main.invoices WHERE source_name = $src),
+        prev AS (
+            SELECT invoice_id, valid_from, last_modified_at, is_deleted, version_hash
+            FROM main.invoice_history WHERE source_name = $src AND valid_to IS NULL)
+        SELECT {values}, c.version_hash, c._loaded_at AS observed_at, c._run_id AS run_id,
+          CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
+          ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,
+            CASE WHEN c.is_deleted AND NOT coalesce(p.is_deleted, false) THEN coalesce(c.deleted_detected_at, c._loaded_at)
+                 WHEN c.last_modified_at > p.last_modified_at THEN c.last_modified_at
+                 ELSE c._loaded_at END)
+          END AS valid_from
+        FROM cur c LEFT JOIN prev p ON p.invoice_id = c.invoice_id
+        WHERE p.invoice_id IS NULL OR p.version_hash <> c.version_hash""",
+        {"src": source_name},
+    )
+    added = con.execute("SELECT count(*) FROM _history_stage").fetchall()[0][0]
+    if added:
+        con.execute(
+            """UPDATE main.invoice_history AS h SET valid_to = n.valid_from FROM _history_stage AS n
+            WHERE h.source_name = $src AND h.invoice_id = n.invoice_id AND h.valid_to IS NULL""",
+            {"src": source_name},
+        )
+        con.execute("INSERT INTO main.invoice_history BY NAME SELECT *, NULL::TIMESTAMPTZ AS valid_to FROM _history_stage")
+    con.execute("DROP TABLE _history_stage")
+    return added
+
+
+def record_history(
+    wh: Warehouse, source_name: str, run_id: str | None = None, con: duckdb.DuckDBPyConnection | None = None
+) -> int:
+    """Bring main.invoice_history up to date with main.invoices for one source; returns versions added.
+
+    run_id: the run that just loaded (its rows are genuine sightings, see step 1). With `con`,
+    runs inside the caller's open transaction; otherwise takes the writer lock and commits.
+    """
+    if con is not None:
+        return _record_history(con, source_name, run_id)
+    with wh.writer() as own:
+        _prepare(wh, own)
+        own.execute("BEGIN TRANSACTION")
+        try:
+            added = _record_history(own, source_name, run_id)
+            own.execute("COMMIT")
+        except BaseException:
+            own.execute("ROLLBACK")
+            raise
+    if added:
+        log.info("source '%s': %d invoice versions added to main.invoice_history", source_name, added)
+    return added
+
+
+HISTORY_RULES: dict[str, str] = {
+    "history_overlap": "a version starts before the previous one ended (or after a current version)",
+    "history_gap": "a version starts after the previous one ended",
+    "history_empty_interval": "valid_to is not after valid_from",
+    "history_no_current_version": "every version of the invoice is closed",
+}
+
+
+def history_violations(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> tuple[int, list[tuple[str, str, str, str]]]:
+    """(count, first rows as (rule, source, invoice, detail)) of gaps/overlaps in main.invoice_history."""
+    query = """
+        WITH h AS (
+          SELECT source_name, invoice_id, valid_from, valid_to,
+            lead(valid_from) OVER w AS next_from,
+            count(*) FILTER (WHERE valid_to IS NULL) OVER (PARTITION BY source_name, invoice_id) AS n_current,
+            row_number() OVER w AS n
+          FROM main.invoice_history
+          WINDOW w AS (PARTITION BY source_name, invoice_id ORDER BY valid_from, valid_to NULLS LAST))
+        SELECT 'history_overlap', source_name, invoice_id,
+               'version from ' || valid_from || ' to ' || coalesce(valid_to::VARCHAR, 'now') || ', next from ' || next_from
+          FROM h WHERE next_from IS NOT NULL AND (valid_to IS NULL OR next_from < valid_to)
+        UNION ALL
+        SELECT 'history_gap', source_name, invoice_id, 'version ends ' || valid_to || ', next starts ' || next_from
+          FROM h WHERE next_from > valid_to
+        UNION ALL
+        SELECT 'history_empty_interval', source_name, invoice_id, 'from ' || valid_from || ' to ' || valid_to
+          FROM h WHERE valid_to <= valid_from
+        UNION ALL
+        SELECT 'history_no_current_version', source_name, invoice_id, 'last version ends ' || valid_to
+          FROM h WHERE n_current = 0 AND next_from IS NULL
+    """
+    total = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+    rows = con.execute(f"{query} ORDER BY 2, 3" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+    return total, [cast(tuple[str, str, str, str], tuple(r)) for r in rows]
+
+
+def history_out_of_sync(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> tuple[int, list[tuple[str, str]]]:
+    """Invoices whose current history version is not what main.invoices holds (history not yet
+    maintained after a load, or deletion marks lost by a replay)."""
+    query = f"""
+        SELECT i.source_name, i.invoice_id FROM main.invoices i
+        LEFT JOIN main.invoice_history h
+          ON h.source_name = i.source_name AND h.invoice_id = i.invoice_id AND h.valid_to IS NULL
+        WHERE h.invoice_id IS NULL OR h.version_hash <> {version_hash_sql('i')}"""
+    total = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
+    rows = con.execute(f"{query} ORDER BY 1, 2" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
+    return total, [(r[0], r[1]) for r in rows]
+
+
+# -- loading specific invoices through run_source --------------------------------------------------
+class _GivenInvoices:
+    """A source whose extract() yields given batches (fetch_by_ids, records already read) instead
+    of a modification window, so re-polls and reappearances load through run_source's merge,
+    quarantine, raw payload store, run log and history hook like every other load."""
+
+    def __init__(self, inner: Source, batches: Callable[[], Iterator[list[SourceRecord]]]):
+        self._inner = inner
+        self._batches = batches
+
+    def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
+        return self._batches()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def _load_given(app: AppConfig, source_name: str, wh: Warehouse, src: Source,
+                batches: Callable[[], Iterator[list[SourceRecord]]]) -> RunSummary:
+    config = app.sources[source_name]
+    # An explicit window makes run_source leave the cursor alone (it is recorded as a backfill).
+    window = Window(config.start_date, utc_now().replace(microsecond=0))
+    return run_source(app, source_name, warehouse=wh, window=window, source=cast(Source, _GivenInvoices(src, batches)))
+
+
+def _fetch_by_ids(src: Source, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[list[SourceRecord]]:
+    fetch = getattr(src, "fetch_by_ids", None)
+    if fetch is None:
+        raise PipelineError(f"source '{src.name}' ({src.type_name}) cannot read specific invoices (no fetch_by_ids)")
+    return fetch(ids, customer_ids=customer_ids)
+
+
+# -- re-poll ---------------------------------------------------------------------------------------
+def open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date) -> list[tuple[str, str | None]]:
+    """(invoice_id, customer_id) of the invoices still open: balance due <> 0, not void, not
+    deleted, and due (or invoice) date no older than the horizon (undated ones: last modified)."""
+    oldest = today - timedelta(days=max(horizon.days, 0))
+    rows = con.execute(
+        """SELECT invoice_id, customer_id FROM main.invoices
+        WHERE source_name = ? AND balance_due <> 0 AND NOT coalesce(is_void, false) AND NOT coalesce(is_deleted, false)
+          AND coalesce(greatest(due_date, invoice_date), CAST(last_modified_at AS DATE)) >= ?
+        ORDER BY invoice_id""",
+        [source_name, oldest],
+    ).fetchall()
+    return [(r[0], r[1]) for r in rows]
+
+
+@dataclass
+class RepollResult:
+    source_name: str
+    open_invoices: int = 0  # selected for the re-poll
+    found: int = 0  # returned by the source
+    changed: int = 0  # of which a new version (balance, status, ...)
+    summary: RunSummary | None = None
+
+    def as_metadata(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "summary"}
+        if self.summary is not None:
+            out.update(run_id=self.summary.run_id, api_calls=self.summary.api_calls, duration_s=self.summary.duration_s,
+                       quarantined=self.summary.quarantined)
+        return out
+
+
+def repoll_open_invoices(
+    app: AppConfig, source_name: str, *, warehouse: Warehouse | None = None, source: Source | None = None,
+    today: date | None = None, horizon: timedelta | None = None,
+) -> RepollResult:
+    """Re-read the still-open invoices of one source and merge what changed (see module doc).
+
+    horizon overrides the source's `repoll_horizon`; today is for tests (default: UTC today)."""
+    wh = warehouse or Warehouse(app.warehouse)
+    horizon = horizon if horizon is not None else lifecycle_settings(app.sources[source_name]).repoll_horizon
+    with wh.writer() as con:
+        _prepare(wh, con)
+        wh.ensure_source(con, source_name)
+        rows = open_invoices(con, source_name, horizon, today or utc_now().date())
+    result = RepollResult(source_name, open_invoices=len(rows))
+    if not rows:
+        if source is not None:
+            source.close()
+        return result
+    ids = [i for i, _ in rows]
+    customers = sorted({c for _, c in rows if c})
+    src = source or build_source(app, source_name)
+    result.summary = _load_given(app, source_name, wh, src, lambda: _fetch_by_ids(src, ids, customers))
+    result.found = result.summary.invoices_extracted
+    with wh.writer() as con:
+        result.changed = con.execute(
+            "SELECT count(*) FROM main.invoice_history WHERE source_name = ? AND run_id = ?",
+            [source_name, result.summary.run_id],
+        ).fetchall()[0][0]
+    log.info("source '%s': re-polled %d open invoices, %d found, %d changed", source_name, result.open_invoices,
+             result.found, result.changed)
+    return result
+
+
+# -- deletions -------------------------------------------------------------------------------------
+@dataclass
+class ReconcileResult:
+    source_name: str
+    listed: int = 0  # ids the source listed
+    checked: int = 0  # warehouse invoices compared
+    missing: int = 0  # not listed
+    confirmed_present: int = 0  # not listed but found by a direct read (listing raced a change)
+    deleted: list[str] = field(default_factory=list)  # newly marked is_deleted
+    reappeared: list[str] = field(default_factory=list)  # marked deleted, found again and reloaded
+    summary: RunSummary | None = None
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {"listed": self.listed, "checked": self.checked, "missing": self.missing,
+                "confirmed_present": self.confirmed_present, "deleted": len(self.deleted),
+                "reappeared": len(self.reappeared), "first_deleted": self.deleted[:20],
+                "first_reappeared": self.reappeared[:20]}
+
+
+def reconcile_deletions(
+    app: AppConfig, source_name: str, *, warehouse: Warehouse | None = None, source: Source | None = None,
+    since: datetime | None = None,
+) -> ReconcileResult:
+    """Mark invoices gone from the source as deleted; reload deleted ones that came back.
+
+    since: reconcile only invoices last modified at or after it (default: the source's
+    start_date, i.e. everything); a still-existing invoice's last-modified time can only have
+    moved forward, so it is in a listing from `since`. Invoices loaded after the listing began
+    are left out (a concurrent run may have loaded what the listing could not yet see).
+    """
+    wh = warehouse or Warehouse(app.warehouse)
+    config = app.sources[source_name]
+    settings = lifecycle_settings(config)
+    since = since or config.start_date
+    result = ReconcileResult(source_name)
+    src = source or build_source(app, source_name)
+    handed_over = False
+    try:
+        started = utc_now()
+        list_ids = getattr(src, "list_ids", None)
+        if list_ids is None:
+            raise PipelineError(f"source '{source_name}' ({config.type}) cannot list its invoice ids (no list_ids)")
+        listed: set[str] = list_ids(since)
+        result.listed = len(listed)
+        with wh.writer() as con:
+            _prepare(wh, con)
+            wh.ensure_source(con, source_name)
+            rows = con.execute(
+                """SELECT invoice_id, customer_id, coalesce(is_deleted, false) FROM main.invoices
+                WHERE source_name = ? AND last_modified_at >= ? AND _loaded_at < ?""",
+                [source_name, since, started],
+            ).fetchall()
+        result.checked = len(rows)
+        missing = {i for i, _, deleted in rows if not deleted and i not in listed}
+        back = {i for i, _, deleted in rows if deleted and i in listed}
+        result.missing = len(missing)
+        found: list[SourceRecord] = []
+        if missing or back:
+            customers = sorted({c for i, c, _ in rows if c and (i in missing or i in back)})
+            found = [r for batch in _fetch_by_ids(src, missing | back, customers) for r in batch]
+        found_ids = {r.invoice_id for r in found}
+        gone = sorted(missing - found_ids)
+        result.confirmed_present = len(missing & found_ids)
+        active = sum(1 for _, _, deleted in rows if not deleted)
+        if len(gone) > GUARD_MIN_DELETIONS and len(gone) > settings.reconcile_max_deleted_share * active:
+            raise PipelineError(
+                f"source '{source_name}': {len(gone)} of {active} invoices would be marked deleted, more than "
+                f"reconcile_max_deleted_share={settings.reconcile_max_deleted_share}; refusing (a listing that "
+                "misses invoices, e.g. narrowed credentials, must not delete them). Nothing was marked."
+            )
+        if gone:
+            _mark_deleted(wh, source_name, gone, started)
+        result.deleted = gone
+        result.reappeared = sorted(back & found_ids)
+        if found:
+            handed_over = True  # run_source closes the source
+            result.summary = _load_given(app, source_name, wh, src, lambda: iter([found]))
+    finally:
+        if not handed_over:
+            src.close()
+    log.info("source '%s': deletion reconciliation: %d listed, %d checked, %d marked deleted, %d reappeared",
+             source_name, result.listed, result.checked, len(result.deleted), len(result.reappeared))
+    return result
+
+
+def _mark_deleted(wh: Warehouse, source_name: str, ids: list[str], listing_started: datetime) -> None:
+    """is_deleted + deleted_detected_at in main.invoices and a deleted version in the history, one commit."""
+    detected = utc_now()
+    with wh.writer() as con:
+        _prepare(wh, con)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("CREATE OR REPLACE TEMP TABLE _deleted_ids (invoice_id VARCHAR)")
+            con.executemany("INSERT INTO _deleted_ids VALUES (?)", [[i] for i in ids])
+            # A row reloaded since the listing began exists after all: leave it.
+            con.execute(
+                """UPDATE main.invoices SET is_deleted = true, deleted_detected_at = ?
+                WHERE source_name = ? AND NOT coalesce(is_deleted, false) AND _loaded_at < ?
+                  AND invoice_id IN (SELECT invoice_id FROM _deleted_ids)""",
+                [detected, source_name, listing_started],
+            )
+            con.execute("DROP TABLE _deleted_ids")
+            _record_history(con, source_name, None)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+# -- aging snapshot --------------------------------------------------------------------------------
+def aging_as_of(snapshot_date: date) -> datetime:
+    """The end of the snapshot day (UTC): versions valid just before this instant are aged."""
+    return datetime.combine(snapshot_date + timedelta(days=1), time(0), UTC)
+
+
+def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sources: Collection[str] | None = None) -> dict[str, Any]:
+    """Replace the snapshot rows of one day with the open balances at its end, from the history.
+
+    Idempotent: recomputing a day deletes and rewrites that day in one transaction. A past day
+    can be (re)computed at any time, since the history knows what was owed then.
+    """
+    day = snapshot_date or utc_now().date()
+    as_of = aging_as_of(day)
+    src_filter = ""
+    params: dict[str, Any] = {"snapshot_date": day, "as_of": as_of}
+    if sources is not None:
+        src_filter = "AND list_contains($sources, source_name)"
+        params["sources"] = list(sources)
+    with wh.writer() as con:
+        _prepare(wh, con)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = ?", [day])
+            con.execute(
+                f"""INSERT INTO main.ar_aging_snapshot BY NAME
+                SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,
+                       arg_max(customer_name, valid_from) AS customer_name, currency_code,
+                       {AGING_BUCKET_SQL} AS aging_bucket, count(*) AS invoice_count,
+                       sum(balance_due) AS balance_due, sum(total_amount) AS total_amount,
+                       $as_of::TIMESTAMPTZ AS as_of, now() AS computed_at
+                FROM main.invoice_history
+                WHERE valid_from < $as_of AND (valid_to IS NULL OR valid_to >= $as_of)
+                  AND NOT coalesce(is_void, false) AND NOT coalesce(is_deleted, false) AND balance_due <> 0 {src_filter}
+                GROUP BY source_name, customer_id, currency_code, aging_bucket""",
+                params,
+            )
+            rows, invoices = con.execute(
+                "SELECT count(*), coalesce(sum(invoice_count), 0) FROM main.ar_aging_snapshot WHERE snapshot_date = ?",
+                [day],
+            ).fetchall()[0]
+            by_bucket = dict(con.execute(
+                "SELECT aging_bucket, sum(invoice_count) FROM main.ar_aging_snapshot WHERE snapshot_date = ? GROUP BY 1",
+                [day],
+            ).fetchall())
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    log.info("ar_aging_snapshot %s: %d rows, %d open invoices", day.isoformat(), rows, invoices)
+    return {"snapshot_date": day.isoformat(), "rows": rows, "open_invoices": invoices,
+            "invoices_by_bucket": {k: int(v) for k, v in by_bucket.items()}}
