@@ -1,21 +1,28 @@
-"""Publishing what readers see: the conformed tables' upkeep, the Parquet lake, the read-only snapshot.
+"""Publishing what readers see: the conformed tables' upkeep, the read-only snapshot, the Parquet lake.
 
-Readers never open the working database (DuckDB's lock would block the pipeline, see FACTS.md):
-they get a snapshot file swapped in atomically, written in a storage version DuckDB 1.4+ opens.
+Readers never open the working database (DuckDB's lock would block the pipeline, see FACTS.md).
+They get a snapshot file, written under a temporary name in a storage version DuckDB 1.4+ opens,
+made read-only and swapped in with one `os.replace`: a reader that opens `published_path` gets
+the old or the new file, never a mix, and a reader holding the old one open keeps reading it
+(its inode lives until it disconnects) without blocking the next publish. The Parquet lake's
+conformed tables are exported from that same snapshot file, so lake and snapshot are one version.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import shutil
+import stat
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
-from invoice_pipeline.config import AppConfig
-from invoice_pipeline.conformed import CONFORMED_TABLES
 import duckdb
+from filelock import FileLock
 
+from invoice_pipeline.config import AppConfig
+from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
+from invoice_pipeline.lake import Lake, new_version
 from invoice_pipeline.reconcile import create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
@@ -24,6 +31,11 @@ from invoice_pipeline.warehouse import Warehouse, apply_comments
 log = logging.getLogger("invoice_pipeline.publish")
 
 PUBLISHED_STORAGE_VERSION = "v1.4.0"
+SNAPSHOT_INFO = "_snapshot"  # one row: which version a reader is looking at, and when it was published
+# Conformed tables in the lake: hive folders source_name=<source>/invoice_month=YYYY-MM (the parent
+# invoice's month for child rows), so engines prune by source and period.
+LAKE_PARTITIONS = ["source_name", "invoice_month"]
+ARROW_BATCH = 64 * 1024
 
 
 def refresh_conformed(wh: Warehouse, configured_sources: list[str]) -> dict[str, dict[str, int]]:
@@ -45,76 +57,129 @@ def _safe_dirname(name: str) -> str:
     return cleaned if cleaned == name else f"{cleaned}_{uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:8]}"
 
 
-def _swap_dir(tmp: Path, final: Path) -> None:
-    """Replace a folder by a fully written one; readers see the old or the new files."""
-    old = final.with_name(final.name + f".old-{uuid.uuid4().hex[:6]}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def export_parquet(wh: Warehouse, app: AppConfig) -> dict[str, int]:
-    """One folder per table: conformed tables hive-partitioned by source_name, source tables per schema."""
-    root = Path(app.warehouse.parquet_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    written: dict[str, int] = {}
-    with wh.writer() as con:
-        jobs: list[tuple[str, str, Path, bool]] = [
-            (f"main.{t}", t, root / t, True) for t in CONFORMED_TABLES
-        ]
-        for source in app.sources:
-            exists = con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [source]).fetchone()[0]
-            if not exists:
-                continue
-            for name in wh.source_tables(con, source).values():
-                jobs.append((f"{quote(source)}.{quote(name)}", f"{source}.{name}", root / source / _safe_dirname(name), False))
-        for relation, label, final, partitioned in jobs:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:6]}")
-            n = con.execute(f"SELECT count(*) FROM {relation}").fetchone()[0]
-            target = str(tmp).replace("'", "''")
-            if partitioned:
-                con.execute(f"COPY (SELECT * FROM {relation}) TO '{target}' (FORMAT parquet, PARTITION_BY (source_name))")
-                tmp.mkdir(exist_ok=True)  # an empty table writes no folder
-            else:
-                tmp.mkdir()
-                con.execute(f"COPY (SELECT * FROM {relation}) TO '{target}/data.parquet' (FORMAT parquet)")
-            _swap_dir(tmp, final)
-            written[label] = n
-    return written
-
-
-def publish_snapshot(wh: Warehouse, app: AppConfig) -> dict[str, int]:
-    """Copy the conformed tables into a new file and swap it in with os.replace."""
-    final = Path(app.warehouse.published_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:6]}")
+def _copy_into_snapshot(con: duckdb.DuckDBPyConnection, tmp: Path, snapshot_id: str, published_at: datetime) -> dict[str, int]:
+    """Copy the conformed tables (and the cursors: how fresh each source is) into a new file, one commit."""
     counts: dict[str, int] = {}
-    with wh.writer() as con:
-        con.execute(f"ATTACH {sql_literal(str(tmp))} AS snapshot (STORAGE_VERSION '{PUBLISHED_STORAGE_VERSION}')")
-        try:
-            for table in CONFORMED_TABLES:
-                con.execute(f"CREATE TABLE snapshot.main.{table} AS SELECT * FROM main.{table}")
-                counts[table] = con.execute(f"SELECT count(*) FROM snapshot.main.{table}").fetchone()[0]
-        finally:
-            con.execute("DETACH snapshot")
-    # Views and comments are created by a connection to the snapshot itself, so that they bind to
-    # its own tables, before anyone can see the file.
-    snap = duckdb.connect(str(tmp))
+    con.execute(f"ATTACH {sql_literal(str(tmp))} AS snapshot (STORAGE_VERSION '{PUBLISHED_STORAGE_VERSION}')")
     try:
-        apply_comments(snap)
-        create_analyst_views(snap)
-        create_exceptions_view(snap)
-        snap.execute("CHECKPOINT")
+        con.execute("BEGIN TRANSACTION")
+        for table in CONFORMED_TABLES:
+            con.execute(f"CREATE TABLE snapshot.main.{table} AS SELECT * FROM main.{table}")
+        con.execute("CREATE TABLE snapshot.main._pipeline_cursors AS SELECT * FROM main._pipeline_cursors")
+        con.execute(
+            f"CREATE TABLE snapshot.main.{SNAPSHOT_INFO} AS SELECT ?::VARCHAR AS snapshot_id, ?::TIMESTAMPTZ AS published_at",
+            [snapshot_id, published_at],
+        )
+        con.execute("COMMIT")
+        for table in CONFORMED_TABLES:
+            counts[table] = con.execute(f"SELECT count(*) FROM snapshot.main.{table}").fetchone()[0]
     finally:
-        snap.close()
-    os.replace(tmp, final)
+        con.execute("DETACH snapshot")
     return counts
 
 
+def _finish_snapshot(snap: duckdb.DuckDBPyConnection) -> None:
+    """Views and comments, created by a connection to the snapshot itself so they bind to its own tables."""
+    apply_comments(snap)
+    create_analyst_views(snap)
+    create_exceptions_view(snap)
+    snap.execute(
+        f"COMMENT ON TABLE main.{SNAPSHOT_INFO} IS 'The published version you are reading: snapshot_id (also the "
+        "Parquet lake version) and when it was published.'"
+    )
+    snap.execute(
+        "COMMENT ON TABLE main._pipeline_cursors IS 'Per source: the data is complete up to cursor_at (UTC), "
+        "as of this snapshot.'"
+    )
+    snap.execute("CHECKPOINT")
+
+
+def _conformed_lake_sql(table: str) -> str:
+    keys = ", ".join(f"c.{k}" for k in CONFORMED_KEYS[table])
+    month = "strftime(i.invoice_date, '%Y-%m') AS invoice_month"
+    if table == "invoices":
+        return f"SELECT c.*, {month.replace('i.', 'c.')} FROM main.invoices c ORDER BY c.source_name, invoice_month, {keys}"
+    return (
+        f"SELECT c.*, {month} FROM main.{table} c LEFT JOIN main.invoices i "
+        f"ON i.source_name = c.source_name AND i.invoice_id = c.invoice_id ORDER BY c.source_name, invoice_month, {keys}"
+    )
+
+
+def _export_conformed(snap: duckdb.DuckDBPyConnection, lake: Lake, version: str) -> dict[str, int]:
+    return {
+        table: lake.write_table(table, snap.sql(_conformed_lake_sql(table)).to_arrow_reader(ARROW_BATCH), LAKE_PARTITIONS, version)
+        for table in CONFORMED_TABLES
+    }
+
+
+def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
+    """The flattened tables of each configured source, as sent (text): <source>/<table>/."""
+    written: dict[str, int] = {}
+    for source in app.sources:
+        exists = con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [source]).fetchone()[0]
+        if not exists:
+            continue
+        for name in wh.source_tables(con, source).values():
+            reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
+            written[f"{source}.{name}"] = lake.write_table(f"{source}/{_safe_dirname(name)}", reader, [], version)
+    return written
+
+
+def _discard(path: Path) -> None:
+    for p in (path, path.with_name(path.name + ".wal")):
+        p.unlink(missing_ok=True)
+
+
 def publish(app: AppConfig, wh: Warehouse) -> dict:
-    snapshot = publish_snapshot(wh, app)
-    parquet = export_parquet(wh, app)
-    log.info("published %s and %d Parquet tables under %s", app.warehouse.published_path, len(parquet), app.warehouse.parquet_dir)
-    return {"published_path": str(app.warehouse.published_path), "snapshot_rows": snapshot, "parquet_rows": parquet}
+    """Write-audit-publish's last step: a new snapshot and lake version (call only after the blocking checks)."""
+    final = Path(app.warehouse.published_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lake = Lake(app.warehouse.parquet_dir)
+    snapshot_id = new_version()
+    published_at = datetime.now(UTC)
+    tmp = final.with_name(f".{final.name}.tmp-{snapshot_id}")
+    # One publish at a time, so a slower, older publish can never swap in after a newer one.
+    with FileLock(str(final) + ".publish.lock"):
+        try:
+            with wh.writer() as con:  # the working database is locked only while it is read
+                wh.ensure_main(con)
+                counts = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
+                parquet = _export_source_tables(con, wh, app, lake, snapshot_id)
+            snap = duckdb.connect(str(tmp))
+            try:
+                snap.execute("SET TimeZone = 'UTC'")
+                _finish_snapshot(snap)
+                parquet = {**_export_conformed(snap, lake, snapshot_id), **parquet}
+            finally:
+                snap.close()
+            # Read-only on disk: a BI tool that forgets read_only=true fails instead of taking DuckDB's
+            # exclusive lock (which would lock every other reader out until the next publish).
+            os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
+            final.with_name(final.name + ".wal").unlink(missing_ok=True)  # never replay a stale WAL onto it
+            os.replace(tmp, final)
+        except BaseException:
+            _discard(tmp)
+            raise
+        _fsync_dir(final.parent)
+    log.info("published %s (snapshot %s) and %d Parquet tables under %s", final, snapshot_id, len(parquet), app.warehouse.parquet_dir)
+    return {
+        "published_path": str(final),
+        "snapshot_id": snapshot_id,
+        "snapshot_rows": counts,
+        "parquet_dir": str(app.warehouse.parquet_dir),
+        "parquet_rows": parquet,
+    }
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable (a crash right after publish must not resurrect the old file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

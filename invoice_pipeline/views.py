@@ -10,7 +10,7 @@ from invoice_pipeline.sql import sql_literal
 ANALYST_VIEWS: dict[str, tuple[str, str]] = {
     "ar_open_items": (
         "Open receivable items: installments with a balance due on invoices that are not void, with days overdue "
-        "(0 when not yet due) as of today.",
+        "as of today (0 when not yet due, null when the source gives no due date).",
         """SELECT i.source_name, i.source_type, i.invoice_id, i.invoice_number, i.customer_id, i.customer_name,
                   i.currency_code, n.installment_id, n.installment_number, n.due_date, n.original_amount,
                   n.balance_due, greatest(current_date - n.due_date, 0)::INTEGER AS days_overdue
@@ -19,11 +19,13 @@ ANALYST_VIEWS: dict[str, tuple[str, str]] = {
     ),
     "ar_aging": (
         "Accounts-receivable aging by source, customer, currency and bucket (current, 1-30, 31-60, 61-90, 90+ "
-        "days overdue), from ar_open_items.",
+        "days overdue; items without a due date count as current), from ar_open_items; bucket_order sorts the buckets.",
         """SELECT source_name, customer_id, customer_name, currency_code,
-                  CASE WHEN days_overdue = 0 THEN 'current' WHEN days_overdue <= 30 THEN '1-30'
+                  CASE WHEN coalesce(days_overdue, 0) = 0 THEN 'current' WHEN days_overdue <= 30 THEN '1-30'
                        WHEN days_overdue <= 60 THEN '31-60' WHEN days_overdue <= 90 THEN '61-90' ELSE '90+' END
                     AS aging_bucket,
+                  CASE WHEN coalesce(days_overdue, 0) = 0 THEN 0 WHEN days_overdue <= 30 THEN 1
+                       WHEN days_overdue <= 60 THEN 2 WHEN days_overdue <= 90 THEN 3 ELSE 4 END AS bucket_order,
                   count(*) AS open_items, sum(balance_due) AS balance_due
            FROM ar_open_items GROUP BY ALL""",
     ),
@@ -38,6 +40,7 @@ ANALYST_VIEWS: dict[str, tuple[str, str]] = {
 
 
 def create_analyst_views(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> None:
+    """Create (or replace) every analyst view with its COMMENT, so the dictionary and BI tools show it."""
     prefix = f"{catalog}.main." if catalog else "main."
     for name, (description, sql) in ANALYST_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {prefix}{name} AS {sql}")
