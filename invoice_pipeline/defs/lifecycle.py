@@ -1,0 +1,223 @@
+"""Dagster wiring of the invoice lifecycle (invoice_pipeline/lifecycle.py): per source a re-poll of
+open invoices and a deletion reconciliation; over all sources the history and the daily aging snapshot.
+
+When things run:
+- `<source>/open_invoices_repoll`: after every materialization of `<source>/invoices` (declarative
+  automation), or on its own cron when the source sets `repoll_schedule`.
+- `<source>/deletion_reconciliation`: on the source's `reconcile_schedule` (default daily 03:00 UTC).
+- `main/invoice_history`: after any of those (automation); every load already records its versions,
+  this asset re-syncs idempotently and carries the checks that catch a gap or an overlap.
+- `main/ar_aging_snapshot`: daily at 23:55 UTC for that day; a past day from the launchpad.
+"""
+
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import dagster as dg
+
+from invoice_pipeline import lifecycle
+from invoice_pipeline.config import AppConfig, SourceConfig
+from invoice_pipeline.defs.assets import WRITE_POOL, source_asset_key
+from invoice_pipeline.defs.resources import PipelineResource
+
+HISTORY_KEY = dg.AssetKey(["main", "invoice_history"])
+AGING_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])
+AGING_JOB = "ar_aging_snapshot_daily"
+AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describes
+LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
+
+
+def repoll_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "open_invoices_repoll"])
+
+
+def reconcile_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "deletion_reconciliation"])
+
+
+def lifecycle_asset_keys(sources: list[str]) -> list[dg.AssetKey]:
+    """What a run of these sources should also materialize (re-poll and history), e.g. for the CLI."""
+    return [*(repoll_asset_key(s) for s in sources), HISTORY_KEY]
+
+
+def _metadata(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
+            for k, v in values.items() if v is not None}
+
+
+def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+    settings = lifecycle.lifecycle_settings(config)
+    when = (f"on cron '{settings.repoll_schedule}' (config key repoll_schedule)" if settings.repoll_schedule
+            else "after every run of the source (set repoll_schedule for a cron instead)")
+
+    @dg.asset(
+        key=repoll_asset_key(name),
+        group_name=name,
+        kinds={"duckdb", "python"},
+        tags={"source_type": config.type},
+        deps=[source_asset_key(name)],
+        pool=WRITE_POOL,
+        automation_condition=None if settings.repoll_schedule else LIFECYCLE_CONDITION,
+        description=(
+            f"Re-reads the invoices of '{name}' still open in main.invoices (balance due <> 0, not void, not "
+            f"deleted, due or invoice date within repoll_horizon = {settings.repoll_horizon.days} days) with the "
+            "API's cheapest read of specific invoices, so payments that do not move the modification time "
+            f"converge. Runs {when}; never moves the cursor."
+        ),
+    )
+    def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        result = lifecycle.repoll_open_invoices(pipeline.app, name, warehouse=pipeline.warehouse)
+        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+
+    return _repoll
+
+
+def build_reconcile_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+    settings = lifecycle.lifecycle_settings(config)
+
+    @dg.asset(
+        key=reconcile_asset_key(name),
+        group_name=name,
+        kinds={"duckdb", "python"},
+        tags={"source_type": config.type},
+        deps=[source_asset_key(name)],
+        pool=WRITE_POOL,
+        description=(
+            f"Compares the invoice ids '{name}' lists now with main.invoices; an invoice gone from the source "
+            "(confirmed by a direct read) is marked is_deleted with deleted_detected_at, never erased; a deleted "
+            "invoice found again is reloaded (un-deleted). Refuses to mark more than reconcile_max_deleted_share "
+            f"({settings.reconcile_max_deleted_share:.0%}) at once. Cron '{settings.reconcile_schedule}'."
+        ),
+    )
+    def _reconcile(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        result = lifecycle.reconcile_deletions(pipeline.app, name, warehouse=pipeline.warehouse)
+        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+
+    return _reconcile
+
+
+def build_history_asset(app: AppConfig) -> dg.AssetsDefinition:
+    deps = [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n), reconcile_asset_key(n))]
+
+    @dg.asset(
+        key=HISTORY_KEY,
+        group_name="conformed",
+        kinds={"duckdb"},
+        deps=deps,
+        pool=WRITE_POOL,
+        automation_condition=LIFECYCLE_CONDITION,
+        description=(
+            "Grain: one row per observed version of an invoice (source_name, invoice_id, valid_from), valid_from "
+            "inclusive to valid_to exclusive, NULL valid_to = current. Every load records its versions; this "
+            "asset re-syncs (idempotent) and is what the gap/overlap checks look at."
+        ),
+    )
+    def invoice_history(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        added = {name: lifecycle.record_history(pipeline.warehouse, name) for name in app.sources}
+        with pipeline.warehouse.reader() as con:
+            versions, current = con.execute(
+                "SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL) FROM main.invoice_history").fetchall()[0]
+        return dg.MaterializeResult(metadata={
+            "versions": dg.MetadataValue.int(versions), "current_versions": dg.MetadataValue.int(current),
+            "versions_added_by_sync": dg.MetadataValue.json(added)})
+
+    return invoice_history
+
+
+@dg.asset_check(asset=HISTORY_KEY, name="history_contiguous", blocking=True,
+                description="Per invoice, versions follow each other without gap or overlap and exactly the last "
+                            "one is current (valid_to NULL).")
+def history_contiguous(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    with pipeline.warehouse.writer() as con:
+        lifecycle.ensure_lifecycle_tables(con)
+        total, first = lifecycle.history_violations(con, limit=10)
+    return dg.AssetCheckResult(
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={"violations": dg.MetadataValue.int(total),
+                  "first_offenders": dg.MetadataValue.json(
+                      [{"rule": r, "source": s, "invoice_id": i, "detail": d} for r, s, i, d in first])},
+        description=None if total == 0 else f"{total} history rows fail: "
+                    + ", ".join(f"{r} {s}/{i}" for r, s, i, _ in first[:5]),
+    )
+
+
+@dg.asset_check(asset=HISTORY_KEY, name="history_matches_invoices", blocking=False,
+                description="The current history version of every invoice is what main.invoices holds (a load "
+                            "whose history step did not run, or deletion marks lost by a replay, show here).")
+def history_matches_invoices(pipeline: PipelineResource) -> dg.AssetCheckResult:
+    with pipeline.warehouse.writer() as con:
+        lifecycle.ensure_lifecycle_tables(con)
+        total, first = lifecycle.history_out_of_sync(con, limit=10)
+    return dg.AssetCheckResult(
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"out_of_sync": dg.MetadataValue.int(total),
+                  "first_offenders": dg.MetadataValue.json([{"source": s, "invoice_id": i} for s, i in first])},
+        description=None if total == 0 else f"{total} invoices differ from their current history version",
+    )
+
+
+class AgingSnapshotConfig(dg.Config):
+    """Launchpad config: leave empty for today (UTC); a past day (YYYY-MM-DD) is recomputed from the history."""
+
+    snapshot_date: str = ""
+
+
+def build_aging_asset(app: AppConfig) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=AGING_KEY,
+        group_name="conformed",
+        kinds={"duckdb"},
+        deps=[HISTORY_KEY],
+        pool=WRITE_POOL,
+        description=(
+            "Grain: one row per snapshot_date, source, customer, currency and aging bucket (not_due, 1-30, 31-60, "
+            "61-90, over_90, no_due_date): open balances at the end of that UTC day, from main.invoice_history. "
+            f"Daily at '{AGING_CRON}' UTC; recomputing a day replaces it."
+        ),
+    )
+    def ar_aging_snapshot(
+        context: dg.AssetExecutionContext, config: AgingSnapshotConfig, pipeline: PipelineResource
+    ) -> dg.MaterializeResult:
+        try:
+            day = date.fromisoformat(config.snapshot_date) if config.snapshot_date else None
+        except ValueError:
+            raise dg.Failure(f"snapshot_date must be YYYY-MM-DD, got {config.snapshot_date!r}") from None
+        result = lifecycle.build_aging_snapshot(pipeline.warehouse, day, sources=list(app.sources))
+        return dg.MaterializeResult(metadata=_metadata(result))
+
+    return ar_aging_snapshot
+
+
+@dataclass
+class LifecycleDefinitions:
+    assets: list[dg.AssetsDefinition] = field(default_factory=list)
+    checks: list[dg.AssetChecksDefinition] = field(default_factory=list)
+    jobs: list[Any] = field(default_factory=list)
+    schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
+
+
+def build_lifecycle(app: AppConfig) -> LifecycleDefinitions:
+    out = LifecycleDefinitions(checks=[history_contiguous, history_matches_invoices])
+    for name, cfg in app.sources.items():
+        settings = lifecycle.lifecycle_settings(cfg)
+        out.assets += [build_repoll_asset(name, cfg), build_reconcile_asset(name, cfg)]
+        for kind, key, cron in (("repoll", repoll_asset_key(name), settings.repoll_schedule),
+                                ("deletion_reconciliation", reconcile_asset_key(name), settings.reconcile_schedule)):
+            job_name = f"{name}_{kind}"
+            out.jobs.append(dg.define_asset_job(job_name, selection=dg.AssetSelection.keys(key, HISTORY_KEY),
+                                                tags={"source": name}, description=f"{kind} of source '{name}'."))
+            if cron:
+                out.schedules.append(dg.ScheduleDefinition(
+                    name=f"{job_name}_schedule", job_name=job_name, cron_schedule=cron, execution_timezone="UTC",
+                    default_status=dg.DefaultScheduleStatus.RUNNING,
+                    description=f"{kind} of '{name}' on cron '{cron}'."))
+    out.assets += [build_history_asset(app), build_aging_asset(app)]
+    out.jobs.append(dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
+                                        description="Daily AR aging snapshot from the invoice history."))
+    out.schedules.append(dg.ScheduleDefinition(
+        name=f"{AGING_JOB}_schedule", job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING, description="AR aging snapshot of the UTC day, late that day."))
+    return out
