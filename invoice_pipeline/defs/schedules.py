@@ -1,8 +1,9 @@
 """When things run: a cron schedule per source, declarative automation downstream, a failure sensor.
 
 The conformed model and the publish step use declarative automation (Dagster's recommended way
-since 1.9 to say "refresh me when my inputs changed"): the conformed asset runs after any source
-landed, and publish only once the blocking checks of its inputs passed.
+since 1.9 to say "refresh me when my inputs changed", evaluated by one automation sensor): the
+conformed asset runs after any source landed, and publish only once the blocking checks of its
+inputs passed. See docs/OPERATIONS.md.
 """
 
 import logging
@@ -13,7 +14,13 @@ from invoice_pipeline.config import AppConfig
 
 log = logging.getLogger("invoice_pipeline.sensors")
 
-CONFORMED_CONDITION = dg.AutomationCondition.eager()
+# eager() waits until *every* dependency has been materialized once: a source newly added to the
+# config, or one whose first run keeps failing, would then hold back the conformed refresh (and
+# publishing) of all the others. Here one landed source is enough.
+CONFORMED_CONDITION = (
+    dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+    & ~dg.AutomationCondition.all_deps_match(dg.AutomationCondition.missing())
+).with_label("eager, once any source landed")
 PUBLISH_CONDITION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
@@ -55,10 +62,33 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 )
 
 
+def failure_line(run_id: str, job_name: str, tags: dict[str, str], message: str, step_errors: dict[str, str]) -> str:
+    """One line a person can act on: which run, which job/source, which step, and the root cause."""
+    what = f"job {job_name}" + (f" (source {tags['source']})" if "source" in tags else "")
+    if step_errors:
+        causes = "; ".join(f"step {step}: {error}" for step, error in step_errors.items())
+    else:  # failed before any step ran (code location, config, launch)
+        causes = message or "no message"
+    return " ".join(f"run {run_id} of {what} failed: {causes}".split())
+
+
+def _root_cause(error) -> str:
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    message = error.message.strip()
+    head, _, rest = message.partition(": ")  # "invoice_pipeline.errors.SourceError: ..." -> "SourceError: ..."
+    return f"{head.rsplit('.', 1)[1]}: {rest}" if head.endswith("Error") and "." in head else message
+
+
 @dg.run_failure_sensor(name="log_run_failures", default_status=dg.DefaultSensorStatus.RUNNING)
 def log_run_failures(context: dg.RunFailureSensorContext) -> None:
-    """One clear line per failed run, for whoever watches the daemon's logs."""
-    message = context.failure_event.message or "no message"
-    line = f"run {context.dagster_run.run_id} of job {context.dagster_run.job_name} failed: {message}"
+    """One clear line per failed run, for whoever watches the daemon's logs or the sensor's ticks."""
+    steps = {
+        event.step_key or "?": _root_cause(event.step_failure_data.error)
+        for event in context.get_step_failure_events()
+        if event.step_failure_data and event.step_failure_data.error
+    }
+    run = context.dagster_run
+    line = failure_line(run.run_id, run.job_name, dict(run.tags), context.failure_event.message or "", steps)
     log.error(line)
     context.log.error(line)
