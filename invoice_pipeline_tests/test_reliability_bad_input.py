@@ -142,3 +142,76 @@ def test_a_fixed_record_loads_on_the_next_run_and_the_old_version_stays_meanwhil
             "select i.total_amount, count(l.line_id) from main.invoices i join main.invoice_lines l using (source_name, invoice_id)"
             " where invoice_id = '1' group by 1").fetchone()
     assert str(total) == fixed["total"] + "00" and lines == 3
+
+
+HOSTILE = {
+    'a"; DROP TABLE main.invoices; --': "quote-semicolon",
+    "x'); DELETE FROM main.invoices; --": "single-quote",
+    "../../../../escaped": "dot-dot",
+    "/etc/passwd": "absolute",
+    "..": "dot-dot-alone",
+    "back\\slash\\..\\..": "backslash",
+    "Rate": "upper", "rate": "lower", "RATE": "caps",
+    "n" * 300 + "-end": "long",
+    "new\nline\ttab": "control",
+    "Größe °F": "unicode",
+}
+
+
+def hostile_invoice(n: int, updated: str) -> dict[str, Any]:
+    payload = invoice(n, updated=updated)
+    payload.update(HOSTILE)
+    # arrays under hostile names become child tables, and so Parquet folders
+    payload["../../../../escape_table"] = [{"id": 1, 'v"; DROP TABLE main.invoices; --': "child"}]
+    payload["..\\..\\win"] = [{"id": 2, "Rate": "A", "rate": "b"}]
+    payload['lines"; DROP TABLE main.invoice_lines; --'] = [{"id": 3}]
+    payload["/abs"] = [{"id": 4}]
+    payload["m" * 300] = [{"id": 5}]
+    return payload
+
+
+def test_hostile_field_names_cannot_inject_sql_or_escape_the_data_folder(tmp_path: Path) -> None:
+    from invoice_pipeline.publish import publish
+
+    data = tmp_path / "deep" / "er" / "data"  # deep enough that any '../' escape still lands in tmp_path
+    app = make_app(tmp_path, {"fake": fake_config_block()})
+    app = app.model_copy(update={"warehouse": app.warehouse.model_copy(update={
+        "duckdb_path": data / "w.duckdb", "published_path": data / "published" / "w.duckdb",
+        "parquet_dir": str(data / "parquet")})})
+    cfg = app.sources["fake"]
+    first = run_source(app, "fake", source=FakeSource("fake", cfg, [hostile_invoice(n, "2025-01-01T00:00:00Z")
+                                                                    for n in range(1, 4)]))
+    changed = hostile_invoice(2, "2025-02-01T00:00:00Z")
+    changed["rATe"] = "fourth case"  # a new clash on a later run: ALTER TABLE path
+    second = run_source(app, "fake", source=FakeSource("fake", cfg, [changed]))
+    assert first.invoices_loaded == 3 and second.invoices_loaded == 1 and first.quarantined == second.quarantined == 0
+    wh = Warehouse(app.warehouse)
+    publish(app, wh)
+
+    with wh.reader() as con:
+        assert con.execute("select count(*) from main.invoices").fetchone()[0] == 3  # nothing dropped or deleted
+        assert con.execute("select count(*) from main.invoice_lines").fetchone()[0] == 6
+        columns = dict(con.execute(
+            "select field_path, column_name from fake._columns where table_name = 'invoices'").fetchall())
+        tables = {r[0] for r in con.execute("select table_name from fake._tables").fetchall()}
+        row = con.execute("select * from fake.invoices where _invoice_id = '2'").fetchone()
+        names = [d[0] for d in con.description]
+    # every hostile field kept its own column (case clashes included) with its value, as text
+    value_of = dict(zip(names, row))
+    stored = {path: value_of[col] for path, col in columns.items()}
+    for field, value in {**HOSTILE, "rATe": "fourth case"}.items():
+        assert value in stored.values(), field
+    lowered = [c.lower() for c in names]
+    assert len(lowered) == len(set(lowered))  # unique even for a case-insensitive engine
+    assert all(len(c) <= 128 for c in names)
+    assert len(tables) >= 6  # root + lines + the five hostile arrays
+
+    # the lake and every other file stay inside the data folder (symlinks resolved)
+    root = data.resolve()
+    outside = [p for p in tmp_path.rglob("*") if not p.resolve().is_relative_to(root) and p not in (
+        tmp_path / "deep", tmp_path / "deep" / "er", data)]
+    assert not outside, outside
+    parquet_root = (data / "parquet").resolve()
+    parquet_files = [p for p in (data / "parquet").rglob("*.parquet")]
+    assert parquet_files and all(p.resolve().is_relative_to(parquet_root) for p in parquet_files)
+    assert all(len(part) <= 255 for p in parquet_files for part in p.parts)
