@@ -57,30 +57,57 @@ def _safe_dirname(name: str) -> str:
     return cleaned if cleaned == name else f"{cleaned}_{uuid.uuid5(uuid.NAMESPACE_URL, name).hex[:8]}"
 
 
-def _copy_into_snapshot(con: duckdb.DuckDBPyConnection, tmp: Path, snapshot_id: str, published_at: datetime) -> dict[str, int]:
-    """Copy the conformed tables (and the cursors: how fresh each source is) into a new file, one commit."""
+Comment = tuple[str, str | None, str]  # table, column (None: the table itself), text
+
+
+def _analyst_tables(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Every non-internal table of main: the conformed model first, then e.g. lifecycle history and aging."""
+    names = [t for (t,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() AND schema_name = 'main' "
+        "AND NOT starts_with(table_name, '_') ORDER BY 1").fetchall()]
+    return [*CONFORMED_TABLES, *(t for t in names if t not in CONFORMED_TABLES)]
+
+
+def _comments(con: duckdb.DuckDBPyConnection, tables: list[str]) -> list[Comment]:
+    """The working database's own COMMENTs on the tables being published (CREATE TABLE AS drops them)."""
+    where = "database_name = current_database() AND schema_name = 'main' AND list_contains(?, table_name) AND comment IS NOT NULL"
+    return [
+        *con.execute(f"SELECT table_name, NULL, comment FROM duckdb_tables() WHERE {where}", [tables]).fetchall(),
+        *con.execute(f"SELECT table_name, column_name, comment FROM duckdb_columns() WHERE {where}", [tables]).fetchall(),
+    ]
+
+
+def _copy_into_snapshot(
+    con: duckdb.DuckDBPyConnection, tmp: Path, snapshot_id: str, published_at: datetime
+) -> tuple[dict[str, int], list[Comment]]:
+    """Copy the analyst tables (and the cursors: how fresh each source is) into a new file, in one commit."""
+    tables = _analyst_tables(con)
+    comments = _comments(con, tables)
     counts: dict[str, int] = {}
     con.execute(f"ATTACH {sql_literal(str(tmp))} AS snapshot (STORAGE_VERSION '{PUBLISHED_STORAGE_VERSION}')")
     try:
         con.execute("BEGIN TRANSACTION")
-        for table in CONFORMED_TABLES:
-            con.execute(f"CREATE TABLE snapshot.main.{table} AS SELECT * FROM main.{table}")
+        for table in tables:
+            con.execute(f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}")
         con.execute("CREATE TABLE snapshot.main._pipeline_cursors AS SELECT * FROM main._pipeline_cursors")
         con.execute(
             f"CREATE TABLE snapshot.main.{SNAPSHOT_INFO} AS SELECT ?::VARCHAR AS snapshot_id, ?::TIMESTAMPTZ AS published_at",
             [snapshot_id, published_at],
         )
         con.execute("COMMIT")
-        for table in CONFORMED_TABLES:
-            counts[table] = con.execute(f"SELECT count(*) FROM snapshot.main.{table}").fetchone()[0]
+        for table in tables:
+            counts[table] = con.execute(f"SELECT count(*) FROM snapshot.main.{quote(table)}").fetchone()[0]
     finally:
         con.execute("DETACH snapshot")
-    return counts
+    return counts, comments
 
 
-def _finish_snapshot(snap: duckdb.DuckDBPyConnection) -> None:
+def _finish_snapshot(snap: duckdb.DuckDBPyConnection, comments: list[Comment]) -> None:
     """Views and comments, created by a connection to the snapshot itself so they bind to its own tables."""
     apply_comments(snap)
+    for table, column, text in comments:
+        target = f"TABLE main.{quote(table)}" if column is None else f"COLUMN main.{quote(table)}.{quote(column)}"
+        snap.execute(f"COMMENT ON {target} IS {sql_literal(text)}")
     create_analyst_views(snap)
     create_exceptions_view(snap)
     snap.execute(
@@ -105,11 +132,18 @@ def _conformed_lake_sql(table: str) -> str:
     )
 
 
-def _export_conformed(snap: duckdb.DuckDBPyConnection, lake: Lake, version: str) -> dict[str, int]:
-    return {
-        table: lake.write_table(table, snap.sql(_conformed_lake_sql(table)).to_arrow_reader(ARROW_BATCH), LAKE_PARTITIONS, version)
-        for table in CONFORMED_TABLES
-    }
+def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: list[str], version: str) -> dict[str, int]:
+    """Conformed tables by source and invoice month; other analyst tables by source where they have one."""
+    written: dict[str, int] = {}
+    for table in tables:
+        if table in CONFORMED_TABLES:
+            sql, partitions = _conformed_lake_sql(table), LAKE_PARTITIONS
+        else:
+            columns = {c for (c,) in snap.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ?", [table]).fetchall()}
+            sql, partitions = f"SELECT * FROM main.{quote(table)}", (["source_name"] if "source_name" in columns else [])
+        written[table] = lake.write_table(_safe_dirname(table), snap.sql(sql).to_arrow_reader(ARROW_BATCH), partitions, version)
+    return written
 
 
 def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
@@ -143,13 +177,13 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
         try:
             with wh.writer() as con:  # the working database is locked only while it is read
                 wh.ensure_main(con)
-                counts = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
+                counts, comments = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
                 parquet = _export_source_tables(con, wh, app, lake, snapshot_id)
             snap = duckdb.connect(str(tmp))
             try:
                 snap.execute("SET TimeZone = 'UTC'")
-                _finish_snapshot(snap)
-                parquet = {**_export_conformed(snap, lake, snapshot_id), **parquet}
+                _finish_snapshot(snap, comments)
+                parquet = {**_export_main_tables(snap, lake, list(counts), snapshot_id), **parquet}
             finally:
                 snap.close()
             # Read-only on disk: a BI tool that forgets read_only=true fails instead of taking DuckDB's

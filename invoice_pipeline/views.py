@@ -9,13 +9,15 @@ from invoice_pipeline.sql import sql_literal
 # name -> (description, SQL); unqualified table names so the views work in the snapshot file too.
 ANALYST_VIEWS: dict[str, tuple[str, str]] = {
     "ar_open_items": (
-        "Open receivable items: installments with a balance due on invoices that are not void, with days overdue "
-        "as of today (0 when not yet due, null when the source gives no due date).",
+        "Open receivable items: installments with a balance due on invoices that are neither void nor deleted at "
+        "the source, with days overdue as of today (0 when not yet due; due_date falls back to the invoice date, "
+        "days_overdue is null when there is neither).",
         """SELECT i.source_name, i.source_type, i.invoice_id, i.invoice_number, i.customer_id, i.customer_name,
-                  i.currency_code, n.installment_id, n.installment_number, n.due_date, n.original_amount,
-                  n.balance_due, greatest(current_date - n.due_date, 0)::INTEGER AS days_overdue
+                  i.currency_code, n.installment_id, n.installment_number,
+                  coalesce(n.due_date, i.due_date, i.invoice_date) AS due_date, n.original_amount, n.balance_due,
+                  greatest(current_date - coalesce(n.due_date, i.due_date, i.invoice_date), 0)::INTEGER AS days_overdue
            FROM invoice_installments n JOIN invoices i USING (source_name, invoice_id)
-           WHERE NOT i.is_void AND n.balance_due <> 0""",
+           WHERE NOT i.is_void AND NOT coalesce(i.is_deleted, false) AND n.balance_due <> 0""",
     ),
     "ar_aging": (
         "Accounts-receivable aging by source, customer, currency and bucket (current, 1-30, 31-60, 61-90, 90+ "
@@ -30,11 +32,12 @@ ANALYST_VIEWS: dict[str, tuple[str, str]] = {
            FROM ar_open_items GROUP BY ALL""",
     ),
     "revenue_by_month": (
-        "Invoiced amounts by source, currency and invoice month, voids excluded (net = lines, tax = tax lines).",
+        "Invoiced amounts by source, currency and invoice month, void and deleted invoices excluded "
+        "(net = lines, tax = tax lines).",
         """SELECT source_name, currency_code, date_trunc('month', invoice_date)::DATE AS invoice_month,
                   count(*) AS invoices, sum(net_amount) AS net_amount, sum(tax_amount) AS tax_amount,
                   sum(total_amount) AS total_amount
-           FROM invoices WHERE NOT is_void GROUP BY ALL""",
+           FROM invoices WHERE NOT is_void AND NOT coalesce(is_deleted, false) GROUP BY ALL""",
     ),
 }
 

@@ -76,6 +76,10 @@ def loaded(tmp_path: Path) -> Iterator[tuple[AppConfig, Warehouse, Any]]:
 
 def test_snapshot_is_a_read_only_copy_with_views_and_comments(loaded) -> None:
     app, wh, _ = loaded
+    with wh.writer() as con:  # another analyst table of main (like the lifecycle's history) is published too
+        con.execute("CREATE TABLE main.extra_facts AS SELECT source_name, invoice_id, total_amount FROM main.invoices")
+        con.execute("COMMENT ON TABLE main.extra_facts IS 'extra table doc'")
+        con.execute("COMMENT ON COLUMN main.extra_facts.total_amount IS 'extra column doc'")
     result = publish(app, wh)
     path = Path(app.warehouse.published_path)
     assert stat.S_IMODE(path.stat().st_mode) & 0o222 == 0, "the snapshot must not be writable"
@@ -88,6 +92,11 @@ def test_snapshot_is_a_read_only_copy_with_views_and_comments(loaded) -> None:
             assert rows_by_key(fetch_rows(con, f"SELECT * FROM {table}"), table) == truth[table], table
             assert result["snapshot_rows"][table] == len(truth[table])
         assert con.execute(f"SELECT snapshot_id FROM {SNAPSHOT_INFO}").fetchone()[0] == result["snapshot_id"]
+        assert con.execute("SELECT comment FROM duckdb_tables() WHERE table_name = 'extra_facts'").fetchone()[0] == "extra table doc"
+        assert con.execute("SELECT comment FROM duckdb_columns() WHERE table_name = 'extra_facts' "
+                           "AND column_name = 'total_amount'").fetchone()[0] == "extra column doc"
+        assert con.execute("SELECT sum(total_amount) FROM extra_facts").fetchone()[0] == sum(
+            (i["total_amount"] for i in truth["invoices"].values()), Decimal(0))
         views = dict(con.execute("SELECT view_name, comment FROM duckdb_views() WHERE NOT internal").fetchall())
         for name, (description, _) in ANALYST_VIEWS.items():
             assert views[name] == description
@@ -100,7 +109,8 @@ def test_snapshot_is_a_read_only_copy_with_views_and_comments(loaded) -> None:
         # the aging view agrees with the open installments computed here from the raw rows
         open_due = sum(
             (n["balance_due"] for n in truth["invoice_installments"].values()
-             if n["balance_due"] != 0 and not truth["invoices"][(n["source_name"], n["invoice_id"])]["is_void"]),
+             if n["balance_due"] != 0 and not truth["invoices"][(n["source_name"], n["invoice_id"])]["is_void"]
+             and not truth["invoices"][(n["source_name"], n["invoice_id"])]["is_deleted"]),
             Decimal(0),
         )
         assert open_due != 0
@@ -108,9 +118,13 @@ def test_snapshot_is_a_read_only_copy_with_views_and_comments(loaded) -> None:
         buckets = {b for (b,) in con.execute("SELECT DISTINCT aging_bucket FROM ar_aging").fetchall()}
         assert buckets <= {"current", "1-30", "31-60", "61-90", "90+"}
         revenue = con.execute("SELECT sum(total_amount) FROM revenue_by_month").fetchone()[0]
-        assert revenue == sum((i["total_amount"] for i in truth["invoices"].values() if not i["is_void"]), Decimal(0))
+        assert revenue == sum((i["total_amount"] for i in truth["invoices"].values()
+                               if not i["is_void"] and not i["is_deleted"]), Decimal(0))
     finally:
         con.close()
+    lake = Path(app.warehouse.parquet_dir) / "extra_facts"
+    extra = ds.dataset(str(lake), format="parquet", partitioning="hive")
+    assert extra.count_rows() == len(truth["invoices"]) and all("/source_name=agv/" in f for f in extra.files)
 
 
 def test_failed_publish_leaves_the_last_good_snapshot_and_no_temporary_files(loaded, monkeypatch) -> None:

@@ -59,7 +59,7 @@ with open(out_path, "w") as out:
             row = {"error": repr(exc), "at": time.time()}
         out.write(json.dumps(row) + "\n")
         out.flush()
-        time.sleep(0.01)
+        time.sleep(0.05)
 if con is not None:
     con.close()
 """
@@ -70,13 +70,17 @@ def start_reader(path: Path, out: Path, stop: Path, mode: str) -> subprocess.Pop
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_reads(out: Path, minimum: int, timeout: float = 20.0) -> None:
+def wait_for_reads(out: Path, minimum: int, snapshot_id: str | None = None, timeout: float = 60.0) -> None:
+    """Until the reader logged `minimum` reads (of `snapshot_id`, if given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if out.exists() and len(out.read_text().splitlines()) >= minimum:
+        lines = out.read_text().splitlines() if out.exists() else []
+        if snapshot_id is not None:
+            lines = [line for line in lines if snapshot_id in line]
+        if len(lines) >= minimum:
             return
         time.sleep(0.05)
-    raise AssertionError(f"reader wrote fewer than {minimum} reads to {out} in {timeout}s")
+    raise AssertionError(f"reader wrote fewer than {minimum} reads {snapshot_id or ''} to {out} in {timeout}s")
 
 
 def test_readers_see_whole_versions_while_the_pipeline_runs(tmp_path: Path) -> None:
@@ -88,13 +92,14 @@ def test_readers_see_whole_versions_while_the_pipeline_runs(tmp_path: Path) -> N
         published = Path(app.warehouse.published_path)
         versions: dict[str, tuple[int, int, str]] = {}  # snapshot_id -> (invoices, lines, Σ total) in the warehouse
 
-        def run_and_publish() -> None:
+        def run_and_publish() -> str:
             run_source(app, "agv", warehouse=wh)
             result = publish(app, wh)
             with wh.writer() as con:
                 total = con.execute("SELECT sum(total_amount)::VARCHAR FROM main.invoices").fetchone()[0]
             rows = result["snapshot_rows"]
             versions[result["snapshot_id"]] = (rows["invoices"], rows["invoice_lines"], total)
+            return result["snapshot_id"]
 
         run_and_publish()
         stop = tmp_path / "stop"
@@ -105,10 +110,10 @@ def test_readers_see_whole_versions_while_the_pipeline_runs(tmp_path: Path) -> N
                 wait_for_reads(out, 3)
             for n in range(4):  # each run changes lines and amounts, adds invoices, voids some
                 sim.mutate(updates=6, new=5, voids=2, delete_lines=3, seed=10 + n)
-                before = {mode: len(out.read_text().splitlines()) for mode, out in outs.items()}
-                run_and_publish()
-                for mode, out in outs.items():  # both readers kept reading during this run
-                    wait_for_reads(out, before[mode] + 2)
+                version = run_and_publish()
+                held = len(outs["hold"].read_text().splitlines())
+                wait_for_reads(outs["cycle"], 2, snapshot_id=version)  # the new version shows on reconnect
+                wait_for_reads(outs["hold"], held + 2)  # the held connection keeps answering
         finally:
             stop.touch()
             errors = {mode: p.communicate(timeout=30)[1] for mode, p in readers.items()}
