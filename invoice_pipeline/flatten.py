@@ -27,26 +27,53 @@ MAX_IDENTIFIER = 120
 
 
 class TableBuffer:
-    """Columnar rows of one table; a column first seen mid-batch is back-filled with nulls."""
+    """Columnar rows of one table; a column first seen mid-batch is back-filled with nulls.
 
-    __slots__ = ("columns", "rows")
+    Columns are padded lazily (when next written, or when `columns` is read), so a row costs
+    O(its own fields), not O(every column the table has seen): sparse tables stay cheap. A row
+    with the same fields as the row before it (the usual case: an API's objects share a shape)
+    skips the per-field column lookups.
+    """
+
+    __slots__ = ("_cols", "rows", "_shape", "_shape_appends")
 
     def __init__(self) -> None:
-        self.columns: dict[str, list[Any]] = {}
+        self._cols: dict[str, list[Any]] = {}
         self.rows = 0
+        self._shape: tuple[str, ...] = ()
+        self._shape_appends: list[Any] = []
+
+    @property
+    def columns(self) -> dict[str, list[Any]]:
+        """Every column, padded with nulls to `rows` values."""
+        n = self.rows
+        for col in self._cols.values():
+            if len(col) < n:
+                col.extend([None] * (n - len(col)))
+        return self._cols
 
     def append(self, row: dict[str, Any]) -> None:
         n = self.rows
-        cols = self.columns
+        shape = tuple(row)
+        if shape == self._shape:
+            # The previous row had exactly these fields, so each of these columns holds n values.
+            for append, value in zip(self._shape_appends, row.values()):
+                append(value)
+            self.rows = n + 1
+            return
+        cols = self._cols
+        appends = []
         for key, value in row.items():
             col = cols.get(key)
             if col is None:
                 col = cols[key] = [None] * n
+            elif len(col) < n:
+                col.extend([None] * (n - len(col)))
             col.append(value)
+            appends.append(col.append)
         self.rows = n + 1
-        for col in cols.values():
-            if len(col) == n:
-                col.append(None)
+        self._shape = shape
+        self._shape_appends = appends
 
 
 def scalar_text(value: Any) -> str | None:
@@ -68,22 +95,31 @@ def flatten_record(
     row = dict(root_meta)
     row["_invoice_id"] = invoice_id
     _walk(payload, ROOT_TABLE, FIELD, row, invoice_id, "", tables)
-    tables.setdefault(ROOT_TABLE, TableBuffer()).append(row)
+    buffer = tables.get(ROOT_TABLE)
+    if buffer is None:
+        buffer = tables[ROOT_TABLE] = TableBuffer()
+    buffer.append(row)
 
 
 def _walk(obj: dict, table: str, prefix: str, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
+    # The hot loop of the load path: exact-type checks first (str and None are most values).
     for key, value in obj.items():
-        path = prefix + str(key)
-        if isinstance(value, dict):
+        path = prefix + key if key.__class__ is str else prefix + str(key)
+        cls = value.__class__
+        if cls is str or value is None:
+            row[path] = value
+        elif isinstance(value, dict):
             if value:
                 _walk(value, table, path + SEP, row, invoice_id, row_id, tables)
             else:
                 row[path] = "{}"
         elif isinstance(value, list):
-            if all(not isinstance(v, dict | list) for v in value):
+            for item in value:
+                if isinstance(item, dict | list):
+                    _child_rows(value, f"{table}{SEP}{path[1:]}", invoice_id, row_id, tables)
+                    break
+            else:  # an array of scalars (or an empty one) stays one JSON text column
                 row[path] = orjson.dumps(value).decode()
-            else:
-                _child_rows(value, f"{table}{SEP}{path[1:]}", invoice_id, row_id, tables)
         else:
             row[path] = scalar_text(value)
 
@@ -92,15 +128,16 @@ def _child_rows(items: list, table: str, invoice_id: str, parent_row_id: str, ta
     buffer = tables.get(table)
     if buffer is None:
         buffer = tables[table] = TableBuffer()
+    value_key = FIELD + "value"
     for pos, item in enumerate(items):
         row_id = f"{parent_row_id}.{pos}" if parent_row_id else str(pos)
         row = {"_invoice_id": invoice_id, "_row_id": row_id, "_parent_row_id": parent_row_id or None, "_position": pos}
         if isinstance(item, dict):
             _walk(item, table, FIELD, row, invoice_id, row_id, tables)
         elif isinstance(item, list):
-            row[FIELD + "value"] = orjson.dumps(item).decode()
+            row[value_key] = orjson.dumps(item).decode()
         else:
-            row[FIELD + "value"] = scalar_text(item)
+            row[value_key] = scalar_text(item)
         buffer.append(row)
 
 

@@ -116,10 +116,17 @@ def prepare_batch(
 
     flat: dict[str, TableBuffer] = {}
     conformed: dict[str, list[dict]] = {"invoices": [], "invoice_lines": [], "invoice_tax_lines": [], "invoice_installments": []}
-    keys_id, keys_lm, raw_rows = [], [], []
+    keys_id, keys_lm = [], []
+    raw_ids: list[str] = []
+    raw_lm: list[datetime | None] = []
+    raw_sha: list[str] = []
+    raw_text: list[str] = []
     for invoice_id, rec in newest.items():
         payload_text = _payload_json(rec.payload)
-        raw_rows.append((invoice_id, rec.last_modified_at, hashlib.sha256(payload_text.encode()).hexdigest(), payload_text))
+        raw_ids.append(invoice_id)
+        raw_lm.append(rec.last_modified_at)
+        raw_sha.append(hashlib.sha256(payload_text.encode()).hexdigest())
+        raw_text.append(payload_text)
         if rec.last_modified_at is None:
             quarantine.append((invoice_id, _unidentified(source, rec, "record has no last-modified time"), payload_text))
             continue
@@ -148,9 +155,12 @@ def prepare_batch(
         keys=pa.table({"invoice_id": keys_id, "last_modified_at": pa.array(keys_lm, TS)}, schema=KEYS_SCHEMA),
         flat=flat,
         conformed={t: to_arrow(t, rows) for t, rows in conformed.items()},
-        raw=pa.Table.from_pylist(
-            [{"invoice_id": i, "last_modified_at": lm, "payload_sha256": h, "payload": p, "run_id": run_id, "extracted_at": loaded_at}
-             for i, lm, h, p in raw_rows], schema=RAW_SCHEMA),
+        # column by column: from_pylist of one dict per payload costs several times as much
+        raw=pa.Table.from_arrays(
+            [pa.array(raw_ids, pa.string()), pa.array(raw_lm, TS), pa.array(raw_sha, pa.string()),
+             pa.array(raw_text, pa.string()), pa.array([run_id] * len(raw_ids), pa.string()),
+             pa.array([loaded_at] * len(raw_ids), TS)],
+            schema=RAW_SCHEMA),
         quarantine=pa.Table.from_pylist(
             [{"invoice_id": i, "reason": r, "payload": p, "run_id": run_id, "detected_at": loaded_at} for i, r, p in quarantine],
             schema=QUARANTINE_SCHEMA),

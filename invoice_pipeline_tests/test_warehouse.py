@@ -124,3 +124,55 @@ def test_hostile_field_names_load_safely(tmp_path: Path) -> None:
     rows = query(app, "SELECT _invoice_id, \"col'name__2\" FROM fake.invoices__rows")
     assert rows == [("1", "2")]
     assert query(app, f"SELECT count(*) FROM fake.{quote('invoices__../escape')}")[0][0] == 1
+
+
+def _batch(app, payloads: list[dict]):
+    from invoice_pipeline.pipeline import prepare_batch
+    from invoice_pipeline.timeutil import utc_now
+
+    src = FakeSource("fake", app.sources["fake"], payloads)
+    return prepare_batch(src, [src.identify(p) for p in payloads], "run", utc_now())[0]
+
+
+def test_cached_names_follow_another_writer_and_a_rollback(tmp_path: Path) -> None:
+    app = make_app(tmp_path, {"fake": fake_config_block()})
+    first, other = Warehouse(app.warehouse), Warehouse(app.warehouse)  # e.g. two processes
+    with first.writer() as con:
+        first.ensure_main(con)
+        first.ensure_source(con, "fake")
+        first.write_batch(con, _batch(app, [invoice(1)]))
+    with other.writer() as con:  # adds a column and a child table the first writer has not seen
+        other.write_batch(con, _batch(app, [invoice(2, Rate="a", extra_rows=[{"k": 1}])]))
+    with first.writer() as con:  # "rate" must be named rate__2 (Rate is taken), not collide or be re-added
+        first.write_batch(con, _batch(app, [invoice(3, rate="b", extra_rows=[{"k": 2}])]))
+    assert query(app, 'SELECT _invoice_id, "Rate", "rate__2" FROM fake.invoices WHERE _invoice_id <> \'1\' ORDER BY 1') == [
+        ("2", "a", None), ("3", None, "b")]
+    assert query(app, "SELECT count(*) FROM fake.invoices__extra_rows")[0][0] == 2
+    # a batch that fails after naming a new column rolls the column back; the next one re-creates it
+    bad = _batch(app, [invoice(4, fresh="x")])
+    bad.raw = bad.raw.drop_columns(["payload"])
+    with first.writer() as con, pytest.raises(Exception):
+        first.write_batch(con, bad)
+    with first.writer() as con:
+        first.write_batch(con, _batch(app, [invoice(4, fresh="y")]))
+    assert query(app, 'SELECT "fresh" FROM fake.invoices WHERE _invoice_id = \'4\'') == [("y",)]
+    assert query(app, "SELECT count(*) FROM fake._columns WHERE field_path = '.fresh'")[0][0] == 1
+
+
+def test_mixed_batch_of_new_and_changed_invoices_replaces_only_the_changed(tmp_path: Path) -> None:
+    app, _ = load(tmp_path, [invoice(1, lines=3), invoice(2, lines=2)])
+    _, s = load(tmp_path, [invoice(2, updated="2025-02-01T00:00:00Z", lines=1), invoice(3, lines=2),
+                           invoice(1, updated="2024-01-02T00:00:00Z", lines=5)])  # 1 is stale now
+    assert (s.invoices_loaded, s.invoices_stale) == (2, 1)
+    assert query(app, "SELECT _invoice_id, count(*) FROM fake.invoices__lines GROUP BY 1 ORDER BY 1") == [
+        ("1", 3), ("2", 1), ("3", 2)]
+    assert query(app, "SELECT invoice_id, count(*) FROM main.invoice_lines GROUP BY 1 ORDER BY 1") == [
+        ("1", 3), ("2", 1), ("3", 2)]
+
+
+def test_source_named_like_the_database_file(tmp_path: Path) -> None:
+    # the file is warehouse.duckdb: a schema "warehouse" must not be confused with the database itself
+    app = make_app(tmp_path, {"warehouse": fake_config_block()})
+    s = run_source(app, "warehouse", source=FakeSource("warehouse", app.sources["warehouse"], [invoice(1, lines=2)]))
+    assert s.invoices_loaded == 1
+    assert query(app, "SELECT count(*) FROM warehouse.invoices__lines")[0][0] == 2
