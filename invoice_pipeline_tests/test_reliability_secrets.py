@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -56,12 +57,9 @@ def text_of_duckdb(path: Path) -> str:
 
 
 def text_of_parquet(path: Path) -> str:
-    con = duckdb.connect()
-    try:
-        target = str(path).replace("'", "''")
-        return "\n".join(repr(r) for r in con.execute(f"select * from read_parquet('{target}')").fetchall())
-    finally:
-        con.close()
+    """Every value of a Parquet file, decoded (pyarrow: milliseconds per file, the lake has hundreds)."""
+    table = pq.read_table(path)
+    return "\n".join([",".join(table.column_names), *(repr(v) for v in table.to_pylist())])
 
 
 def _closed_port() -> int:
