@@ -23,6 +23,7 @@ from invoice_pipeline.errors import AuthExpired, RetryableResponse, SourceError
 
 log = logging.getLogger("invoice_pipeline.http")
 
+MIN_SECRET_LENGTH = 4
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 Validator = Callable[[int, Any], None]
 
@@ -88,6 +89,7 @@ class HttpClient:
         max_retries: int = 5,
         pool_size: int = 8,
         secrets: Sequence[str] = (),
+        credential_keys: Sequence[str] = (),
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
         retry_after_cap: float = 120.0,
@@ -97,6 +99,7 @@ class HttpClient:
         self.timeout = timeout
         self.max_retries = max_retries
         self.auth: Auth | None = None
+        self.credential_keys = ", ".join(credential_keys) or "credentials"
         self.stats = HttpStats()
         self._static_secrets = [s for s in secrets if s]
         self._wait = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
@@ -120,7 +123,8 @@ class HttpClient:
     # -- secrets -------------------------------------------------------------------------
     def redact(self, text: str) -> str:
         secrets = list(self._static_secrets) + (self.auth.secrets() if self.auth else [])
-        for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        # Very short values would garble ordinary words ("gave u*** after"); real secrets are longer.
+        for secret in sorted((s for s in secrets if s and len(s) >= MIN_SECRET_LENGTH), key=len, reverse=True):
             text = text.replace(secret, "***")
         return text
 
@@ -226,7 +230,7 @@ class HttpClient:
         except AuthExpired as exc:
             if not use_auth or self.auth is None or renewed[0]:
                 raise self.error(
-                    f"authentication failed: {exc}; check the source's credentials", endpoint=endpoint, status=status
+                    f"authentication failed: {exc}; check the source's credentials ({self.credential_keys})", endpoint=endpoint, status=status
                 ) from None
             renewed[0] = True
             log.info("source '%s': %s: credential rejected, logging in again", self.source, endpoint)

@@ -22,6 +22,7 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import HttpClient
 
 log = logging.getLogger("invoice_pipeline.extract")
+CREDENTIAL_KEYS = ("username", "password", "organisation", "api_token", "api_key", "database_id")
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -115,6 +116,7 @@ class Source(ABC):
             max_retries=config.max_retries,
             pool_size=config.concurrency,
             secrets=config.secrets(),
+            credential_keys=[k for k in CREDENTIAL_KEYS if k in type(config).model_fields],
         )
         self.stats = ExtractStats()
 

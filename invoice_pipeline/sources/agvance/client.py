@@ -280,7 +280,8 @@ class AgvanceSource(Source):
             return self.identify(payload)
         except MappingError:
             loc, num = payload.get("InvoiceLocation"), payload.get("InvoiceNumber")
-            return SourceRecord(f"{loc or ''}-{num or ''}", None, payload)
+            # A half key ("LOC-") would merge two broken records into one: no key, quarantine both.
+            return SourceRecord(f"{loc}-{num}" if loc and num else "", None, payload)
 
     # -- per-record ----------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
