@@ -53,10 +53,17 @@ class SourceConfig(BaseModel):
     max_retries: int = Field(default=5, ge=0, le=20)
     schedule: str = "0 * * * *"  # cron of the incremental run in Dagster (hourly by default)
     max_staleness: Duration = timedelta(days=1)  # freshness check: the cursor may not be older than this
+    # lifecycle (docs/LIFECYCLE.md): re-poll of open invoices and deletion reconciliation
+    repoll_horizon: Duration = timedelta(days=365)  # open invoices older than this are not re-polled
+    repoll_schedule: str | None = None  # cron; unset: re-poll after every incremental run
+    reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation
+    reconcile_max_deleted_share: float = Field(default=0.5, gt=0, le=1)  # refuse to mark more as deleted
 
-    @field_validator("schedule")
+    @field_validator("schedule", "repoll_schedule", "reconcile_schedule")
     @classmethod
-    def _valid_cron(cls, value: str) -> str:
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         # the same parser the Dagster schedule will use (dagster is a hard dependency anyway)
         from dagster._utils.schedules import is_valid_cron_string
 

@@ -35,7 +35,7 @@ from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.pipeline import RunSummary, build_source, run_source
 from invoice_pipeline.sources.base import Source, SourceRecord, Window
 from invoice_pipeline.sql import quote, sql_literal
-from invoice_pipeline.timeutil import parse_duration, utc_now
+from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("invoice_pipeline.lifecycle")
@@ -121,15 +121,11 @@ class LifecycleSettings:
 
 
 def lifecycle_settings(config: SourceConfig) -> LifecycleSettings:
-    horizon = getattr(config, "repoll_horizon", None)
-    if horizon is not None and not isinstance(horizon, timedelta):
-        horizon = parse_duration(horizon)
-    share = getattr(config, "reconcile_max_deleted_share", None)
     return LifecycleSettings(
-        repoll_horizon=horizon if horizon is not None else DEFAULT_REPOLL_HORIZON,
-        repoll_schedule=getattr(config, "repoll_schedule", None) or None,
-        reconcile_schedule=getattr(config, "reconcile_schedule", None) or DEFAULT_RECONCILE_SCHEDULE,
-        reconcile_max_deleted_share=float(share) if share is not None else DEFAULT_MAX_DELETED_SHARE,
+        repoll_horizon=config.repoll_horizon,
+        repoll_schedule=config.repoll_schedule or None,
+        reconcile_schedule=config.reconcile_schedule,
+        reconcile_max_deleted_share=config.reconcile_max_deleted_share,
     )
 
 
@@ -313,11 +309,12 @@ class _GivenInvoices:
 
 
 def _load_given(app: AppConfig, source_name: str, wh: Warehouse, src: Source,
-                batches: Callable[[], Iterator[list[SourceRecord]]]) -> RunSummary:
+                batches: Callable[[], Iterator[list[SourceRecord]]], mode: str) -> RunSummary:
     config = app.sources[source_name]
-    # An explicit window makes run_source leave the cursor alone (it is recorded as a backfill).
+    # An explicit window makes run_source leave the cursor alone.
     window = Window(config.start_date, utc_now().replace(microsecond=0))
-    return run_source(app, source_name, warehouse=wh, window=window, source=cast(Source, _GivenInvoices(src, batches)))
+    return run_source(app, source_name, warehouse=wh, window=window, source=cast(Source, _GivenInvoices(src, batches)),
+                      mode=mode)
 
 
 def _fetch_by_ids(src: Source, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[list[SourceRecord]]:
@@ -379,7 +376,7 @@ def repoll_open_invoices(
     ids = [i for i, _ in rows]
     customers = sorted({c for _, c in rows if c})
     src = source or build_source(app, source_name)
-    result.summary = _load_given(app, source_name, wh, src, lambda: _fetch_by_ids(src, ids, customers))
+    result.summary = _load_given(app, source_name, wh, src, lambda: _fetch_by_ids(src, ids, customers), "repoll")
     result.found = result.summary.invoices_extracted
     with wh.writer() as con:
         result.changed = con.execute(
@@ -467,7 +464,7 @@ def reconcile_deletions(
         result.reappeared = sorted(back & found_ids)
         if found:
             handed_over = True  # run_source closes the source
-            result.summary = _load_given(app, source_name, wh, src, lambda: iter([found]))
+            result.summary = _load_given(app, source_name, wh, src, lambda: iter([found]), "reconcile")
     finally:
         if not handed_over:
             src.close()

@@ -175,9 +175,11 @@ def run_source(
     warehouse: Warehouse | None = None,
     window: Window | None = None,
     source: Source | None = None,
+    mode: str | None = None,
 ) -> RunSummary:
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
-    an explicit window (the cursor is left alone). Raises on failure, after recording it."""
+    an explicit window (the cursor is left alone). Raises on failure, after recording it.
+    `mode` only labels a windowed run in _pipeline_runs (backfill, repoll, reconcile)."""
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
@@ -186,7 +188,7 @@ def run_source(
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
         cursor = wh.cursor(con, source_name)
-    mode = "backfill" if window is not None else "incremental"
+    mode = (mode or "backfill") if window is not None else "incremental"
     window = window or plan_window(config, cursor, now)
     summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,

@@ -13,6 +13,7 @@ import uuid
 import orjson
 
 from invoice_pipeline.config import AppConfig
+from invoice_pipeline.lifecycle import record_history
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.pipeline import RunSummary, build_source, prepare_batch
 from invoice_pipeline.sources.base import Source, SourceRecord
@@ -40,7 +41,7 @@ def replay_source(
             f"""CREATE OR REPLACE TABLE {s}._replay_ids AS
             SELECT invoice_id, payload_sha256, row_number() OVER (ORDER BY invoice_id) AS n FROM (
               SELECT invoice_id, payload_sha256, row_number() OVER (
-                PARTITION BY invoice_id ORDER BY last_modified_at DESC NULLS LAST, extracted_at DESC) AS rn
+                PARTITION BY invoice_id ORDER BY last_modified_at DESC NULLS LAST, extracted_at DESC, rowid DESC) AS rn
               FROM {s}._raw_invoices) WHERE rn = 1"""
         )
         total = con.execute(f"SELECT count(*) FROM {s}._replay_ids").fetchone()[0]
@@ -74,6 +75,7 @@ def replay_source(
             summary.invoices_extracted += len(records)
             summary.invoices_loaded += result.accepted
             summary.quarantined += batch.quarantine.num_rows
+        record_history(wh, source_name, run_id=summary.run_id)
         summary.status = "success"
     finally:
         with wh.writer() as con:

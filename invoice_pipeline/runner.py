@@ -57,11 +57,13 @@ def _root_cause(error) -> str:
 
 def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None) -> RunReport:
     from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+    from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys
 
     ensure_dagster_home()
     defs = build_definitions(app, config_path)
     selected = sources or list(app.sources)
     selection = [dg.AssetKey([s, "invoices"]) for s in selected]
+    selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
     selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
     job = defs.resolve_job_def(ALL_ASSETS_JOB)
     # Creating a fresh instance's SQLite storage is not safe from two processes at once: serialise it.

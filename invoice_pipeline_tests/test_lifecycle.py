@@ -25,6 +25,8 @@ from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 
 from .conftest import make_app
+from invoice_pipeline.errors import ConfigError
+
 from .fake_source import FakeSource, fake_config_block, invoice
 
 TODAY = utc_now().date()
@@ -349,11 +351,9 @@ def test_settings_defaults_and_overrides() -> None:
     s = lifecycle.lifecycle_settings(cfg)
     assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule) == (timedelta(days=365), None, "0 3 * * *")
 
-    class WithKeys:
-        repoll_horizon = "30d"
-        repoll_schedule = "*/30 * * * *"
-        reconcile_schedule = "0 4 * * 0"
-        reconcile_max_deleted_share = 0.2
-
-    s = lifecycle.lifecycle_settings(WithKeys())  # type: ignore[arg-type]
+    block = {**fake_config_block(), "repoll_horizon": "30d", "repoll_schedule": "*/30 * * * *",
+             "reconcile_schedule": "0 4 * * 0", "reconcile_max_deleted_share": 0.2}
+    s = lifecycle.lifecycle_settings(parse_config({"sources": {"a": block}}).sources["a"])
     assert s == lifecycle.LifecycleSettings(timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
+    with pytest.raises(ConfigError, match="sources.a.repoll_schedule"):
+        parse_config({"sources": {"a": {**fake_config_block(), "repoll_schedule": "often"}}})

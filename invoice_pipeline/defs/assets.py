@@ -84,10 +84,14 @@ def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
 
 
 def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
+    from invoice_pipeline.defs.lifecycle import reconcile_asset_key, repoll_asset_key  # builds on this module
+
+    # Re-polls and deletion reconciliation also change main.*: publish follows them too.
+    upstream = [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n), reconcile_asset_key(n))]
     @dg.multi_asset(
         specs=[
             dg.AssetSpec(
-                key, group_name="conformed", kinds={"duckdb"}, deps=[source_asset_key(n) for n in app.sources],
+                key, group_name="conformed", kinds={"duckdb"}, deps=upstream,
                 automation_condition=CONFORMED_CONDITION,
                 description=f"Grain: one row per {table[:-1].replace('_', ' ')} across every configured source "
                             f"(key {', '.join(TABLE_KEYS[table])}).",
@@ -115,7 +119,7 @@ def build_publish_asset() -> dg.AssetsDefinition:
         key=dg.AssetKey(["published", "warehouse"]),
         group_name="published",
         kinds={"duckdb", "parquet"},
-        deps=CONFORMED_ASSET_KEYS,
+        deps=[*CONFORMED_ASSET_KEYS, dg.AssetKey(["main", "invoice_history"])],
         pool=WRITE_POOL,
         automation_condition=PUBLISH_CONDITION,
         description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "
