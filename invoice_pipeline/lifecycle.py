@@ -84,7 +84,7 @@ AGING_COLUMNS: dict[str, tuple[str, str]] = {
     "customer_id": ("VARCHAR", "Customer (as in main.invoices)."),
     "customer_name": ("VARCHAR", "Customer name (the latest seen among the aged invoices)."),
     "currency_code": ("VARCHAR", "Currency of the balances (never mixed)."),
-    "aging_bucket": ("VARCHAR", "Days past due at snapshot_date: not_due, 1-30, 31-60, 61-90, over_90, no_due_date."),
+    "aging_bucket": ("VARCHAR", "Days past due at snapshot_date: current (not yet due), 1-30, 31-60, 61-90, 90+, no_due_date."),
     "invoice_count": ("BIGINT", "Open invoices in the bucket."),
     "balance_due": (MONEY_T, "Sum of their balance due."),
     "total_amount": (MONEY_T, "Sum of their invoice totals."),
@@ -93,11 +93,11 @@ AGING_COLUMNS: dict[str, tuple[str, str]] = {
 }
 AGING_BUCKET_SQL = """CASE
     WHEN coalesce(due_date, invoice_date) IS NULL THEN 'no_due_date'
-    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 0 THEN 'not_due'
+    WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 0 THEN 'current'
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 30 THEN '1-30'
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 60 THEN '31-60'
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 90 THEN '61-90'
-    ELSE 'over_90' END"""
+    ELSE '90+' END"""
 
 
 def version_hash_sql(alias: str = "") -> str:

@@ -307,7 +307,7 @@ def test_aging_snapshot_per_day_from_history(tmp_path: Path) -> None:
         "b": open_inv(2, due=due(10), balance="20.00", customer="C1"),  # 1-30
         "c": open_inv(3, due=due(30), balance="30.00", customer="C1"),  # 1-30 (the 30th day)
         "d": open_inv(4, due=due(45), balance="40.00", customer="C1"),  # 31-60
-        "e": open_inv(5, due=due(200), balance="50.00", customer="C2", currency="USD"),  # over_90
+        "e": open_inv(5, due=due(200), balance="50.00", customer="C2", currency="USD"),  # 90+
         "f": open_inv(6, due=due(10), balance="0", customer="C1"),  # paid: not aged
         "g": open_inv(7, due=due(10), balance="70.00", customer="C1", void=True),  # void: not aged
         "h": open_inv(8, due=due(10), balance="80.00", customer="C1"),  # deleted below: not aged
@@ -330,7 +330,7 @@ def test_aging_snapshot_per_day_from_history(tmp_path: Path) -> None:
                 "FROM main.ar_aging_snapshot WHERE snapshot_date = ? ORDER BY 2, 3, 4", [d]).fetchall()
 
     expected = [("fake", "C1", "EUR", "1-30", 2, Decimal("35.00")), ("fake", "C1", "EUR", "31-60", 1, Decimal("40.00")),
-                ("fake", "C1", "EUR", "not_due", 1, Decimal("10.00")), ("fake", "C2", "USD", "over_90", 1, Decimal("50.00"))]
+                ("fake", "C1", "EUR", "current", 1, Decimal("10.00")), ("fake", "C2", "USD", "90+", 1, Decimal("50.00"))]
     assert snapshot(day) == expected
     lifecycle.build_aging_snapshot(wh, day)  # the same day again: replaced, not doubled
     assert snapshot(day) == expected
@@ -340,7 +340,7 @@ def test_aging_snapshot_per_day_from_history(tmp_path: Path) -> None:
     lifecycle.build_aging_snapshot(wh, yesterday)
     assert snapshot(yesterday) == [
         ("fake", "C1", "EUR", "1-30", 3, Decimal("130.00")), ("fake", "C1", "EUR", "31-60", 1, Decimal("40.00")),
-        ("fake", "C1", "EUR", "not_due", 1, Decimal("10.00")), ("fake", "C2", "USD", "over_90", 1, Decimal("50.00"))]
+        ("fake", "C1", "EUR", "current", 1, Decimal("10.00")), ("fake", "C2", "USD", "90+", 1, Decimal("50.00"))]
     assert snapshot(day) == expected
 
 
