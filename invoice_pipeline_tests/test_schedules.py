@@ -40,22 +40,26 @@ def test_conformed_refreshes_after_any_source_and_publish_only_after_blocking_ch
         requested, cursor = _requested(defs, instance, cursor)
         assert requested == set(CONFORMED_ASSET_KEYS)
 
-        # The conformed model is written, but its blocking checks have not passed: nothing is published.
-        for key in CONFORMED_ASSET_KEYS:
+        # Everything publish reads is written, but the blocking checks have not passed: nothing is published.
+        publish_deps = {dep.asset_key for spec in defs.resolve_assets_def(PUBLISHED).specs for dep in spec.deps}
+        assert set(CONFORMED_ASSET_KEYS) <= publish_deps
+        for key in publish_deps:
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
         requested, cursor = _requested(defs, instance, cursor)
         assert PUBLISHED not in requested
 
-        failing = next(rule for rule in RULES if rule.blocking)
-        for rule in RULES:
+        checks = [spec for c in defs.asset_checks or [] for spec in c.check_specs if spec.asset_key in publish_deps]
+        failing = next(spec for spec in checks if spec.blocking and spec.asset_key == dg.AssetKey(["main", "invoices"]))
+        assert {rule.name for rule in RULES if rule.blocking} <= {spec.name for spec in checks if spec.blocking}
+        for spec in checks:
             instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey(["main", "invoices"]), check_name=rule.name, passed=rule is not failing))
+                asset_key=spec.asset_key, check_name=spec.name, passed=spec is not failing))
         requested, cursor = _requested(defs, instance, cursor)
         assert PUBLISHED not in requested  # one blocking check failed
 
-        for rule in RULES:
+        for spec in checks:
             instance.report_runless_asset_event(dg.AssetCheckEvaluation(
-                asset_key=dg.AssetKey(["main", "invoices"]), check_name=rule.name, passed=True))
+                asset_key=spec.asset_key, check_name=spec.name, passed=True))
         requested, _ = _requested(defs, instance, cursor)
         assert PUBLISHED in requested
 
