@@ -75,7 +75,7 @@ def replay_source(
             summary.invoices_extracted += len(records)
             summary.invoices_loaded += result.accepted
             summary.quarantined += batch.quarantine.num_rows
-        record_history(wh, source_name, run_id=summary.run_id)
+        record_history(wh, source_name)  # restores deletion marks the rebuild cleared
         summary.status = "success"
     finally:
         with wh.writer() as con:
