@@ -1,0 +1,238 @@
+"""What each benchmark runs in its own process (so its peak RSS and CPU are its own).
+
+`python -m benchmarks.children TASK ARGS...` prints one JSON line with what it measured inside.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ORACLE_LIST = "/ccstore/v1/selfservice/invoices"
+ORACLE_Q = "LastUpdateDate>='2024-01-01T00:00:00Z'"
+BATCH = 500
+
+
+def _emit(**values: Any) -> None:
+    print(json.dumps(values), flush=True)
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        yield from f
+
+
+# -- benchmark 1: flatten + load of prepared pages ----------------------------------------------
+def floor(pages: str) -> None:
+    """The parse floor: orjson.loads of every page, nothing else."""
+    started = time.perf_counter()
+    n = 0
+    for line in _lines(pages):
+        orjson.loads(line)
+        n += 1
+    _emit(seconds=time.perf_counter() - started, invoices=n)
+
+
+def _flat_rows_duckdb(path: str, schema: str, skip: tuple[str, ...]) -> int:
+    import duckdb
+
+    con = duckdb.connect(path, read_only=True)
+    try:
+        tables = [r[0] for r in con.execute(
+            "SELECT table_name FROM duckdb_tables() WHERE schema_name = ?", [schema]).fetchall()]
+        return sum(con.execute(f'SELECT count(*) FROM "{schema}"."{t}"').fetchone()[0]
+                   for t in tables if not t.startswith(skip))
+    finally:
+        con.close()
+
+
+def product(pages: str, workdir: str) -> None:
+    """The product's load path (run_source: prepare_batch + write_batch + cursor) over the pages."""
+    from invoice_pipeline.config import parse_config
+    from invoice_pipeline.pipeline import run_source
+    from invoice_pipeline.sources.base import SourceRecord, Window
+    from invoice_pipeline.sources.oracle_occ.client import OracleOccSource
+
+    class PagesSource(OracleOccSource):
+        """Oracle's mapping and identify(), fed from the pages file instead of HTTP."""
+
+        def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
+            batch: list[SourceRecord] = []
+            for line in _lines(pages):
+                batch.append(self.record_or_raw(orjson.loads(line)))
+                if len(batch) == BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+
+    work = Path(workdir)
+    app = parse_config({
+        "warehouse": {"duckdb_path": str(work / "warehouse.duckdb"), "published_path": str(work / "published.duckdb"),
+                      "parquet_dir": str(work / "parquet")},
+        "sources": {"oracle": {"type": "oracle_occ", "base_url": "http://127.0.0.1:9", "username": "u",
+                               "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
+    })
+    started = time.perf_counter()
+    summary = run_source(app, "oracle", source=PagesSource("oracle", app.sources["oracle"]))
+    seconds = time.perf_counter() - started
+    rows = _flat_rows_duckdb(str(work / "warehouse.duckdb"), "oracle", ("_",))
+    _emit(seconds=seconds, invoices=summary.invoices_loaded, rows=rows)
+
+
+def dlt_parquet(pages: str, workdir: str) -> None:
+    """dlt 1.x as documented for its fastest path: a resource of dicts, Parquet loader, DuckDB."""
+    import dlt
+
+    money = {"data_type": "decimal", "precision": 18, "scale": 4}
+
+    @dlt.resource(name="invoices", write_disposition="append",
+                  columns={"EnteredAmount": money, "InvoiceBalanceAmount": money})
+    def invoices() -> Iterator[list[dict]]:
+        batch = []
+        for line in _lines(pages):
+            batch.append(orjson.loads(line))
+            if len(batch) == BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    work = Path(workdir)
+    pipeline = dlt.pipeline(pipeline_name="bench_flatten", pipelines_dir=str(work / "dlt"),
+                            destination=dlt.destinations.duckdb(str(work / "dlt.duckdb")), dataset_name="oracle")
+    started = time.perf_counter()
+    pipeline.run(invoices(), loader_file_format="parquet")
+    seconds = time.perf_counter() - started
+    rows = _flat_rows_duckdb(str(work / "dlt.duckdb"), "oracle", ("_dlt",))
+    _emit(seconds=seconds, invoices=None, rows=rows)
+
+
+# -- benchmark 5: end to end against the Oracle simulator -----------------------------------------
+def _oracle_login(session: Any, base: str, user: str, password: str) -> str:
+    resp = session.post(base + "/ccstore/v1/login", data={"grant_type": "password", "username": user, "password": password})
+    resp.raise_for_status()
+    return resp.json()["access_token"]
+
+
+def bare_client(base: str, user: str, password: str, workers: str = "8") -> None:
+    """What the network alone costs: list pages in order, details on 8 threads, bodies discarded."""
+    import threading
+
+    import requests
+
+    started = time.perf_counter()
+    local = threading.local()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "s"):
+            local.s = requests.Session()
+        return local.s
+
+    main = requests.Session()
+    token = _oracle_login(main, base, user, password)
+    headers = {"Authorization": f"Bearer {token}"}
+    calls = 1
+
+    def detail(invoice_id: str) -> int:
+        r = session().get(f"{base}{ORACLE_LIST}/{invoice_id}", headers=headers)
+        r.raise_for_status()
+        return len(r.content)
+
+    with ThreadPoolExecutor(int(workers)) as pool:
+        futures = []
+        offset = 0
+        while True:
+            r = main.get(base + ORACLE_LIST, headers=headers,
+                         params={"q": ORACLE_Q, "orderBy": "CustomerTransactionId:asc", "limit": 25, "offset": offset})
+            r.raise_for_status()
+            body = r.json()
+            calls += 1
+            futures += [pool.submit(detail, item["CustomerTransactionId"]) for item in body["items"]]
+            if not body.get("hasMore") or not body["items"]:
+                break
+            offset += len(body["items"])
+        size = sum(f.result() for f in futures)
+    calls += len(futures)
+    _emit(seconds=time.perf_counter() - started, requests=calls, invoices=len(futures), bytes=size)
+
+
+def dlt_rest(base: str, user: str, password: str, workdir: str) -> None:
+    """The Oracle extraction as a competent dlt user writes it: rest_api source, parallel details, Parquet."""
+    import os
+
+    import dlt
+    import requests
+    from dlt.sources.rest_api import rest_api_source
+
+    os.environ.setdefault("EXTRACT__WORKERS", "8")
+    started = time.perf_counter()
+    token = _oracle_login(requests.Session(), base, user, password)
+    source = rest_api_source({
+        "client": {"base_url": base, "auth": {"type": "bearer", "token": token}},
+        "resources": [
+            {
+                "name": "invoice_list",
+                "selected": False,
+                "endpoint": {
+                    "path": ORACLE_LIST.lstrip("/"),
+                    "params": {"q": ORACLE_Q, "orderBy": "CustomerTransactionId:asc"},
+                    "data_selector": "items",
+                    "paginator": {"type": "offset", "limit": 25, "offset_param": "offset", "limit_param": "limit",
+                                  "total_path": None, "has_more_path": "hasMore"},
+                },
+            },
+            {
+                "name": "invoices",
+                "parallelized": True,
+                "endpoint": {
+                    "path": ORACLE_LIST.lstrip("/") + "/{resources.invoice_list.CustomerTransactionId}",
+                    "data_selector": "$",
+                    "paginator": "single_page",
+                },
+            },
+        ],
+    })
+    work = Path(workdir)
+    pipeline = dlt.pipeline(pipeline_name="bench_e2e", pipelines_dir=str(work / "dlt"),
+                            destination=dlt.destinations.duckdb(str(work / "dlt_e2e.duckdb")), dataset_name="oracle")
+    info = pipeline.run(source, loader_file_format="parquet")
+    seconds = time.perf_counter() - started
+    rows = _flat_rows_duckdb(str(work / "dlt_e2e.duckdb"), "oracle", ("_dlt",))
+    _emit(seconds=seconds, rows=rows, loaded=bool(info.loads_ids))
+
+
+# -- benchmark 2: extraction only -------------------------------------------------------------------
+def extract(config_json: str) -> None:
+    """One source's extract() over its whole history, records counted and dropped."""
+    from invoice_pipeline.config import parse_config
+    from invoice_pipeline.pipeline import build_source
+    from invoice_pipeline.sources.base import Window
+    from invoice_pipeline.timeutil import utc_now
+
+    block = json.loads(config_json)
+    app = parse_config({"sources": {"src": block}})
+    source = build_source(app, "src")
+    started = time.perf_counter()
+    n = 0
+    try:
+        for batch in source.extract(Window(app.sources["src"].start_date, utc_now())):
+            n += len(batch)
+    finally:
+        source.close()
+    _emit(seconds=time.perf_counter() - started, invoices=n, requests=source.http.stats.api_calls,
+          pages=source.stats.pages, concurrency=app.sources["src"].concurrency)
+
+
+TASKS = {"floor": floor, "product": product, "dlt_parquet": dlt_parquet, "bare_client": bare_client,
+         "dlt_rest": dlt_rest, "extract": extract}
+
+if __name__ == "__main__":
+    TASKS[sys.argv[1]](*sys.argv[2:])
