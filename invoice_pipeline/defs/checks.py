@@ -18,26 +18,37 @@ from invoice_pipeline.timeutil import utc_now
 CHECKED_ASSET = dg.AssetKey(["main", "invoices"])
 
 
-def build_check(rule: Rule) -> dg.AssetChecksDefinition:
-    @dg.asset_check(asset=CHECKED_ASSET, name=rule.name, description=rule.description, blocking=rule.blocking)
-    def _check(pipeline: PipelineResource) -> dg.AssetCheckResult:
-        with pipeline.warehouse.writer() as con:
-            create_exceptions_view(con)
-            total = count_violations(con, rule)
-            first = violations(con, rule, limit=10)
-        return dg.AssetCheckResult(
-            passed=total == 0,
-            severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
-            metadata={
-                "violations": dg.MetadataValue.int(total),
-                "first_offenders": dg.MetadataValue.json([{"source": s, "invoice_id": i, "detail": d} for s, i, d in first]),
-                "query": dg.MetadataValue.md(f"`SELECT * FROM main.reconciliation_exceptions WHERE rule = '{rule.name}'`"),
-            },
-            description=None if total == 0 else
-            f"{total} invoices fail: first {', '.join(f'{s}/{i}' for s, i, _ in first[:5])}",
-        )
+def _rule_result(rule: Rule, total: int, first: list[tuple[str, str, str]]) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(
+        check_name=rule.name,
+        asset_key=CHECKED_ASSET,
+        passed=total == 0,
+        severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
+        metadata={
+            "violations": dg.MetadataValue.int(total),
+            "first_offenders": dg.MetadataValue.json([{"source": s, "invoice_id": i, "detail": d} for s, i, d in first]),
+            "query": dg.MetadataValue.md(f"`SELECT * FROM main.reconciliation_exceptions WHERE rule = '{rule.name}'`"),
+        },
+        description=None if total == 0 else f"{total} invoices fail: first {', '.join(f'{s}/{i}' for s, i, _ in first[:5])}",
+    )
 
-    return _check
+
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec(rule.name, asset=CHECKED_ASSET, description=rule.description, blocking=rule.blocking)
+        for rule in RULES
+    ],
+    can_subset=True,
+)
+def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
+    """All reconciliation rules in one step: one process and one lock instead of one per rule."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    with pipeline.warehouse.writer() as con:
+        create_exceptions_view(con)
+        results = [(rule, count_violations(con, rule), violations(con, rule, limit=10))
+                   for rule in RULES if rule.name in selected]
+    for rule, total, first in results:
+        yield _rule_result(rule, total, first)
 
 
 @dg.asset_check(asset=CHECKED_ASSET, name="sources_fresh", blocking=False,
@@ -72,4 +83,4 @@ def no_quarantined_records(pipeline: PipelineResource) -> dg.AssetCheckResult:
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    return [*(build_check(rule) for rule in RULES), sources_fresh, no_quarantined_records]
+    return [reconciliation_rules, sources_fresh, no_quarantined_records]
