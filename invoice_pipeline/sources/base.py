@@ -80,6 +80,7 @@ class ExtractStats:
     scanned: int = 0  # invoices the API returned
     kept: int = 0  # of which inside the window and yielded
     extra: dict[str, Any] = field(default_factory=dict)
+    http: Any = None  # the client's HttpStats, for request counts and rates in progress lines
     started: float = field(default_factory=time.monotonic)
     _last_progress: float = field(default_factory=time.monotonic)
 
@@ -90,9 +91,10 @@ class ExtractStats:
             return
         self._last_progress = now
         elapsed = max(now - self.started, 1e-9)
+        calls = self.http.api_calls if self.http is not None else 0
         log.info(
-            "source '%s': %d pages, %d invoices scanned, %d kept, %.1f invoices/s",
-            source, self.pages, self.scanned, self.kept, self.scanned / elapsed,
+            "source '%s': %d pages, %d invoices scanned, %d kept, %.1f invoices/s, %d requests (%.1f/s)",
+            source, self.pages, self.scanned, self.kept, self.scanned / elapsed, calls, calls / elapsed,
         )
 
 
@@ -118,7 +120,7 @@ class Source(ABC):
             secrets=config.secrets(),
             credential_keys=[k for k in CREDENTIAL_KEYS if k in type(config).model_fields],
         )
-        self.stats = ExtractStats()
+        self.stats = ExtractStats(http=self.http.stats)
 
     @property
     def page_size(self) -> int:
