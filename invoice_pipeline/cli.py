@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from contextlib import ExitStack
 from pathlib import Path
 
 from invoice_pipeline.config import load_config, resolve_config_path

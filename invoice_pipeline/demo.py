@@ -158,7 +158,7 @@ def run_demo(size: int = 300) -> int:
 
     print(f"\nWarehouse (read-write, the pipeline's): {app.warehouse.duckdb_path}")
     print(f"Published snapshot (read-only, for analysts/BI): {app.warehouse.published_path}")
-    print(f"Parquet lake: {app.warehouse.parquet_dir}/<table>/source_name=<source>/*.parquet")
+    print(f"Parquet lake: {app.warehouse.parquet_dir}/<table>/source_name=<source>/invoice_month=YYYY-MM/*.parquet")
     print("\nTry (duckdb CLI or python -c \"import duckdb; ...\") against the published snapshot:")
     for title, sql in EXAMPLE_QUERIES:
         print(f"  -- {title}\n  {sql.replace(chr(10), chr(10) + '  ')}")

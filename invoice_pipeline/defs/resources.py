@@ -5,7 +5,7 @@ from functools import cached_property
 
 import dagster as dg
 
-from invoice_pipeline.config import AppConfig, load_config
+from invoice_pipeline.config import AppConfig
 from invoice_pipeline.warehouse import Warehouse
 
 

@@ -168,6 +168,7 @@ class _AccountResult:
 
 class CrmcomSource(Source):
     type_name = "crmcom"
+    key_field = "id"
     config_model = CrmcomConfig
     default_page_size = 200
     has_installments = False
@@ -298,12 +299,6 @@ class CrmcomSource(Source):
             self.auth.close()
 
     # -- per-record ------------------------------------------------------------------------
-    def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
-        """identify(), but a payload with a bad timestamp still travels on (to quarantine)."""
-        try:
-            return self.identify(payload)
-        except MappingError:
-            return SourceRecord(str(payload.get("id") or ""), None, payload)
 
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
         invoice_id = to_text(payload.get("id"))

@@ -74,6 +74,7 @@ def window_filter(window: Window) -> str:
 
 class SoftwareOneSource(Source):
     type_name = "softwareone"
+    key_field = "id"
     config_model = SoftwareOneConfig
     default_page_size = 100  # the API caps limit at 100 anyway
 
@@ -192,12 +193,6 @@ class SoftwareOneSource(Source):
             )
         return [found[invoice_id] for invoice_id in ids]
 
-    def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
-        """identify(), but a payload without usable keys still travels on (to quarantine)."""
-        try:
-            return self.identify(payload)
-        except MappingError:
-            return SourceRecord(str(payload.get("id") or ""), None, payload)
 
     # -- per record --------------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
