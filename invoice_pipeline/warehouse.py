@@ -8,9 +8,7 @@ so a failed or killed run leaves it where it was and a re-run merges the same ro
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -64,8 +62,6 @@ class Warehouse:
         self.config = config
         self.path = Path(config.duckdb_path)
         self.lock_timeout = lock_timeout
-        # A catalog alias of our own: never the file stem, which a source schema could shadow.
-        self._alias = "_wh_" + hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:16]
         # Per source: registry row counts and the names they map to (see _registry).
         self._registries: dict[str, _Registry] = {}
 
@@ -88,21 +84,10 @@ class Warehouse:
         if waited > 5:
             log.info("warehouse lock acquired after %.1fs", waited)
         try:
-            # ATTACH on one in-process DuckDB instance instead of duckdb.connect() per call: starting
-            # a database instance costs 20-80 ms, an ATTACH 2-7 ms, and run_source opens the writer
-            # once per batch. DETACH checkpoints and releases the file exactly as close() did.
-            base = _instance()
-            con = base.cursor()
+            con = duckdb.connect(str(self.path))
             try:
-                con.execute(f"ATTACH {sql_literal(str(self.path))} AS {self._alias}")
-                try:
-                    con.execute(f"USE {self._alias}")
-                    con.execute("SET TimeZone = 'UTC'")
-                    yield con
-                finally:
-                    con.close()  # rolls back whatever the caller left open
-                    con = base.cursor()
-                    con.execute(f"DETACH {self._alias}")
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
             finally:
                 con.close()
         finally:
@@ -328,19 +313,6 @@ class _Registry:
 
     def bump(self, tables: int = 0, columns: int = 0) -> None:
         self.pending_counts = (self.pending_counts[0] + tables, self.pending_counts[1] + columns)
-
-
-_INSTANCE: duckdb.DuckDBPyConnection | None = None
-_INSTANCE_LOCK = threading.Lock()
-
-
-def _instance() -> duckdb.DuckDBPyConnection:
-    """The process's in-memory DuckDB instance that warehouse files are attached to (see writer)."""
-    global _INSTANCE
-    with _INSTANCE_LOCK:
-        if _INSTANCE is None:
-            _INSTANCE = duckdb.connect(":memory:")
-        return _INSTANCE
 
 
 _ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}

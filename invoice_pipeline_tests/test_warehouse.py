@@ -170,9 +170,17 @@ def test_mixed_batch_of_new_and_changed_invoices_replaces_only_the_changed(tmp_p
         ("1", 3), ("2", 1), ("3", 2)]
 
 
-def test_source_named_like_the_database_file(tmp_path: Path) -> None:
-    # the file is warehouse.duckdb: a schema "warehouse" must not be confused with the database itself
-    app = make_app(tmp_path, {"warehouse": fake_config_block()})
-    s = run_source(app, "warehouse", source=FakeSource("warehouse", app.sources["warehouse"], [invoice(1, lines=2)]))
-    assert s.invoices_loaded == 1
-    assert query(app, "SELECT count(*) FROM warehouse.invoices__lines")[0][0] == 2
+def test_a_forked_child_can_write_after_its_parent_did(tmp_path: Path) -> None:
+    import multiprocessing
+
+    app, _ = load(tmp_path, [invoice(1)])  # nothing DuckDB-side may outlive the writer into a fork
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_load_in_child, args=(str(tmp_path),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert query(app, "SELECT count(*) FROM fake.invoices")[0][0] == 2
+
+
+def _load_in_child(tmp: str) -> None:
+    load(Path(tmp), [invoice(2)])
