@@ -9,6 +9,7 @@ import hashlib
 import logging
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -194,6 +195,11 @@ def run_source(
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
     src = source or build_source(app, source_name)
+    # Batch k is written on a background thread while batch k+1 is extracted and prepared (DuckDB
+    # releases the GIL). One write at a time, in order; the last batch carries the cursor and is
+    # written only after every earlier batch committed.
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{source_name}-writer")
+    writing: Future | None = None
     try:
         pending: LoadBatch | None = None
         for records in src.extract(window):
@@ -201,8 +207,13 @@ def run_source(
             batch, before = prepare_batch(src, records, summary.run_id, now, config.start_date)
             summary.invoices_before_start += before
             if pending is not None:
-                _write(wh, pending, summary)
+                if writing is not None:
+                    writing.result()
+                writing = writer.submit(_write, wh, pending, summary)
             pending = batch
+        if writing is not None:
+            writing, done = None, writing
+            done.result()
         if pending is None:
             pending, _ = prepare_batch(src, [], summary.run_id, now)
         if mode == "incremental":
@@ -217,6 +228,12 @@ def run_source(
         summary.error = str(exc)
         raise
     finally:
+        if writing is not None:  # a failed extraction still lets the committed-or-not write finish
+            try:
+                writing.result()
+            except Exception:  # noqa: BLE001 - the extraction's error is the one to report
+                log.debug("background write failed after the run had already failed", exc_info=True)
+        writer.shutdown(wait=True)
         src.close()
         summary.pages = src.stats.pages
         summary.api_calls = src.http.stats.api_calls
