@@ -21,6 +21,8 @@ from invoice_pipeline.timeutil import parse_duration, parse_timestamp
 DEFAULT_CONFIG_FILE = "invoice_pipeline.yaml"
 CONFIG_ENV_VAR = "INVOICE_PIPELINE_CONFIG"
 SOURCE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+# Schema names DuckDB resolves specially (catalogs or built-in schemas): a source cannot be one.
+RESERVED_NAMES = frozenset({"main", "temp", "system", "memory", "information_schema", "pg_catalog"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -144,9 +146,10 @@ def parse_config(raw: Any) -> AppConfig:
         raise ConfigError("config key 'sources': at least one source must be configured")
     sources: dict[str, SourceConfig] = {}
     for name, body in sources_raw.items():
-        if not isinstance(name, str) or not SOURCE_NAME.match(name) or name == "main":
+        if not isinstance(name, str) or not SOURCE_NAME.match(name) or name in RESERVED_NAMES:
             raise ConfigError(
-                f"config key 'sources.{name}': source names must match [a-z][a-z0-9_]{{0,39}} and not be 'main'"
+                f"config key 'sources.{name}': source names must match [a-z][a-z0-9_]{{0,39}} and not be one of "
+                f"{', '.join(sorted(RESERVED_NAMES))}"
             )
         if not isinstance(body, dict):
             raise ConfigError(f"config key 'sources.{name}': expected a mapping of settings")
@@ -164,6 +167,12 @@ def parse_config(raw: Any) -> AppConfig:
         warehouse = WarehouseConfig.model_validate(raw.get("warehouse") or {})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "warehouse")) from None
+    catalog = Path(warehouse.duckdb_path).stem  # DuckDB names the database after its file
+    if catalog in sources:
+        raise ConfigError(
+            f"config key 'sources.{catalog}': a source may not be named like the warehouse file "
+            f"({warehouse.duckdb_path}): DuckDB could not tell the schema from the database"
+        )
     return AppConfig(warehouse=warehouse, sources=sources)
 
 

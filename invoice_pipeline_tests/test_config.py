@@ -73,7 +73,7 @@ def test_missing_env_var_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config({"sources": {"o": ORACLE}})
 
 
-@pytest.mark.parametrize("name", ["main", "Oracle", "9x", "a" * 41, "has-dash"])
+@pytest.mark.parametrize("name", ["main", "temp", "system", "memory", "Oracle", "9x", "a" * 41, "has-dash"])
 def test_invalid_source_names(name: str) -> None:
     with pytest.raises(ConfigError, match="source names must match"):
         parse_config({"sources": {name: ORACLE}})
@@ -106,3 +106,9 @@ def test_unknown_top_level_key_and_malformed_yaml(tmp_path: Path) -> None:
     path.write_text("sources: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_source_named_like_the_warehouse_file_is_refused() -> None:
+    with pytest.raises(ConfigError, match="sources.warehouse.*named like the warehouse file"):
+        parse_config({"sources": {"warehouse": ORACLE}})
+    assert "lake" in parse_config({"warehouse": {"duckdb_path": "x/lake_db.duckdb"}, "sources": {"lake": ORACLE}}).sources
