@@ -14,7 +14,6 @@ import hashlib
 import operator
 import random
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -507,8 +506,7 @@ class SoftwareOneSimulator(SimulatorServer):
         self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, self.created_at - timedelta(hours=1))
         digest = hashlib.sha256(b"swo-simulator-token").hexdigest()  # fixed: `simulate` asks a throwaway instance
         self.token = f"idt:TKN-{int(digest[:8], 16) % 10000:04d}-{int(digest[8:16], 16) % 10000:04d}:{digest[16:56]}"
-        self._epoch = time.monotonic()
-        self._rejected_period = 0
+        self._auth_calls = 0  # calls seen, for the token_lifetime session drops
         self._index: OrderedDict[tuple, list[Invoice]] = OrderedDict()
         # invoice id -> responses left in which its lines are omitted although selected (<0: always)
         self.omit_lines: dict[str, int] = {}
@@ -541,16 +539,19 @@ class SoftwareOneSimulator(SimulatorServer):
         return SimResponse(200, {"$meta": {"pagination": pagination, "omitted": sorted(omitted)}, "data": data})
 
     def _authorized(self, header: str | None) -> bool:
-        """Bearer check. Knobs.token_lifetime > 0: the first call of each lifetime period is refused
-        once (the platform dropped the session; the client re-applies its token); <= 0: expired."""
+        """Bearer check. Knobs.token_lifetime > 0: the platform drops the session on every N-th call
+        (N = max(3, 50 x lifetime)) and the client re-applies its token; <= 0: expired. Counting calls
+        rather than seconds keeps two refusals from ever hitting one call and its immediate repeat,
+        however slow the machine (a wall-clock period made the tests flaky under load)."""
         ok = header == f"Bearer {self.token}"
         lifetime = self.knobs.token_lifetime
         with self._lock:
             if ok and lifetime is not None:
-                period = int((time.monotonic() - self._epoch) / lifetime) if lifetime > 0 else -1
-                if period < 0 or period > self._rejected_period:
-                    self._rejected_period = max(period, self._rejected_period)
+                if lifetime <= 0:
                     ok = False
+                else:
+                    self._auth_calls += 1
+                    ok = self._auth_calls % max(3, round(lifetime * 50)) != 0
             self.unauthorized += not ok
         return ok
 
