@@ -90,8 +90,9 @@ def test_page_size_above_the_cap_is_clamped() -> None:
 
 
 def test_token_expiring_mid_run_is_obtained_again(sim: CrmcomSimulator) -> None:
-    # ~30 calls of >= 20 ms on 2 workers against a 0.1 s token life: several expiries mid-run.
-    with CrmcomSimulator(size=60, knobs=Knobs(retry_after=0, token_lifetime=0.1, latency=0.02)) as short:
+    # ~30 calls of >= 50 ms on 2 workers against a 0.3 s token life: several expiries mid-run, and a fresh
+    # token outlives one call even on a loaded machine.
+    with CrmcomSimulator(size=60, knobs=Knobs(retry_after=0, token_lifetime=0.3, latency=0.05)) as short:
         source = make_source(short, concurrency=2, page_size=3)
         records = extract_all(source)
         assert len(records) == 60

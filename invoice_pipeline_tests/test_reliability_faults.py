@@ -33,7 +33,7 @@ SETUP: dict[str, tuple[int, dict[str, Any]]] = {
 }
 # Token lifetimes short enough to expire several times in one run. Agvance sessions expire after
 # idle time (each call extends them), so there the server also drops every session now and then.
-LIFETIME = {"oracle_occ": 0.3, "crmcom": 0.15, "softwareone": 0.3, "agvance": 0.3}
+LIFETIME = {"oracle_occ": 0.3, "crmcom": 0.25, "softwareone": 0.3, "agvance": 0.3}  # long enough for one call under load
 
 
 def drop_sessions_every(sim: Any, calls: int) -> None:
