@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from invoice_pipeline.config import AppConfig, parse_config
 
@@ -23,6 +24,15 @@ def make_app(tmp_path: Path, sources: dict[str, dict[str, Any]], **source_overri
             "sources": blocks,
         }
     )
+
+
+def write_app_config(tmp_path: Path, sources: dict[str, dict[str, Any]]) -> tuple[AppConfig, Path]:
+    """make_app() plus the same config as a YAML file, for code that takes a config path (Dagster, CLI)."""
+    app = make_app(tmp_path, sources)
+    path = tmp_path / "cfg.yaml"
+    warehouse = {k: str(v) for k, v in app.warehouse.model_dump().items()}
+    path.write_text(yaml.safe_dump({"warehouse": warehouse, "sources": sources}))
+    return app, path
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.pipeline import run_source
@@ -18,7 +17,7 @@ from invoice_pipeline.simulation import Knobs
 from invoice_pipeline.simulate import start_simulators
 from invoice_pipeline.warehouse import Warehouse, quote
 
-from .conftest import make_app
+from .conftest import make_app, write_app_config
 
 RULE = {r.name: r for r in RULES}
 
@@ -113,10 +112,7 @@ def test_failing_blocking_check_stops_publish(in_tmp: Path) -> None:
 
     with SIMULATOR_CLASS(size=60, knobs=Knobs(inconsistent_rate=0.1)) as sim:
         assert sim.inconsistent_ids()
-        app = make_app(in_tmp, {"agv": sim.source_config()})
-        cfg = in_tmp / "cfg.yaml"
-        cfg.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
-                                       "sources": {"agv": sim.source_config()}}))
+        app, cfg = write_app_config(in_tmp, {"agv": sim.source_config()})
         job = build_definitions(app, str(cfg)).resolve_job_def("invoice_pipeline_job")
         result = job.execute_in_process(instance=dg.DagsterInstance.ephemeral(), raise_on_error=False)
         checks = {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events

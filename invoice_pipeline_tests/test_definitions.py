@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.warehouse import Warehouse
 
-from .conftest import make_app
+from .conftest import write_app_config
 
 
 def test_definitions_module_loads_without_config(in_tmp: Path) -> None:
@@ -29,10 +28,7 @@ def test_materialize_assets_against_simulator(in_tmp: Path) -> None:
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=40) as sim:
-        app = make_app(in_tmp, {"agv": sim.source_config()})
-        config_file = in_tmp / "cfg.yaml"
-        config_file.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
-                                               "sources": {"agv": sim.source_config()}}))
+        app, config_file = write_app_config(in_tmp, {"agv": sim.source_config()})
         defs = build_definitions(app, str(config_file))
         dg.Definitions.validate_loadable(defs)
         job = defs.resolve_implicit_global_asset_job_def()
@@ -66,10 +62,7 @@ def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=30) as sim:
-        app = make_app(in_tmp, {"agv": sim.source_config()})
-        config_file = in_tmp / "cfg.yaml"
-        config_file.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
-                                               "sources": {"agv": sim.source_config()}}))
+        app, config_file = write_app_config(in_tmp, {"agv": sim.source_config()})
         defs = build_definitions(app, str(config_file))
         job = defs.resolve_job_def("agv_incremental")
         instance = dg.DagsterInstance.ephemeral()

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
-import yaml
 
 from invoice_pipeline.config import parse_config
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.defs.lifecycle import AGING_KEY, HISTORY_KEY, reconcile_asset_key, repoll_asset_key
 from invoice_pipeline.warehouse import Warehouse
 
-from .conftest import make_app
+from .conftest import write_app_config
 from .fake_source import fake_config_block
 
 
@@ -39,10 +38,7 @@ def test_lifecycle_jobs_against_the_simulator(in_tmp: Path) -> None:
     from invoice_pipeline.sources.softwareone.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=30) as sim:
-        app = make_app(in_tmp, {"swo": sim.source_config()})
-        config_file = in_tmp / "cfg.yaml"
-        config_file.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
-                                               "sources": {"swo": sim.source_config()}}))
+        app, config_file = write_app_config(in_tmp, {"swo": sim.source_config()})
         defs = build_definitions(app, str(config_file))
         instance = dg.DagsterInstance.ephemeral()
         assert defs.resolve_job_def("swo_incremental").execute_in_process(instance=instance).success
