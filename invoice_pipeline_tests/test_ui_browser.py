@@ -210,8 +210,23 @@ def _click_button(driver, label: str, timeout: float = 30) -> None:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from selenium.common.exceptions import ElementClickInterceptedException
+    from selenium.webdriver.common.keys import Keys
+
     xpath = f"//button[normalize-space()='{label}']"
-    WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.XPATH, xpath))).click()
+    deadline = time.monotonic() + timeout
+    while True:
+        button = WebDriverWait(driver, timeout).until(ec.element_to_be_clickable((By.XPATH, xpath)))
+        try:
+            button.click()
+            return
+        except ElementClickInterceptedException:
+            # A dialog (e.g. the first-visit welcome) opened over the page after we looked: close it, retry.
+            if time.monotonic() > deadline:
+                raise
+            _dismiss_welcome(driver)
+            driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+            time.sleep(0.5)
 
 
 def _dismiss_welcome(driver) -> None:
