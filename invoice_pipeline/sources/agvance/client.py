@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -24,7 +25,7 @@ from invoice_pipeline.errors import AuthExpired
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
 
 log = logging.getLogger("invoice_pipeline.agvance")
 
@@ -32,7 +33,6 @@ LOGIN_PATH = "/Login"
 LIST_PATH = "/Invoice/GetInvoicesList"
 LIST_ENDPOINT = f"POST {LIST_PATH}"
 API_TIME = "%Y-%m-%dT%H:%M:%S"  # the API's bound format: UTC, second precision
-BATCH_SIZE = 500
 SECOND = timedelta(seconds=1)
 ITEMS_PER_CALL = 50  # request items (number ranges) per GetInvoicesList call when reading specific invoices
 LIST_IDS_SLICE = timedelta(days=92)  # span per call when listing every key (halved when refused)
@@ -227,16 +227,23 @@ class AgvanceSource(Source):
             lo = max(hi, lo) + SECOND
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
+        with closing(self._window_records(window)) as records:
+            yield from batched(records, self.config.batch_size)
+        self.stats.extra["logins"] = self.auth.logins
+        self.stats.progress(self.name, force=True)
+
+    def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         # The API has whole seconds: flooring both ends keeps every record of the window.
         start, end = _floor(window.start), _floor(window.end)
         workers = self.config.concurrency
         newest: dict[str, datetime | None] = {}
-        batch: list[SourceRecord] = []
         inflight: deque[Future] = deque()
         self.stats.extra.setdefault("window_splits", 0)
         self.stats.extra.setdefault("duplicates", 0)
 
-        def collect(future: Future) -> None:
+        def collect(future: Future) -> list[SourceRecord]:
+            """One slice's new records (a slice is taken whole before any of it is yielded)."""
+            fresh: list[SourceRecord] = []
             for payload in future.result():
                 rec = self.record_or_raw(payload)
                 # Inclusive bounds and re-read windows deliver a record more than once:
@@ -247,32 +254,23 @@ class AgvanceSource(Source):
                         self.stats.extra["duplicates"] += 1
                         continue
                 newest[rec.invoice_id] = rec.last_modified_at
-                batch.append(rec)
+                fresh.append(rec)
                 self.stats.kept += 1
+            return fresh
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-window") as pool:
             try:
                 for lo, hi in self._windows(start, end):
                     inflight.append(pool.submit(self._fetch, lo, hi))
                     while len(inflight) >= workers * 2:
-                        collect(inflight.popleft())
-                    if len(batch) >= BATCH_SIZE:
-                        yield batch
-                        batch = []
+                        yield from collect(inflight.popleft())
                     self.stats.progress(self.name)
                 while inflight:
-                    collect(inflight.popleft())
-                    if len(batch) >= BATCH_SIZE:
-                        yield batch
-                        batch = []
-            except BaseException:
+                    yield from collect(inflight.popleft())
+            except BaseException:  # also GeneratorExit: the consumer stopped early
                 for f in inflight:
                     f.cancel()
                 raise
-        if batch:
-            yield batch
-        self.stats.extra["logins"] = self.auth.logins
-        self.stats.progress(self.name, force=True)
 
     def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
         """identify(), but a payload without usable keys still travels on (to quarantine)."""
@@ -301,6 +299,12 @@ class AgvanceSource(Source):
         endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
         beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
         still correct (it only returns more, and a too-large answer splits by time as usual)."""
+        with closing(self._records_by_ids(ids)) as records:
+            yield from batched(records, self.config.batch_size)
+
+    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
+        """Newest version of each asked-for invoice. A later answer can supersede an earlier one,
+        so every call is read before the first record leaves (the set is bounded by `ids`)."""
         wanted = set(ids)
         numbers: dict[str, list[int]] = {}
         for key in wanted:
@@ -337,9 +341,7 @@ class AgvanceSource(Source):
                                         and rec.last_modified_at > prev.last_modified_at):
                         newest[rec.invoice_id] = rec
         self.stats.kept += len(newest)
-        records = list(newest.values())
-        for i in range(0, len(records), BATCH_SIZE):
-            yield records[i : i + BATCH_SIZE]
+        yield from newest.values()
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice key modified at or after `since` (default start_date), up to a day ahead.

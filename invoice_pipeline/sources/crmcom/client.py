@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,7 +26,7 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import AuthExpired, SourceError
 from invoice_pipeline.http import Auth, HttpClient, Validator
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
 
 log = logging.getLogger("invoice_pipeline.crmcom")
@@ -33,7 +34,6 @@ log = logging.getLogger("invoice_pipeline.crmcom")
 AR_PATH = "/accounts_receivable/list"
 INVOICES_PATH = "/invoices/list"
 MAX_PAGE = 500  # the API caps number_of_results silently: asking more would look like a short (last) page
-BATCH_SIZE = 500
 
 
 class CrmcomConfig(SourceConfig):
@@ -262,41 +262,36 @@ class CrmcomSource(Source):
         return fresh
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        workers = self.config.concurrency
-        stop = threading.Event()
-        seen: set[str] = set()
-        batch: list[SourceRecord] = []
         self.stats.extra.setdefault("invoices_scanned", 0)
         self.stats.extra.setdefault("invoices_kept", 0)
         try:
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-ar") as pool:
-                inflight: deque[Future[_AccountResult]] = deque()
-                try:
-                    for ar_id in self._accounts():
-                        inflight.append(pool.submit(self._account_invoices, ar_id, window, stop))
-                        while len(inflight) >= workers * 2:  # bounded queue, results in AR order
-                            batch.extend(self._merge(inflight.popleft().result(), seen))
-                        if len(batch) >= BATCH_SIZE:
-                            yield batch
-                            batch = []
-                        self.stats.progress(self.name)
-                    while inflight:
-                        batch.extend(self._merge(inflight.popleft().result(), seen))
-                        if len(batch) >= BATCH_SIZE:
-                            yield batch
-                            batch = []
-                        self.stats.progress(self.name)
-                except BaseException:
-                    stop.set()
-                    for future in inflight:
-                        future.cancel()
-                    raise
-            if batch:
-                yield batch
+            with closing(self._window_records(window)) as records:
+                yield from batched(records, self.config.batch_size)
             self.stats.progress(self.name, force=True)
         finally:
             # Release the token even when the run fails (close() would too; releasing twice is a no-op).
             self.auth.close()
+
+    def _window_records(self, window: Window) -> Iterator[SourceRecord]:
+        workers = self.config.concurrency
+        stop = threading.Event()
+        seen: set[str] = set()
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-ar") as pool:
+            inflight: deque[Future[_AccountResult]] = deque()
+            try:
+                for ar_id in self._accounts():
+                    inflight.append(pool.submit(self._account_invoices, ar_id, window, stop))
+                    while len(inflight) >= workers * 2:  # bounded queue, results in AR order
+                        yield from self._merge(inflight.popleft().result(), seen)
+                    self.stats.progress(self.name)
+                while inflight:
+                    yield from self._merge(inflight.popleft().result(), seen)
+                    self.stats.progress(self.name)
+            except BaseException:  # also GeneratorExit: the consumer stopped early
+                stop.set()
+                for future in inflight:
+                    future.cancel()
+                raise
 
     # -- per-record ------------------------------------------------------------------------
 
@@ -326,12 +321,15 @@ class CrmcomSource(Source):
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Current version of these invoices: the API lists invoices only per AR, so read the ARs
         that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""
+        with closing(self._records_by_ids(ids, customer_ids)) as records:
+            yield from batched(records, self.config.batch_size)
+
+    def _records_by_ids(self, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = set(ids)
         everything = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
         stop = threading.Event()
         accounts = sorted(set(customer_ids)) if customer_ids else list(self._accounts())
         workers = self.config.concurrency
-        batch: list[SourceRecord] = []
         try:
             results = ordered_map(lambda ar: self._account_or_none(ar, everything, stop), accounts, workers,
                                   workers * 2, f"{self.name}-byid")
@@ -340,18 +338,15 @@ class CrmcomSource(Source):
                     continue
                 self.stats.pages += result.pages
                 self.stats.scanned += result.scanned
+                fresh: list[SourceRecord] = []
                 for record in result.records:
                     if record.invoice_id in wanted:
                         wanted.discard(record.invoice_id)
-                        batch.append(record)
+                        fresh.append(record)
                         self.stats.kept += 1
-                if len(batch) >= BATCH_SIZE:
-                    yield batch
-                    batch = []
+                yield from fresh
         finally:
             stop.set()
-        if batch:
-            yield batch
 
     def _account_ids(self, ar_id: str) -> tuple[list[str], int]:
         """Ids of one AR's invoices (fields_set=id keeps the pages small); also the page count."""

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator
+from contextlib import closing
 from datetime import datetime
 from typing import Any, Literal
 
@@ -15,14 +16,13 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import SourceError
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 
 log = logging.getLogger("invoice_pipeline.oracle_occ")
 
 LIST_PATH = "/ccstore/v1/selfservice/invoices"
-BATCH_SIZE = 500
 
 
 class OracleOccConfig(SourceConfig):
@@ -146,21 +146,20 @@ class OracleOccSource(Source):
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
+        with closing(self._window_records(window)) as records:
+            yield from batched(records, self.config.batch_size)
+        self.stats.progress(self.name, force=True)
+
+    def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         workers = self.config.concurrency
-        batch: list[SourceRecord] = []
         # A few rounds queued so list paging never starves the detail workers.
         details = ordered_map(self._detail, self._list_ids(window), workers, workers * 4, f"{self.name}-detail")
         for payload in details:
             if payload is not None:
-                batch.append(self.record_or_raw(payload))
+                record = self.record_or_raw(payload)
                 self.stats.kept += 1
-            if len(batch) >= BATCH_SIZE:
-                yield batch
-                batch = []
+                yield record
             self.stats.progress(self.name)
-        if batch:
-            yield batch
-        self.stats.progress(self.name, force=True)
 
     # -- per-record ------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
@@ -179,19 +178,18 @@ class OracleOccSource(Source):
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
+        with closing(self._records_by_ids(ids)) as records:
+            yield from batched(records, self.config.batch_size)
+
+    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         workers = self.config.concurrency
-        batch: list[SourceRecord] = []
         for payload in ordered_map(self._detail, sorted(set(ids)), workers, workers * 4, f"{self.name}-byid"):
             self.stats.scanned += 1
             if payload is None:
                 continue
-            batch.append(self.record_or_raw(payload))
+            record = self.record_or_raw(payload)
             self.stats.kept += 1
-            if len(batch) >= BATCH_SIZE:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            yield record
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id last updated at or after `since` (default start_date): list pages only,

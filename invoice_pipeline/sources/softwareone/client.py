@@ -6,6 +6,7 @@ import logging
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -14,14 +15,13 @@ from pydantic import SecretStr
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
 
 log = logging.getLogger("invoice_pipeline.softwareone")
 
 LIST_PATH = "/public/v1/billing/invoices"
 ENDPOINT = f"GET {LIST_PATH}"
-BATCH_SIZE = 500
 SELECT = "select=audit,+lines"  # audit is needed to filter/order on it; lines are left out unless asked
 # Immutable sort keys: invoices joining the result set mid-run (updated meanwhile) shift later
 # pages by one, which repeats a record but never skips one.
@@ -142,7 +142,12 @@ class SoftwareOneSource(Source):
 
     # -- extraction ------------------------------------------------------------------------------
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        batch: list[SourceRecord] = []
+        with closing(self._window_records(window)) as records:
+            yield from batched(records, self.config.batch_size)
+        self.stats.progress(self.name, force=True)
+
+    def _window_records(self, window: Window) -> Iterator[SourceRecord]:
+        """The window's records, page by page (a page is taken whole before any of it is yielded)."""
         seen: set[str] = set()
         for body in self._pages(window_filter(window)):
             page_omits_lines = "lines" in _meta_omitted(body)
@@ -154,20 +159,16 @@ class SoftwareOneSource(Source):
                 (missing if _incomplete(item, page_omits_lines) else complete).append(item)
             if missing:
                 complete += self._refetch(missing)
+            fresh: list[SourceRecord] = []
             for item in complete:
                 record = self.record_or_raw(item)
                 if record.invoice_id in seen:
                     continue
                 seen.add(record.invoice_id)
-                batch.append(record)
+                fresh.append(record)
                 self.stats.kept += 1
-            if len(batch) >= BATCH_SIZE:
-                yield batch
-                batch = []
+            yield from fresh
             self.stats.progress(self.name)
-        if batch:
-            yield batch
-        self.stats.progress(self.name, force=True)
 
     def _refetch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Re-request invoices whose `lines` the API omitted; fail rather than load them line-less."""
@@ -219,23 +220,23 @@ class SoftwareOneSource(Source):
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
         ids the API no longer knows are simply absent. customer_ids is not needed here."""
+        with closing(self._records_by_ids(ids)) as records:
+            yield from batched(records, self.config.batch_size)
+
+    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = sorted(set(ids))
         wanted_set = set(wanted)
         chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
         workers = self.config.concurrency
-        batch: list[SourceRecord] = []
         for items in ordered_map(self._by_ids_chunk, chunks, workers, workers * 2, f"{self.name}-byid"):
             self.stats.scanned += len(items)
+            fresh: list[SourceRecord] = []
             for item in items:
                 record = self.record_or_raw(item)
                 if record.invoice_id in wanted_set:
-                    batch.append(record)
+                    fresh.append(record)
                     self.stats.kept += 1
-            if len(batch) >= BATCH_SIZE:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            yield from fresh
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id created or updated at or after `since` (default start_date): pages of
