@@ -135,3 +135,20 @@ def test_timeout_is_retried_then_reported() -> None:
         srv.script["/slow"] = deque([SimResponse(200, {"ok": 1})])
         with pytest.raises(SourceError, match="timed out"):
             client(srv, timeout=0.05, max_retries=1).request("GET", "/slow")
+
+
+def test_proxy_from_the_environment_and_no_proxy(server: ScriptedServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    server.script["/via"] = deque([b'{"ok": true}'])
+    # The scripted server plays the proxy: the API host is never resolved, the proxy gets the call.
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("http_proxy", raising=False)
+    proxied = HttpClient("src", "http://api.example.invalid:8080", max_retries=0)
+    assert proxied.request("GET", "/via").body == {"ok": True}
+    assert server.seen[-1].path == "/via"
+    # NO_PROXY wins: a dead proxy is never used for a host listed there.
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    direct = HttpClient("src", f"http://127.0.0.1:{server.port}", max_retries=0)
+    assert direct.request("GET", "/via").body == {"ok": True}
