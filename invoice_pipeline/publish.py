@@ -10,6 +10,7 @@ conformed tables are exported from that same snapshot file, so lake and snapshot
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import stat
@@ -20,6 +21,7 @@ from pathlib import Path
 import duckdb
 from filelock import FileLock
 
+from invoice_pipeline import __version__
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
 from invoice_pipeline.lake import Lake, new_version
@@ -31,6 +33,8 @@ from invoice_pipeline.warehouse import Warehouse, apply_comments
 log = logging.getLogger("invoice_pipeline.publish")
 
 PUBLISHED_STORAGE_VERSION = "v1.4.0"
+PUBLISHES = "_pipeline_publishes"  # in the working database: what each snapshot held (its fingerprint)
+LOAD_BOOKKEEPING = {"_loaded_at", "_run_id"}  # when and by which run a row was (re)written
 SNAPSHOT_INFO = "_snapshot"  # one row: which version a reader is looking at, and when it was published
 # Conformed tables in the lake: hive folders source_name=<source>/invoice_month=YYYY-MM (the parent
 # invoice's month for child rows), so engines prune by source and period.
@@ -165,7 +169,13 @@ def _discard(path: Path) -> None:
 
 
 def publish(app: AppConfig, wh: Warehouse) -> dict:
-    """Write-audit-publish's last step: a new snapshot and lake version (call only after the blocking checks)."""
+    """Write-audit-publish's last step: a new snapshot and lake version (call only after the blocking checks).
+
+    Nothing is rewritten when the published content is unchanged since the last publish (an hourly
+    run that found nothing new): readers keep the same version and the lake keeps its files. The
+    snapshot's _pipeline_cursors then still show the cursors of that publish, a lower bound of
+    how fresh the data is (docs/OPERATIONS.md).
+    """
     final = Path(app.warehouse.published_path)
     final.parent.mkdir(parents=True, exist_ok=True)
     lake = Lake(app.warehouse.parquet_dir)
@@ -177,6 +187,12 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
         try:
             with wh.writer() as con:  # the working database is locked only while it is read
                 wh.ensure_main(con)
+                fingerprint, rows = content_fingerprint(con, wh, app)
+                last = _last_publish(con)
+                if last is not None and last[1] == fingerprint and final.exists():
+                    log.info("published content unchanged since snapshot %s: nothing rewritten", last[0])
+                    return {"published_path": str(final), "snapshot_id": last[0], "republished": False,
+                            "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
                 counts, comments = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
                 parquet = _export_source_tables(con, wh, app, lake, snapshot_id)
             snap = duckdb.connect(str(tmp))
@@ -195,14 +211,50 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
             _discard(tmp)
             raise
         _fsync_dir(final.parent)
+        # Recorded after the swap: a crash in between costs one needless republish, never a skipped one.
+        with wh.writer() as con:
+            con.execute(f"INSERT INTO main.{PUBLISHES} VALUES (?, ?, ?)", [snapshot_id, fingerprint, published_at])
     log.info("published %s (snapshot %s) and %d Parquet tables under %s", final, snapshot_id, len(parquet), app.warehouse.parquet_dir)
     return {
         "published_path": str(final),
         "snapshot_id": snapshot_id,
+        "republished": True,
         "snapshot_rows": counts,
         "parquet_dir": str(app.warehouse.parquet_dir),
         "parquet_rows": parquet,
     }
+
+
+def content_fingerprint(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig) -> tuple[str, dict[str, int]]:
+    """A hash of what a publish writes (every row of every published table, the code version) and
+    the row counts of the analyst tables. One scan in DuckDB: far cheaper than a publish.
+
+    The load bookkeeping columns are left out: a re-poll that re-reads identical invoices stamps
+    them anew, and republishing identical data for that would make every hourly run a full publish.
+    """
+    digest = hashlib.sha256(f"{__version__}|{PUBLISHED_STORAGE_VERSION}".encode())
+    rows: dict[str, int] = {}
+    tables = [("main", t) for t in _analyst_tables(con)]
+    for source in app.sources:
+        if con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [source]).fetchone()[0]:
+            tables += [(source, name) for name in wh.source_tables(con, source).values()]
+    for schema, table in tables:
+        columns = [c for (c,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = ? "
+            "AND table_name = ? ORDER BY column_index", [schema, table]).fetchall() if c not in LOAD_BOOKKEEPING]
+        row_hash = f"hash({', '.join(quote(c) for c in columns)})" if columns else "0"
+        count, total = con.execute(
+            f"SELECT count(*), sum({row_hash})::VARCHAR FROM {quote(schema)}.{quote(table)}").fetchone()
+        digest.update(f"{schema}.{table}({','.join(columns)}):{count}:{total}\n".encode())
+        if schema == "main":
+            rows[table] = count
+    return digest.hexdigest(), rows
+
+
+def _last_publish(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
+    con.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLISHES} (snapshot_id VARCHAR, fingerprint VARCHAR, published_at TIMESTAMPTZ)")
+    row = con.execute(f"SELECT snapshot_id, fingerprint FROM main.{PUBLISHES} ORDER BY published_at DESC LIMIT 1").fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def _fsync_dir(path: Path) -> None:

@@ -23,6 +23,8 @@ from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.publish import SNAPSHOT_INFO, publish
+from invoice_pipeline.sources.base import Window
+from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.views import ANALYST_VIEWS
 from invoice_pipeline.warehouse import Warehouse
 
@@ -204,11 +206,34 @@ def test_lake_versions_switch_atomically_and_keep_one_previous(loaded) -> None:
     assert current.count_rows() == second["snapshot_rows"]["invoices"] == first["snapshot_rows"]["invoices"] + 4
     assert os.readlink(root / "invoices").endswith(second["snapshot_id"])
 
+    sim.mutate(updates=2, seed=3)
+    run_source(app, "agv", warehouse=wh)
     publish(app, wh)
     versions = sorted(p.name for p in (root / ".versions" / "invoices").iterdir())
     assert len(versions) == 2 and versions[0] == second["snapshot_id"]  # older ones are pruned
     assert not any(Path(p).exists() for p in listed)
     assert not list(root.glob(".*.link-*"))
+
+
+def test_unchanged_content_is_not_republished(loaded) -> None:
+    app, wh, sim = loaded
+    final = Path(app.warehouse.published_path)
+    first = publish(app, wh)
+    before = (final.stat().st_ino, file_digest(final), os.readlink(Path(app.warehouse.parquet_dir) / "invoices"))
+    # A re-read of identical invoices (what every hourly re-poll does) stamps _loaded_at/_run_id anew ...
+    reread = run_source(app, "agv", warehouse=wh, window=Window(app.sources["agv"].start_date, utc_now()))
+    assert reread.invoices_loaded > 0
+    second = publish(app, wh)
+    # ... and publishes nothing new: same version, same file, same lake link.
+    assert second["republished"] is False and second["snapshot_id"] == first["snapshot_id"]
+    assert second["snapshot_rows"] == first["snapshot_rows"]
+    assert (final.stat().st_ino, file_digest(final), os.readlink(Path(app.warehouse.parquet_dir) / "invoices")) == before
+    sim.mutate(updates=1, seed=4)  # one changed amount is enough
+    run_source(app, "agv", warehouse=wh)
+    third = publish(app, wh)
+    assert third["republished"] is True and third["snapshot_id"] != first["snapshot_id"]
+    final.unlink()  # a deleted snapshot file is published again even though nothing changed
+    assert publish(app, wh)["republished"] is True and final.exists()
 
 
 def test_empty_tables_are_folders_with_their_schema(tmp_path: Path) -> None:
