@@ -57,21 +57,8 @@ def product(pages: str, workdir: str) -> None:
     """The product's load path (run_source: prepare_batch + write_batch + cursor) over the pages."""
     from invoice_pipeline.config import parse_config
     from invoice_pipeline.pipeline import run_source
-    from invoice_pipeline.sources.base import SourceRecord, Window
-    from invoice_pipeline.sources.oracle_occ.client import OracleOccSource
 
-    class PagesSource(OracleOccSource):
-        """Oracle's mapping and identify(), fed from the pages file instead of HTTP."""
-
-        def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-            batch: list[SourceRecord] = []
-            for line in _lines(pages):
-                batch.append(self.record_or_raw(orjson.loads(line)))
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+    from benchmarks.pages_source import PagesSource
 
     work = Path(workdir)
     app = parse_config({
@@ -81,7 +68,8 @@ def product(pages: str, workdir: str) -> None:
                                "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
     })
     started = time.perf_counter()
-    summary = run_source(app, "oracle", source=PagesSource("oracle", app.sources["oracle"]))
+    source = PagesSource("oracle", app.sources["oracle"], pages)
+    summary = run_source(app, "oracle", source=source)
     seconds = time.perf_counter() - started
     rows = _flat_rows_duckdb(str(work / "warehouse.duckdb"), "oracle", ("_",))
     _emit(seconds=seconds, invoices=summary.invoices_loaded, rows=rows)
@@ -123,39 +111,36 @@ def _oracle_login(session: Any, base: str, user: str, password: str) -> str:
 
 
 def bare_client(base: str, user: str, password: str, workers: str = "8") -> None:
-    """What the network alone costs: list pages in order, details on 8 threads, bodies discarded."""
-    import threading
+    """What the network alone costs: list pages in order, details on 8 threads, bodies discarded.
 
-    import requests
+    urllib3 directly (the lightest common client; the product uses it too), one pool shared by the threads.
+    """
+    from urllib.parse import urlencode
+
+    import urllib3
 
     started = time.perf_counter()
-    local = threading.local()
-
-    def session() -> requests.Session:
-        if not hasattr(local, "s"):
-            local.s = requests.Session()
-        return local.s
-
-    main = requests.Session()
-    token = _oracle_login(main, base, user, password)
-    headers = {"Authorization": f"Bearer {token}"}
+    pool = urllib3.PoolManager(maxsize=int(workers) * 2)
+    login = pool.request("POST", base + "/ccstore/v1/login",
+                         fields={"grant_type": "password", "username": user, "password": password}, encode_multipart=False)
+    headers = {"Authorization": f"Bearer {orjson.loads(login.data)['access_token']}"}
     calls = 1
 
     def detail(invoice_id: str) -> int:
-        r = session().get(f"{base}{ORACLE_LIST}/{invoice_id}", headers=headers)
-        r.raise_for_status()
-        return len(r.content)
+        r = pool.request("GET", f"{base}{ORACLE_LIST}/{invoice_id}", headers=headers)
+        assert r.status == 200, r.status
+        return len(r.data)
 
-    with ThreadPoolExecutor(int(workers)) as pool:
+    with ThreadPoolExecutor(int(workers)) as pool_threads:
         futures = []
         offset = 0
         while True:
-            r = main.get(base + ORACLE_LIST, headers=headers,
-                         params={"q": ORACLE_Q, "orderBy": "CustomerTransactionId:asc", "limit": 25, "offset": offset})
-            r.raise_for_status()
-            body = r.json()
+            query = urlencode({"q": ORACLE_Q, "orderBy": "CustomerTransactionId:asc", "limit": 25, "offset": offset})
+            r = pool.request("GET", f"{base}{ORACLE_LIST}?{query}", headers=headers)
+            assert r.status == 200, r.status
+            body = orjson.loads(r.data)
             calls += 1
-            futures += [pool.submit(detail, item["CustomerTransactionId"]) for item in body["items"]]
+            futures += [pool_threads.submit(detail, item["CustomerTransactionId"]) for item in body["items"]]
             if not body.get("hasMore") or not body["items"]:
                 break
             offset += len(body["items"])

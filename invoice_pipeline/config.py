@@ -53,6 +53,9 @@ class SourceConfig(BaseModel):
     concurrency: int = Field(default=8, ge=1, le=64)
     timeout: Duration = timedelta(seconds=30)
     max_retries: int = Field(default=5, ge=0, le=20)
+    batch_size: int = Field(default=500, ge=1, le=100_000)  # invoices per committed batch (memory is bounded by it)
+    # processes that map and flatten batches beside the one extracting and writing (0: none)
+    prepare_processes: int = Field(default=2, ge=0, le=16)
     schedule: str = "0 * * * *"  # cron of the incremental run in Dagster (hourly by default)
     max_staleness: Duration = timedelta(days=1)  # freshness check: the cursor may not be older than this
     # lifecycle (docs/LIFECYCLE.md): re-poll of open invoices and deletion reconciliation
@@ -92,6 +95,11 @@ class WarehouseConfig(BaseModel):
     duckdb_path: Path = Path("data/warehouse.duckdb")
     published_path: Path = Path("data/published/warehouse.duckdb")
     parquet_dir: str = "data/parquet"
+    # A run keeps the writer lock and one connection across batches for up to this long, then hands
+    # it over: opening a connection per batch costs a checkpoint each time (most of the write time).
+    writer_turn_seconds: float = Field(default=10.0, gt=0)
+    # DuckDB's buffer pool of the pipeline's own connections (DuckDB's default is 80% of the RAM).
+    memory_limit: str = Field(default="1GB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 
 
 class AppConfig(BaseModel):

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+import pyarrow as pa
 
 ROOT_TABLE = "invoices"
 SEP = "__"
@@ -24,6 +25,9 @@ FIELD = "."
 ROOT_META = ("_invoice_id", "_last_modified_at", "_loaded_at", "_run_id")
 CHILD_META = ("_invoice_id", "_row_id", "_parent_row_id", "_position")
 MAX_IDENTIFIER = 120
+TS = pa.timestamp("us", tz="UTC")
+META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string(),
+              "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
 
 
 class TableBuffer:
@@ -51,6 +55,14 @@ class TableBuffer:
             if len(col) < n:
                 col.extend([None] * (n - len(col)))
         return self._cols
+
+    def to_arrow(self) -> pa.Table:
+        """The rows as Arrow: JSON-path columns as text, the meta columns typed."""
+        columns = self.columns
+        return pa.Table.from_arrays(
+            [pa.array(values, type=META_ARROW.get(key, pa.string())) for key, values in columns.items()],
+            names=list(columns),
+        )
 
     def append(self, row: dict[str, Any]) -> None:
         n = self.rows

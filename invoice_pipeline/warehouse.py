@@ -27,12 +27,11 @@ from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.reconcile import create_exceptions_view
-from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, TableBuffer
+from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, TS, Naming
 
 log = logging.getLogger("invoice_pipeline.warehouse")
 
 INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
-TS = pa.timestamp("us", tz="UTC")
 
 
 @dataclass
@@ -43,7 +42,7 @@ class LoadBatch:
     run_id: str
     loaded_at: datetime
     keys: pa.Table  # invoice_id, last_modified_at of the mapped records
-    flat: dict[str, TableBuffer]  # table path -> rows (JSON paths as column keys)
+    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the _meta columns)
     conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
     raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
     quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
@@ -69,8 +68,23 @@ class Warehouse:
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """The only way to write: one writer at a time across processes (DuckDB's own lock fails fast)."""
+        lock = self._acquire()
+        try:
+            con = self._connect()
+            try:
+                yield con
+            finally:
+                con.close()
+        finally:
+            lock.release()
+
+    def turns(self) -> WriterTurns:
+        """One connection for a run's many batches, handed over to other writers every so often."""
+        return WriterTurns(self)
+
+    def _acquire(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path) + ".lock")
+        lock = FileLock(str(self.path) + ".lock", thread_local=False)  # a run's turns span threads
         started = time.monotonic()
         try:
             lock.acquire(timeout=5)
@@ -83,15 +97,14 @@ class Warehouse:
         waited = time.monotonic() - started
         if waited > 5:
             log.info("warehouse lock acquired after %.1fs", waited)
-        try:
-            con = duckdb.connect(str(self.path))
-            try:
-                con.execute("SET TimeZone = 'UTC'")
-                yield con
-            finally:
-                con.close()
-        finally:
-            lock.release()
+        return lock
+
+    def _connect(self) -> duckdb.DuckDBPyConnection:
+        # Checkpoints are what a write pays most for; a turn usually ends (and checkpoints) first.
+        con = duckdb.connect(str(self.path), config={"memory_limit": self.config.memory_limit,
+                                                     "checkpoint_threshold": "256MB"})
+        con.execute("SET TimeZone = 'UTC'")
+        return con
 
     @contextmanager
     def reader(self) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -184,13 +197,13 @@ class Warehouse:
             if stored:  # every flattened row of an invoice is written with its root row
                 for table_name in tables.values():
                     con.execute(f"DELETE FROM {s}.{quote(table_name)} WHERE _invoice_id IN {accepted}")
-            for path, buffer in batch.flat.items():
+            for path, rows in batch.flat.items():
                 name = tables[path]
-                arrow = self._flat_arrow(con, src, name, path, buffer, batch, registry)
-                con.register("_stage_rows", arrow)
+                names = self._column_names(con, src, name, [c for c in rows.column_names if c.startswith(FIELD)], registry)
+                con.register("_stage_rows", rows.rename_columns([names.get(c, c) for c in rows.column_names]))
                 con.execute(f"INSERT INTO {s}.{quote(name)} BY NAME SELECT * FROM _stage_rows{only_accepted}")
                 con.unregister("_stage_rows")
-                result.rows_written[name] = buffer.rows
+                result.rows_written[name] = rows.num_rows
             conformed_stored = con.execute(
                 f"SELECT count(*) FROM main.invoices WHERE source_name = ? AND invoice_id IN {accepted}", [src]
             ).fetchall()[0][0]
@@ -249,7 +262,7 @@ class Warehouse:
         return registry
 
     def _evolve(
-        self, con: duckdb.DuckDBPyConnection, src: str, flat: dict[str, TableBuffer], registry: _Registry
+        self, con: duckdb.DuckDBPyConnection, src: str, flat: dict[str, pa.Table], registry: _Registry
     ) -> dict[str, str]:
         """Create tables and add columns for paths never seen before; returns table path -> name."""
         s = quote(src)
@@ -283,22 +296,60 @@ class Warehouse:
             registry.bump(columns=1)
         return assigned
 
-    def _flat_arrow(
-        self, con, src: str, name: str, path: str, buffer: TableBuffer, batch: LoadBatch, registry: _Registry
-    ) -> pa.Table:
-        columns = buffer.columns
-        fields = [p for p in columns if p.startswith(FIELD)]
-        names = self._column_names(con, src, name, fields, registry)
-        meta_types = _ROOT_META_ARROW if path == ROOT_TABLE else _CHILD_META_ARROW
-        arrays, cols = [], []
-        for key, values in columns.items():
-            if key.startswith(FIELD):
-                cols.append(names[key])
-                arrays.append(pa.array(values, type=pa.string()))
-            else:
-                cols.append(key)
-                arrays.append(pa.array(values, type=meta_types[key]))
-        return pa.Table.from_arrays(arrays, names=cols)
+
+class WriterTurns:
+    """The writer lock and one open connection, kept across batches for a turn of
+    `writer_turn_seconds`, then closed and released so another process's run can write.
+
+    Why: closing a DuckDB connection checkpoints, and opening one per 500-invoice batch made
+    checkpoints most of the load time; holding the lock for a whole run would make parallel
+    source runs wait for each other's extraction. Use from one thread at a time.
+    """
+
+    def __init__(self, warehouse: Warehouse):
+        self.warehouse = warehouse
+        self._lock: FileLock | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._since = 0.0
+        self.turns = 0
+
+    @contextmanager
+    def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        if self._con is None:
+            self._lock = self.warehouse._acquire()
+            try:
+                self._con = self.warehouse._connect()
+            except BaseException:
+                self.close()
+                raise
+            self._since = time.monotonic()
+            self.turns += 1
+        try:
+            yield self._con
+        except BaseException:
+            self.close()  # a failed write leaves nothing half-open for the next one
+            raise
+        if time.monotonic() - self._since >= self.warehouse.config.writer_turn_seconds:
+            self.close()
+            time.sleep(_HANDOVER_PAUSE)  # a waiting process polls the lock every 50 ms: let it in
+
+    def close(self) -> None:
+        con, lock, self._con, self._lock = self._con, self._lock, None, None
+        try:
+            if con is not None:
+                con.close()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def __enter__(self) -> WriterTurns:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_HANDOVER_PAUSE = 0.15
 
 
 @dataclass
@@ -317,8 +368,6 @@ class _Registry:
 
 _ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}
 _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
-_ROOT_META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string()}
-_CHILD_META_ARROW = {"_invoice_id": pa.string(), "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
 
 
 def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:

@@ -16,6 +16,7 @@ class FakeSource(Source):
     """Payloads: {"id", "updated", "total", "lines": [{"id", "amount", "tax"}], ...anything}."""
 
     type_name = "fake"
+    portable_mapping = False  # its constructor takes the payloads too
     config_model = OracleOccConfig
 
     def __init__(self, name: str, config: OracleOccConfig, payloads: list[dict[str, Any]], fail_after: int | None = None):

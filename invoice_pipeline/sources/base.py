@@ -47,6 +47,18 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: i
             raise
 
 
+def batched(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
+    """Lists of `size` records (the last one shorter): the unit each committed write takes."""
+    batch: list[SourceRecord] = []
+    for record in records:
+        batch.append(record)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 @dataclass(frozen=True)
 class Window:
     """Modification-time window to extract; both ends inclusive, UTC."""
@@ -107,6 +119,9 @@ class Source(ABC):
     # Sources without installment objects get one derived installment per invoice (SPEC 3).
     has_installments: ClassVar[bool] = False
     key_field: ClassVar[str | None] = None  # top-level field holding the invoice key, when there is one
+    # identify() and to_conformed() use only name and config, so another process can rebuild them
+    # with cls(name, config) and prepare batches in parallel (see preparing.py).
+    portable_mapping: ClassVar[bool] = True
 
     def __init__(self, name: str, config: SourceConfig, http: HttpClient | None = None):
         self.name = name
@@ -137,6 +152,10 @@ class Source(ABC):
     @abstractmethod
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         """Map one raw invoice to the conformed model; raises MappingError to quarantine it."""
+
+    def mapper(self) -> Source:
+        """What identify()/to_conformed() run on; a wrapper (lifecycle's given batches) reaches its inner source."""
+        return self
 
     def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
         """identify(), but a payload without a usable key or version still travels on (to quarantine)."""
