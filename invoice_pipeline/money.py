@@ -17,30 +17,42 @@ class MappingError(ValueError):
     """A record that cannot be mapped: it is quarantined with this message as its reason."""
 
 
+# The largest magnitude each scale's warehouse column holds: DECIMAL(18,4), (18,6), (12,6).
+_LIMITS = {MONEY: Decimal(10) ** 14, QUANTITY: Decimal(10) ** 12, RATE: Decimal(10) ** 6}
+_NO_LIMIT = Decimal(10) ** 20
+
+
 def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: bool = False) -> Decimal | None:
     """JSON string or number to Decimal, rounded half-even to `places`.
 
     Floats go through repr() (the shortest string that round-trips), so JSON 1041.7 stays
-    1041.7 and CRM.COM's float noise (0.30000000000000004) rounds away at 4 decimals.
+    1041.7 and CRM.COM's float noise (0.30000000000000004) rounds away at 4 decimals. A value too
+    large for its warehouse column is the record's error (quarantine), never the batch's.
     """
-    if value is None or value == "":
-        if required:
-            raise MappingError(f"{field}: missing amount")
-        return None
-    if isinstance(value, bool):
-        raise MappingError(f"{field}: expected a number, got {value!r}")
+    cls = value.__class__  # exact types first: this runs for every amount of every record
     try:
-        if isinstance(value, float):
+        if cls is str and value:
+            dec = Decimal(value)  # surrounding whitespace is ignored
+        elif cls is float:
             dec = Decimal(repr(value))
-        elif isinstance(value, int | str):
-            dec = Decimal(str(value).strip())
-        else:
-            raise InvalidOperation
+        elif cls is int:
+            dec = Decimal(value)
+        elif value is None or value == "":
+            if required:
+                raise MappingError(f"{field}: missing amount")
+            return None
+        else:  # bool, objects, arrays
+            raise MappingError(f"{field}: expected a number, got {value!r}")
     except InvalidOperation:
         raise MappingError(f"{field}: not a number: {value!r}") from None
     if not dec.is_finite():
         raise MappingError(f"{field}: not a finite number: {value!r}")
-    return dec.quantize(places, rounding=ROUND_HALF_EVEN)
+    limit = _LIMITS.get(places, _NO_LIMIT)
+    if abs(dec) < limit:
+        dec = dec.quantize(places, rounding=ROUND_HALF_EVEN)
+        if abs(dec) < limit:  # rounding can reach the limit
+            return dec
+    raise MappingError(f"{field}: {value!r} is too large for its column (at most {limit - places} allowed)")
 
 
 def to_int(value: Any, field: str) -> int | None:

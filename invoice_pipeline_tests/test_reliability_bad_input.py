@@ -1,7 +1,7 @@
 """Bad records are quarantined with their reason and raw payload; the rest loads; nothing is dropped.
 
 Each real source reads its simulator, and four of the invoices it receives are doctored on the
-way in (an amount "12,5", a missing key, a string where an object is expected, a date
+way in (an amount "12,5", an amount too large for DECIMAL(18,4), a missing key, a string where an object is expected, a date
 "0000-00-00"), so the real identification and mapping code meets them.
 """
 
@@ -44,24 +44,28 @@ def _delete(key: str) -> Doctor:
 FAULTS: dict[str, dict[str, tuple[Doctor, str]]] = {
     "oracle_occ": {
         "amount": (_set("EnteredAmount", value="12,5"), "EnteredAmount: not a number: '12,5'"),
+        "huge": (_set("EnteredAmount", value="1000000000000000"), "EnteredAmount: '1000000000000000' is too large for its column"),
         "missing_key": (_delete("CustomerTransactionId"), "no invoice key: CustomerTransactionId: missing"),
         "wrong_type": (_set("receivablesInvoiceLines", value="oops"), "receivablesInvoiceLines"),
         "date": (_set("TransactionDate", value="0000-00-00"), "TransactionDate: not a valid date: '0000-00-00'"),
     },
     "crmcom": {
         "amount": (_set("total_amount", value="12,5"), "total_amount: not a number: '12,5'"),
+        "huge": (_set("total_amount", value="1000000000000000"), "total_amount: '1000000000000000' is too large for its column"),
         "missing_key": (_delete("id"), "no invoice key: id: missing"),
         "wrong_type": (_set("accounts_receivable", value="oops"), "accounts_receivable: expected an object"),
         "date": (_set("issued_on", value="0000-00-00"), "issued_on"),
     },
     "softwareone": {
         "amount": (_set("erpData", "invoiceTotal", value="12,5"), "erpData.invoiceTotal: not a number: '12,5'"),
+        "huge": (_set("erpData", "invoiceTotal", value="1000000000000000"), "erpData.invoiceTotal: '1000000000000000' is too large for its column"),
         "missing_key": (_delete("id"), "no invoice key: id: missing"),
         "wrong_type": (_set("erpData", value="oops"), "erpData"),
         "date": (_set("erpData", "documentDate", value="0000-00-00"), "erpData.documentDate"),
     },
     "agvance": {
         "amount": (_set("InvoiceRecordHeaderDetails", "InvoiceTotal", value="12,5"), "InvoiceTotal: not a number: '12,5'"),
+        "huge": (_set("InvoiceRecordHeaderDetails", "InvoiceTotal", value="1000000000000000"), "InvoiceTotal: '1000000000000000' is too large for its column"),
         "missing_key": (_delete("InvoiceNumber"), "InvoiceNumber"),
         "wrong_type": (_set("InvoiceRecordHeaderDetails", value="oops"), "InvoiceRecordHeaderDetails"),
         "date": (_set("InvoiceDate", value="0000-00-00"), "InvoiceDate"),
@@ -96,15 +100,16 @@ def test_bad_records_are_quarantined_and_the_rest_loads(tmp_path: Path, source_t
         app = make_app(tmp_path, {"src": sim.source_config()})
         summary = run_source(app, "src", source=DoctoredSource("src", app.sources["src"]))
         expected = sim.expected()["invoices"]
-    assert summary.status == "success" and len(doctored) == 4
-    assert summary.quarantined == 4 and summary.invoices_loaded == expected - 4
+    bad = len(faults)
+    assert summary.status == "success" and len(doctored) == bad
+    assert summary.quarantined == bad and summary.invoices_loaded == expected - bad
     with Warehouse(app.warehouse).reader() as con:
         loaded = {r[0] for r in con.execute("select invoice_id from main.invoices where source_name = 'src'").fetchall()}
         rows = con.execute("select invoice_id, reason, payload from src._quarantine").fetchall()
     # nothing silently dropped: every invoice is either loaded or quarantined, none both
-    assert len(loaded) == expected - 4 and not loaded & set(doctored)
+    assert len(loaded) == expected - bad and not loaded & set(doctored)
     by_payload = {orjson.dumps(orjson.loads(p), option=orjson.OPT_SORT_KEYS): (i, r) for i, r, p in rows}
-    assert len(rows) == 4
+    assert len(rows) == bad
     for original_id, (fault, payload) in doctored.items():
         key = orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
         assert key in by_payload, f"{fault}: raw record not kept as received"
