@@ -30,7 +30,7 @@ import orjson
 
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sources.base import Source, SourceRecord
-from invoice_pipeline.warehouse import LoadBatch
+from invoice_pipeline.batch import LoadBatch, prepare_batch
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 
@@ -49,8 +49,6 @@ class BatchPreparer:
         self._submitted = 0
 
     def submit(self, records: Sequence[SourceRecord]) -> Future[tuple[LoadBatch, int]]:
-        from invoice_pipeline.pipeline import prepare_batch  # lazy: pipeline builds on this module
-
         self._submitted += 1
         if self.processes == 0 or self._submitted == 1:
             done: Future[tuple[LoadBatch, int]] = Future()
@@ -161,8 +159,6 @@ class _Worker:
 
 # -- in the worker process ---------------------------------------------------------------------------
 def _serve(requests: BinaryIO, results: BinaryIO) -> None:
-    from invoice_pipeline.pipeline import prepare_batch
-
     gc.set_threshold(50_000, *gc.get_threshold()[1:])  # see pipeline._fewer_gc_passes
     source_class, name, config = pickle.load(requests)
     source: Source | None = None

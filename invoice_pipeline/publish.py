@@ -195,7 +195,7 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
                             "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
                 counts, comments = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
                 parquet = _export_source_tables(con, wh, app, lake, snapshot_id)
-            snap = duckdb.connect(str(tmp))
+            snap = duckdb.connect(str(tmp), config={"memory_limit": app.warehouse.memory_limit})
             try:
                 snap.execute("SET TimeZone = 'UTC'")
                 _finish_snapshot(snap, comments)

@@ -15,7 +15,8 @@ import orjson
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.lifecycle import record_history
 from invoice_pipeline.conformed import CONFORMED_TABLES
-from invoice_pipeline.pipeline import RunSummary, build_source, prepare_batch
+from invoice_pipeline.batch import prepare_batch
+from invoice_pipeline.pipeline import RunSummary, build_source
 from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse, quote

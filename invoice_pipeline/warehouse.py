@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 from filelock import FileLock, Timeout
 
+from invoice_pipeline.batch import LoadBatch
 from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.errors import PipelineError
@@ -32,21 +33,6 @@ from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, T
 log = logging.getLogger("invoice_pipeline.warehouse")
 
 INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
-
-
-@dataclass
-class LoadBatch:
-    """Everything one batch writes, prepared outside the lock."""
-
-    source_name: str
-    run_id: str
-    loaded_at: datetime
-    keys: pa.Table  # invoice_id, last_modified_at of the mapped records
-    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the _meta columns)
-    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
-    raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
-    quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
-    cursor: datetime | None = None  # set on the last batch of a successful incremental run
 
 
 @dataclass

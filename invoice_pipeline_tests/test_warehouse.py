@@ -127,7 +127,7 @@ def test_hostile_field_names_load_safely(tmp_path: Path) -> None:
 
 
 def _batch(app, payloads: list[dict]):
-    from invoice_pipeline.pipeline import prepare_batch
+    from invoice_pipeline.batch import prepare_batch
     from invoice_pipeline.timeutil import utc_now
 
     src = FakeSource("fake", app.sources["fake"], payloads)

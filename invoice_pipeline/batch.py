@@ -1,0 +1,131 @@
+"""One batch of raw invoices made ready to write: deduplicated, mapped to the conformed model
+(quarantining what cannot be), flattened, as Arrow tables. No database access (and no DuckDB
+import): this runs in the preparing processes too (preparing.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+import pyarrow as pa
+
+from invoice_pipeline.conformed import finalize as finalize_conformed
+from invoice_pipeline.conformed import to_arrow
+from invoice_pipeline.flatten import TS, TableBuffer, flatten_record
+from invoice_pipeline.sources.base import Source, SourceRecord
+
+RAW_SCHEMA = pa.schema(
+    [("invoice_id", pa.string()), ("last_modified_at", TS), ("payload_sha256", pa.string()),
+     ("payload", pa.string()), ("run_id", pa.string()), ("extracted_at", TS)]
+)
+QUARANTINE_SCHEMA = pa.schema(
+    [("invoice_id", pa.string()), ("reason", pa.string()), ("payload", pa.string()), ("run_id", pa.string()), ("detected_at", TS)]
+)
+KEYS_SCHEMA = pa.schema([("invoice_id", pa.string()), ("last_modified_at", TS)])
+
+
+@dataclass
+class LoadBatch:
+    """Everything one batch writes, prepared outside the lock."""
+
+    source_name: str
+    run_id: str
+    loaded_at: datetime
+    keys: pa.Table  # invoice_id, last_modified_at of the mapped records
+    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the _meta columns)
+    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
+    raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
+    quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
+    cursor: datetime | None = None  # set on the last batch of a successful incremental run
+
+
+def _payload_json(payload: dict) -> str:
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def _unidentified(source: Source, rec: SourceRecord, what: str) -> str:
+    """The quarantine reason of a record without key or version, with identify()'s own cause."""
+    try:
+        source.identify(rec.payload)
+    except Exception as exc:  # the cause a person needs to fix the record
+        return f"{what}: {exc}" if exc.__class__.__name__ == "MappingError" else f"{what}: {type(exc).__name__}: {exc}"
+    return what
+
+
+def prepare_batch(
+    source: Source, records: Iterable[SourceRecord], run_id: str, loaded_at: datetime, start_date: datetime | None = None
+) -> tuple[LoadBatch, int]:
+    """Dedupe, map (quarantining what cannot be mapped), flatten; no database access.
+
+    Returns the batch and the number of records dropped for being older than start_date.
+    """
+    newest: dict[str, SourceRecord] = {}
+    quarantine: list[tuple[str | None, str, str]] = []
+    before_start = 0
+    for rec in records:
+        if not rec.invoice_id:
+            quarantine.append((None, _unidentified(source, rec, "record has no invoice key"), _payload_json(rec.payload)))
+            continue
+        if start_date is not None and rec.last_modified_at is not None and rec.last_modified_at < start_date:
+            before_start += 1
+            continue
+        prev = newest.get(rec.invoice_id)
+        if prev is None or (rec.last_modified_at or loaded_at) >= (prev.last_modified_at or loaded_at):
+            newest[rec.invoice_id] = rec
+
+    flat: dict[str, TableBuffer] = {}
+    conformed: dict[str, list[dict]] = {"invoices": [], "invoice_lines": [], "invoice_tax_lines": [], "invoice_installments": []}
+    keys_id, keys_lm = [], []
+    raw_ids: list[str] = []
+    raw_lm: list[datetime | None] = []
+    raw_sha: list[str] = []
+    raw_text: list[str] = []
+    for invoice_id, rec in newest.items():
+        payload_text = _payload_json(rec.payload)
+        raw_ids.append(invoice_id)
+        raw_lm.append(rec.last_modified_at)
+        raw_sha.append(hashlib.sha256(payload_text.encode()).hexdigest())
+        raw_text.append(payload_text)
+        if rec.last_modified_at is None:
+            quarantine.append((invoice_id, _unidentified(source, rec, "record has no last-modified time"), payload_text))
+            continue
+        try:
+            mapped = finalize_conformed(source.to_conformed(rec.payload), derive_installment=not source.has_installments)
+        except Exception as exc:  # any mapping failure quarantines this record, never the run
+            reason = str(exc) if exc.__class__.__name__ == "MappingError" else f"{type(exc).__name__}: {exc}"
+            quarantine.append((invoice_id, reason, payload_text))
+            continue
+        inv = mapped.invoice
+        inv["_loaded_at"], inv["_run_id"] = loaded_at, run_id
+        conformed["invoices"].append(inv)
+        for table, rows in (("invoice_lines", mapped.lines), ("invoice_tax_lines", mapped.tax_lines),
+                            ("invoice_installments", mapped.installments)):
+            for row in rows:
+                row["source_name"], row["invoice_id"] = source.name, invoice_id
+            conformed[table].extend(rows)
+        flatten_record(invoice_id, rec.payload, flat, {"_last_modified_at": rec.last_modified_at, "_loaded_at": loaded_at, "_run_id": run_id})
+        keys_id.append(invoice_id)
+        keys_lm.append(rec.last_modified_at)
+
+    batch = LoadBatch(
+        source_name=source.name,
+        run_id=run_id,
+        loaded_at=loaded_at,
+        keys=pa.table({"invoice_id": keys_id, "last_modified_at": pa.array(keys_lm, TS)}, schema=KEYS_SCHEMA),
+        flat={path: buffer.to_arrow() for path, buffer in flat.items()},
+        conformed={t: to_arrow(t, rows) for t, rows in conformed.items()},
+        # column by column: from_pylist of one dict per payload costs several times as much
+        raw=pa.Table.from_arrays(
+            [pa.array(raw_ids, pa.string()), pa.array(raw_lm, TS), pa.array(raw_sha, pa.string()),
+             pa.array(raw_text, pa.string()), pa.array([run_id] * len(raw_ids), pa.string()),
+             pa.array([loaded_at] * len(raw_ids), TS)],
+            schema=RAW_SCHEMA),
+        quarantine=pa.Table.from_pylist(
+            [{"invoice_id": i, "reason": r, "payload": p, "run_id": run_id, "detected_at": loaded_at} for i, r, p in quarantine],
+            schema=QUARANTINE_SCHEMA),
+    )
+    return batch, before_start
