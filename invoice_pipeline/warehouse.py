@@ -8,6 +8,8 @@ so a failed or killed run leaves it where it was and a re-run merges the same ro
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 import time
 from collections.abc import Iterator
@@ -100,6 +102,15 @@ class Warehouse:
 
     # -- schema ------------------------------------------------------------------------------
     def ensure_main(self, con: duckdb.DuckDBPyConnection) -> None:
+        """The conformed tables, views, comments and run tables of this release; a no-op (one
+        query) when the database already has them: this runs at the start of every step."""
+        key = _main_schema_key()
+        try:
+            stored = con.execute("SELECT schema_key FROM main._pipeline_schema").fetchone()
+        except duckdb.CatalogException:
+            stored = None
+        if stored is not None and stored[0] == key:
+            return
         for table, columns in CONFORMED_TABLES.items():
             cols = ", ".join(f"{quote(c)} {t}" for c, (t, _) in columns.items())
             con.execute(f"CREATE TABLE IF NOT EXISTS main.{table} ({cols})")
@@ -123,6 +134,7 @@ class Warehouse:
             "status VARCHAR, invoices_extracted BIGINT, invoices_loaded BIGINT, invoices_stale BIGINT, "
             "quarantined BIGINT, pages BIGINT, api_calls BIGINT, error VARCHAR)"
         )
+        con.execute("CREATE OR REPLACE TABLE main._pipeline_schema AS SELECT ?::VARCHAR AS schema_key", [key])
 
     def ensure_source(self, con: duckdb.DuckDBPyConnection, source: str) -> None:
         s = quote(source)
@@ -354,6 +366,16 @@ class _Registry:
 
 _ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}
 _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
+
+
+@functools.cache
+def _main_schema_key() -> str:
+    """Changes whenever this code would create main's tables, views or comments differently."""
+    from invoice_pipeline.reconcile import RULES
+    from invoice_pipeline.views import ANALYST_VIEWS
+
+    spec = (CONFORMED_TABLES, ANALYST_VIEWS, [(r.name, r.blocking, r.sql) for r in RULES])
+    return hashlib.sha256(repr(spec).encode()).hexdigest()
 
 
 def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:
