@@ -173,7 +173,8 @@ def run_source(
         summary.pages = src.stats.pages
         summary.api_calls = src.http.stats.api_calls
         summary.retries = src.http.stats.retries
-        summary.extra = dict(src.stats.extra, scanned=src.stats.scanned)
+        summary.extra = dict(src.stats.extra, scanned=src.stats.scanned, preparing_processes=preparer.started,
+                             writer_turns=turns.turns)
         summary.duration_s = round(time.monotonic() - started, 3)
         _record_run(wh, summary)
     log.info(

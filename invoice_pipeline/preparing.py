@@ -47,6 +47,7 @@ class BatchPreparer:
         self._workers: list[_Worker] = []
         self._next: itertools.cycle[_Worker] | None = None
         self._submitted = 0
+        self._started = 0
 
     def submit(self, records: Sequence[SourceRecord]) -> Future[tuple[LoadBatch, int]]:
         self._submitted += 1
@@ -60,9 +61,15 @@ class BatchPreparer:
         if not self._workers:
             log.info("source '%s': preparing batches on %d more process(es)", self.source.name, self.processes)
             self._workers = [_Worker(self.source.mapper()) for _ in range(self.processes)]
+            self._started = len(self._workers)
             self._next = itertools.cycle(self._workers)
         packed = [(r.invoice_id, r.last_modified_at, orjson.dumps(r.payload)) for r in records]
         return next(self._next).submit((packed, self.args))
+
+    @property
+    def started(self) -> int:
+        """How many preparing processes this run started (0: all prepared in-process)."""
+        return self._started
 
     def close(self) -> None:
         workers, self._workers = self._workers, []

@@ -9,6 +9,11 @@ import pytest
 import yaml
 
 from invoice_pipeline.config import AppConfig, parse_config
+from invoice_pipeline.sql import quote
+from invoice_pipeline.warehouse import Warehouse
+
+# Columns that name the run or its clock: they differ between any two runs of the same data.
+RUN_COLUMNS = frozenset({"_loaded_at", "_run_id", "run_id", "detected_at", "extracted_at", "observed_at"})
 
 
 def make_app(tmp_path: Path, sources: dict[str, dict[str, Any]], **source_overrides: Any) -> AppConfig:
@@ -33,6 +38,24 @@ def write_app_config(tmp_path: Path, sources: dict[str, dict[str, Any]]) -> tupl
     warehouse = {k: str(v) for k, v in app.warehouse.model_dump().items()}
     path.write_text(yaml.safe_dump({"warehouse": warehouse, "sources": sources}))
     return app, path
+
+
+def table_rows(app: AppConfig, schemas: tuple[str, ...], skip_tables: set[str]) -> dict[str, list[tuple]]:
+    """Every row of every table in `schemas` (but skip_tables), without RUN_COLUMNS, in a stable order."""
+    out = {}
+    with Warehouse(app.warehouse).reader() as con:
+        tables = con.execute(
+            "select table_schema, table_name from information_schema.tables where list_contains(?, table_schema) "
+            "and table_type = 'BASE TABLE' order by 1, 2", [list(schemas)]).fetchall()
+        for schema, table in tables:
+            if table in skip_tables:
+                continue
+            cols = [r[0] for r in con.execute(
+                "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
+                "order by ordinal_position", [schema, table]).fetchall() if r[0] not in RUN_COLUMNS]
+            sql = f"select {', '.join(quote(c) for c in cols)} from {quote(schema)}.{quote(table)} order by all"
+            out[f"{schema}.{table}"] = con.execute(sql).fetchall()
+    return out
 
 
 @pytest.fixture

@@ -25,10 +25,9 @@ from invoice_pipeline.http import HttpClient
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.simulation import Knobs
 from invoice_pipeline.sources.softwareone.simulator import SIMULATOR_CLASS
-from invoice_pipeline.sql import quote
 from invoice_pipeline.warehouse import Warehouse
+from invoice_pipeline_tests.conftest import table_rows
 
-VOLATILE = {"_loaded_at", "_run_id", "run_id", "detected_at", "extracted_at", "observed_at"}
 SKIP_TABLES = {"_pipeline_runs", "_pipeline_cursors"}  # run log and cursor: per-run by nature
 
 CHILD = r'''
@@ -99,19 +98,8 @@ class Counter:
 
 def snapshot(app: AppConfig) -> dict[str, list]:
     """Every table of main and the source schema, volatile columns aside, in a stable order."""
-    out = {}
+    out = table_rows(app, ("main", "src"), SKIP_TABLES)
     with Warehouse(app.warehouse).reader() as con:
-        tables = con.execute(
-            "select table_schema, table_name from information_schema.tables where table_schema in ('main', 'src') "
-            "and table_type = 'BASE TABLE' order by 1, 2").fetchall()
-        for schema, table in tables:
-            if table in SKIP_TABLES:
-                continue
-            cols = [r[0] for r in con.execute(
-                "select column_name from information_schema.columns where table_schema = ? and table_name = ? "
-                "order by ordinal_position", [schema, table]).fetchall() if r[0] not in VOLATILE]
-            sql = f"select {', '.join(quote(c) for c in cols)} from {quote(schema)}.{quote(table)} order by all"
-            out[f"{schema}.{table}"] = con.execute(sql).fetchall()
         out["cursor_set"] = [con.execute("select count(*) from main._pipeline_cursors where source_name = 'src' "
                                          "and cursor_at is not null").fetchone()[0]]
     return out

@@ -184,3 +184,48 @@ def test_a_forked_child_can_write_after_its_parent_did(tmp_path: Path) -> None:
 
 def _load_in_child(tmp: str) -> None:
     load(Path(tmp), [invoice(2)])
+
+
+def test_a_long_run_hands_the_writer_over_between_turns(tmp_path: Path) -> None:
+    """Another writer gets the warehouse while a run is still loading (it waits one turn at most)."""
+    import threading
+    import time
+
+    from invoice_pipeline.simulation import Knobs
+    from invoice_pipeline.sources.oracle_occ.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=120, knobs=Knobs(latency=0.01, retry_after=0)) as sim:
+        app = make_app(tmp_path, {"ora": {**sim.source_config(), "batch_size": 10, "prepare_processes": 0,
+                                          "concurrency": 2}})
+        app = app.model_copy(update={"warehouse": app.warehouse.model_copy(update={"writer_turn_seconds": 0.1})})
+        wh = Warehouse(app.warehouse)
+        done = threading.Event()
+        other_writes: list[float] = []
+        errors: list[BaseException] = []
+
+        def other_writer() -> None:  # what another source's run does from another process
+            try:
+                while not done.is_set():
+                    with wh.writer() as con:
+                        con.execute("CREATE TABLE IF NOT EXISTS main.other (written_at DOUBLE)")
+                        con.execute("INSERT INTO main.other VALUES (?)", [time.monotonic()])
+                    other_writes.append(time.monotonic())
+                    time.sleep(0.05)
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        with wh.writer() as con:
+            wh.ensure_main(con)
+        thread = threading.Thread(target=other_writer)
+        started = time.monotonic()
+        thread.start()
+        try:
+            summary = run_source(app, "ora", warehouse=wh)
+        finally:
+            ended = time.monotonic()
+            done.set()
+            thread.join()
+    assert not errors
+    assert summary.invoices_loaded == 120 and summary.extra["writer_turns"] > 1
+    during = [t for t in other_writes if started < t < ended]
+    assert len(during) >= 2, "the other writer did not get turns while the run was loading"
