@@ -114,20 +114,21 @@ def flatten_record(
 
 
 def _walk(obj: dict, table: str, prefix: str, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
-    # The hot loop of the load path: exact-type checks first (str and None are most values).
+    # The hot loop of the load path: exact-type checks first (parsed JSON has exactly str, None,
+    # dict, list, int, float, bool), isinstance only for what a source built itself.
     for key, value in obj.items():
         path = prefix + key if key.__class__ is str else prefix + str(key)
         cls = value.__class__
         if cls is str or value is None:
             row[path] = value
-        elif isinstance(value, dict):
+        elif cls is dict or (cls is not list and isinstance(value, dict)):
             if value:
                 _walk(value, table, path + SEP, row, invoice_id, row_id, tables)
             else:
                 row[path] = "{}"
-        elif isinstance(value, list):
+        elif cls is list or isinstance(value, list):
             for item in value:
-                if isinstance(item, dict | list):
+                if item.__class__ is dict or isinstance(item, dict | list):
                     _child_rows(value, f"{table}{SEP}{path[1:]}", invoice_id, row_id, tables)
                     break
             else:  # an array of scalars (or an empty one) stays one JSON text column
