@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pytest
-import yaml
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
@@ -28,7 +27,7 @@ from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.views import ANALYST_VIEWS
 from invoice_pipeline.warehouse import Warehouse
 
-from .conftest import make_app
+from .conftest import make_app, write_app_config
 
 Row = dict[str, Any]
 
@@ -56,12 +55,6 @@ def warehouse_tables(wh: Warehouse) -> dict[str, dict[tuple, Row]]:
 
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def config_file(app: AppConfig, sources: dict[str, dict], path: Path) -> Path:
-    path.write_text(yaml.safe_dump({"warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
-                                    "sources": sources}))
-    return path
 
 
 # -- the snapshot -------------------------------------------------------------------------------
@@ -152,8 +145,8 @@ def test_failed_blocking_check_keeps_last_good_snapshot_and_lake(in_tmp: Path) -
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=40) as sim:
-        app = make_app(in_tmp, {"agv": sim.source_config()})
-        defs = build_definitions(app, str(config_file(app, {"agv": sim.source_config()}, in_tmp / "cfg.yaml")))
+        app, config_path = write_app_config(in_tmp, {"agv": sim.source_config()})
+        defs = build_definitions(app, str(config_path))
         run_source(app, "agv")  # a good run, published (the Dagster path of a good run: test_definitions)
         publish(app, Warehouse(app.warehouse))
         published = Path(app.warehouse.published_path)
