@@ -106,7 +106,7 @@ class HttpClient:
         self.credential_keys = ", ".join(credential_keys) or "credentials"
         self.stats = HttpStats()
         self._static_secrets = [s for s in secrets if s]
-        self._wait = wait_exponential_jitter(initial=backoff_initial, max=backoff_max)
+        self._wait = wait_exponential_jitter(multiplier=backoff_initial, max=backoff_max)
         self._retry_after_cap = retry_after_cap
         self._lock = threading.Lock()
         self.pool = _pool_for(self.base_url, maxsize=max(pool_size, 2) * 2)
