@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -297,44 +298,74 @@ class Warehouse:
 
 class WriterTurns:
     """The writer lock and one open connection, kept across batches for a turn of
-    `writer_turn_seconds`, then closed and released so another process's run can write.
+    `writer_turn_seconds`, then closed and released so another process's run can write. A turn
+    also ends when no write came for IDLE_SECONDS: a run waiting on a slow API holds nothing.
 
     Why: closing a DuckDB connection checkpoints, and opening one per 500-invoice batch made
     checkpoints most of the load time; holding the lock for a whole run would make parallel
-    source runs wait for each other's extraction. Use from one thread at a time.
+    source runs wait for each other's extraction.
     """
+
+    IDLE_SECONDS = 1.0
 
     def __init__(self, warehouse: Warehouse):
         self.warehouse = warehouse
         self._lock: FileLock | None = None
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._since = 0.0
+        self._since = self._last_used = 0.0
+        self._mutex = threading.Lock()  # the idle timer closes from its own thread
+        self._idle_timer: threading.Timer | None = None
         self.turns = 0
 
     @contextmanager
     def connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        if self._con is None:
-            self._lock = self.warehouse._acquire()
+        with self._mutex:
+            if self._con is None:
+                self._lock = self.warehouse._acquire()
+                try:
+                    self._con = self.warehouse._connect()
+                    # Batch writes are small: DuckDB's parallelism cost more CPU than it saved (6.8 vs
+                    # 5.6 CPU-s for 20k invoices) and the run's other stages need the cores.
+                    self._con.execute("SET threads = 1")
+                except BaseException:
+                    self._close()
+                    raise
+                self._since = time.monotonic()
+                self.turns += 1
             try:
-                self._con = self.warehouse._connect()
-                # Batch writes are small: DuckDB's parallelism cost more CPU than it saved (6.8 vs 5.6
-                # CPU-s for 20k invoices) and the run's other stages need the cores.
-                self._con.execute("SET threads = 1")
+                yield self._con
             except BaseException:
-                self.close()
+                self._close()  # a failed write leaves nothing half-open for the next one
                 raise
-            self._since = time.monotonic()
-            self.turns += 1
-        try:
-            yield self._con
-        except BaseException:
-            self.close()  # a failed write leaves nothing half-open for the next one
-            raise
-        if time.monotonic() - self._since >= self.warehouse.config.writer_turn_seconds:
-            self.close()
+            self._last_used = time.monotonic()
+            turn_over = self._last_used - self._since >= self.warehouse.config.writer_turn_seconds
+            if turn_over:
+                self._close()
+            else:
+                self._arm_idle_timer()
+        if turn_over:
             time.sleep(_HANDOVER_PAUSE)  # a waiting process polls the lock every 50 ms: let it in
 
+    def _arm_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = threading.Timer(self.IDLE_SECONDS, self._close_if_idle)
+        self._idle_timer.daemon = True
+        self._idle_timer.start()
+
+    def _close_if_idle(self) -> None:
+        with self._mutex:
+            if self._con is not None and time.monotonic() - self._last_used >= self.IDLE_SECONDS * 0.9:
+                self._close()
+
     def close(self) -> None:
+        with self._mutex:
+            self._close()
+
+    def _close(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         con, lock, self._con, self._lock = self._con, self._lock, None, None
         try:
             if con is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -229,3 +230,24 @@ def test_a_long_run_hands_the_writer_over_between_turns(tmp_path: Path) -> None:
     assert summary.invoices_loaded == 120 and summary.extra["writer_turns"] > 1
     during = [t for t in other_writes if started < t < ended]
     assert len(during) >= 2, "the other writer did not get turns while the run was loading"
+
+
+def test_an_idle_writer_turn_releases_the_warehouse(tmp_path: Path) -> None:
+    """A run waiting on a slow API between batches holds neither the lock nor the connection."""
+    from filelock import FileLock, Timeout
+
+    app = make_app(tmp_path, {"a": fake_config_block()})
+    wh = Warehouse(app.warehouse)
+    lock_path = str(wh.path) + ".lock"
+    with wh.turns() as turns:
+        with turns.connection() as con:
+            con.execute("CREATE TABLE t (x INTEGER)")
+        with pytest.raises(Timeout):  # right after a write, the turn goes on
+            FileLock(lock_path, thread_local=False).acquire(timeout=0.2)
+        time.sleep(turns.IDLE_SECONDS + 0.5)
+        other = FileLock(lock_path, thread_local=False)
+        other.acquire(timeout=0.5)  # idle: released
+        other.release()
+        with turns.connection() as con:  # the next batch simply starts a new turn
+            con.execute("INSERT INTO t VALUES (1)")
+        assert turns.turns == 2
