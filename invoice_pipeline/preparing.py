@@ -1,8 +1,8 @@
-"""Batches prepared (mapped, flattened, turned into Arrow) on a second process while this one
-extracts and writes.
+"""Batches prepared (mapped, flattened, turned into Arrow) on other processes while the run's own
+process extracts and writes.
 
 Why: preparing is pure Python and holds the GIL for ~0.5 ms per invoice, as long as extraction
-and writing together; on one process the second core mostly idles. A batch travels to the worker
+and writing together; in one process the other cores mostly idle. A batch travels to the worker
 as compact JSON bytes and comes back as Arrow tables, both cheap to pickle.
 
 The first batch is always prepared here: a run that fits in one batch (every no-op, most hourly
@@ -63,7 +63,7 @@ class BatchPreparer:
             self._workers = [_Worker(self.source.mapper()) for _ in range(self.processes)]
             self._started = len(self._workers)
             self._next = itertools.cycle(self._workers)
-        packed = [(r.invoice_id, r.last_modified_at, orjson.dumps(r.payload)) for r in records]
+        packed: Packed = [(r.invoice_id, r.last_modified_at, orjson.dumps(r.payload)) for r in records]
         return next(self._next).submit((packed, self.args))
 
     @property
