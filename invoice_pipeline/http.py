@@ -19,7 +19,7 @@ import certifi
 import orjson
 import requests
 import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, ProtocolError, SSLError
+from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -207,17 +207,22 @@ class HttpClient:
         if query:
             url += ("&" if raw_query else "?") + query
         try:
+            # Redirects are followed as requests did (Authorization is dropped on a cross-host one);
+            # every other failure comes back at once: retrying is tenacity's job, above.
             resp = self.pool.request(method, url, body=body_bytes, headers=req_headers, timeout=self._timeout,
-                                     retries=False, redirect=False)
+                                     retries=_FOLLOW_REDIRECTS_ONLY)
             content = resp.data
-        except NewConnectionError as exc:  # first: urllib3 makes it a subclass of its TimeoutError
-            raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
-        except Urllib3Timeout:
-            raise _Transient(f"timed out after {self.timeout:g}s", hint=self._reach_hint) from None
-        except (ProtocolError, SSLError, OSError) as exc:
-            raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
-        except HTTPError as exc:
-            raise _Transient(f"transfer failed: {type(exc).__name__}") from None
+        except Exception as raised:  # noqa: BLE001 - mapped to what it means for the source below
+            exc = raised.reason if isinstance(raised, MaxRetryError) and raised.reason is not None else raised
+            if isinstance(exc, NewConnectionError):  # first: urllib3 makes it a subclass of its TimeoutError
+                raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
+            if isinstance(exc, Urllib3Timeout):
+                raise _Transient(f"timed out after {self.timeout:g}s", hint=self._reach_hint) from None
+            if isinstance(exc, ProtocolError | SSLError | OSError):
+                raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
+            if isinstance(exc, HTTPError):
+                raise _Transient(f"transfer failed: {type(exc).__name__}") from None
+            raise
         with self._lock:
             self.stats.bytes_received += len(content)
         status = resp.status
@@ -255,6 +260,8 @@ class HttpClient:
 
 
 _INVALID = object()
+_FOLLOW_REDIRECTS_ONLY = urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=10,
+                                       raise_on_redirect=True, raise_on_status=False)
 
 
 def _parse_json(content: bytes) -> Any:

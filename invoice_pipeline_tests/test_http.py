@@ -152,3 +152,14 @@ def test_proxy_from_the_environment_and_no_proxy(server: ScriptedServer, monkeyp
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     direct = HttpClient("src", f"http://127.0.0.1:{server.port}", max_retries=0)
     assert direct.request("GET", "/via").body == {"ok": True}
+
+
+def test_redirects_are_followed_and_failures_still_map(server: ScriptedServer) -> None:
+    server.script["/old"] = deque([SimResponse(302, b"", {"Location": "/new"})])
+    server.script["/new"] = deque([b'{"moved": true}'])
+    http = client(server, max_retries=0)
+    assert http.request("GET", "/old").body == {"moved": True}
+    assert [r.path for r in server.seen] == ["/old", "/new"]
+    # a refused connection is still "connection failed", not a redirect/retry error of urllib3
+    with pytest.raises(SourceError, match="connection failed"):
+        HttpClient("src", "http://127.0.0.1:9", max_retries=0).request("GET", "/x")
