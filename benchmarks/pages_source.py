@@ -9,10 +9,8 @@ from collections.abc import Iterator
 
 import orjson
 
-from invoice_pipeline.sources.base import SourceRecord, Window
+from invoice_pipeline.sources.base import SourceRecord, Window, batched
 from invoice_pipeline.sources.oracle_occ.client import OracleOccConfig, OracleOccSource
-
-BATCH = 500
 
 
 class PagesSource(OracleOccSource):
@@ -21,12 +19,9 @@ class PagesSource(OracleOccSource):
         self.pages = pages
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        batch: list[SourceRecord] = []
+        return batched(self._records(), self.config.batch_size)
+
+    def _records(self) -> Iterator[SourceRecord]:
         with open(self.pages, "rb") as f:
             for line in f:
-                batch.append(self.record_or_raw(orjson.loads(line)))
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-        if batch:
-            yield batch
+                yield self.record_or_raw(orjson.loads(line))

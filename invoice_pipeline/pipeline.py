@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from invoice_pipeline.batch import LoadBatch, prepare_batch
+from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
@@ -26,6 +26,7 @@ from invoice_pipeline.warehouse import Warehouse, WriterTurns
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 PREPARE_AHEAD = 2  # batches being prepared at once: keeps the worker busy, memory bounded
+
 
 @dataclass
 class RunSummary:
@@ -80,7 +81,7 @@ def _fewer_gc_passes() -> Iterator[None]:
     """
     threshold = gc.get_threshold()
     gc.freeze()
-    gc.set_threshold(max(threshold[0], 50_000), *threshold[1:])
+    gc.set_threshold(max(threshold[0], GC_FIRST_THRESHOLD), *threshold[1:])
     try:
         yield
     finally:

@@ -30,7 +30,7 @@ import orjson
 
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sources.base import Source, SourceRecord
-from invoice_pipeline.batch import LoadBatch, prepare_batch
+from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 
@@ -166,7 +166,7 @@ class _Worker:
 
 # -- in the worker process ---------------------------------------------------------------------------
 def _serve(requests: BinaryIO, results: BinaryIO) -> None:
-    gc.set_threshold(50_000, *gc.get_threshold()[1:])  # see pipeline._fewer_gc_passes
+    gc.set_threshold(GC_FIRST_THRESHOLD, *gc.get_threshold()[1:])
     source_class, name, config = pickle.load(requests)
     source: Source | None = None
     try:

@@ -153,14 +153,17 @@ def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: lis
 def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
     """The flattened tables of each configured source, as sent (text): <source>/<table>/."""
     written: dict[str, int] = {}
-    for source in app.sources:
-        exists = con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [source]).fetchone()[0]
-        if not exists:
-            continue
-        for name in wh.source_tables(con, source).values():
-            reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
-            written[f"{source}.{name}"] = lake.write_table(f"{source}/{_safe_dirname(name)}", reader, [], version)
+    for source, name in _source_tables(con, wh, app):
+        reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
+        written[f"{source}.{name}"] = lake.write_table(f"{source}/{_safe_dirname(name)}", reader, [], version)
     return written
+
+
+def _source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig) -> list[tuple[str, str]]:
+    """(schema, table) of every flattened table of the configured sources that have loaded anything."""
+    existing = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
+    return [(source, name) for source in app.sources if source in existing
+            for name in wh.source_tables(con, source).values()]
 
 
 def _discard(path: Path) -> None:
@@ -234,11 +237,7 @@ def content_fingerprint(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppC
     """
     digest = hashlib.sha256(f"{__version__}|{PUBLISHED_STORAGE_VERSION}".encode())
     rows: dict[str, int] = {}
-    tables = [("main", t) for t in _analyst_tables(con)]
-    for source in app.sources:
-        if con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = ?", [source]).fetchone()[0]:
-            tables += [(source, name) for name in wh.source_tables(con, source).values()]
-    for schema, table in tables:
+    for schema, table in [("main", t) for t in _analyst_tables(con)] + _source_tables(con, wh, app):
         columns = [c for (c,) in con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = ? "
             "AND table_name = ? ORDER BY column_index", [schema, table]).fetchall() if c not in LOAD_BOOKKEEPING]

@@ -31,7 +31,7 @@ from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.reconcile import create_exceptions_view
-from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, TS, Naming
+from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming
 
 log = logging.getLogger("invoice_pipeline.warehouse")
 

@@ -48,15 +48,23 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: i
 
 
 def batched(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
-    """Lists of `size` records (the last one shorter): the unit each committed write takes."""
+    """Lists of `size` records (the last one shorter): the unit each committed write takes.
+
+    Closing this generator early closes `records` at once (a generator's thread pools and sessions
+    shut down then, not whenever it is garbage-collected)."""
     batch: list[SourceRecord] = []
-    for record in records:
-        batch.append(record)
-        if len(batch) >= size:
+    try:
+        for record in records:
+            batch.append(record)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+        if batch:
             yield batch
-            batch = []
-    if batch:
-        yield batch
+    finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -227,8 +226,7 @@ class AgvanceSource(Source):
             lo = max(hi, lo) + SECOND
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        with closing(self._window_records(window)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._window_records(window), self.config.batch_size)
         self.stats.extra["logins"] = self.auth.logins
         self.stats.progress(self.name, force=True)
 
@@ -299,8 +297,7 @@ class AgvanceSource(Source):
         endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
         beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
         still correct (it only returns more, and a too-large answer splits by time as usual)."""
-        with closing(self._records_by_ids(ids)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._records_by_ids(ids), self.config.batch_size)
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         """Newest version of each asked-for invoice. A later answer can supersede an earlier one,

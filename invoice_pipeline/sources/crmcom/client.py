@@ -14,7 +14,6 @@ import time
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -265,8 +264,7 @@ class CrmcomSource(Source):
         self.stats.extra.setdefault("invoices_scanned", 0)
         self.stats.extra.setdefault("invoices_kept", 0)
         try:
-            with closing(self._window_records(window)) as records:
-                yield from batched(records, self.config.batch_size)
+            yield from batched(self._window_records(window), self.config.batch_size)
             self.stats.progress(self.name, force=True)
         finally:
             # Release the token even when the run fails (close() would too; releasing twice is a no-op).
@@ -321,8 +319,7 @@ class CrmcomSource(Source):
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Current version of these invoices: the API lists invoices only per AR, so read the ARs
         that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""
-        with closing(self._records_by_ids(ids, customer_ids)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._records_by_ids(ids, customer_ids), self.config.batch_size)
 
     def _records_by_ids(self, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = set(ids)

@@ -6,7 +6,6 @@ import logging
 import threading
 import time
 from collections.abc import Collection, Iterator
-from contextlib import closing
 from datetime import datetime
 from typing import Any, Literal
 
@@ -146,8 +145,7 @@ class OracleOccSource(Source):
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        with closing(self._window_records(window)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._window_records(window), self.config.batch_size)
         self.stats.progress(self.name, force=True)
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
@@ -178,8 +176,7 @@ class OracleOccSource(Source):
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
-        with closing(self._records_by_ids(ids)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._records_by_ids(ids), self.config.batch_size)
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         workers = self.config.concurrency

@@ -6,7 +6,6 @@ import logging
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -142,8 +141,7 @@ class SoftwareOneSource(Source):
 
     # -- extraction ------------------------------------------------------------------------------
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        with closing(self._window_records(window)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._window_records(window), self.config.batch_size)
         self.stats.progress(self.name, force=True)
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
@@ -220,8 +218,7 @@ class SoftwareOneSource(Source):
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
         ids the API no longer knows are simply absent. customer_ids is not needed here."""
-        with closing(self._records_by_ids(ids)) as records:
-            yield from batched(records, self.config.batch_size)
+        yield from batched(self._records_by_ids(ids), self.config.batch_size)
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = sorted(set(ids))
