@@ -22,7 +22,7 @@ from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
 from invoice_pipeline.sources.base import Source, Window
 from invoice_pipeline.timeutil import utc_now
-from invoice_pipeline.warehouse import Warehouse, WriterTurns
+from invoice_pipeline.warehouse import SessionTurns, Warehouse, WriterTurns
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 PREPARE_AHEAD = 2  # batches being prepared at once: keeps the worker busy, memory bounded
@@ -186,7 +186,7 @@ def run_source(
     return summary
 
 
-def _write(turns: WriterTurns, batch: LoadBatch, summary: RunSummary) -> None:
+def _write(turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:
     with turns.connection() as con:
         result = turns.warehouse.write_batch(con, batch)
     summary.invoices_loaded += result.accepted

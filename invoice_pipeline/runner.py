@@ -87,6 +87,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
                 report.published = True
         elif event.is_step_failure:
             report.failures.append(f"step {event.step_key}: {_root_cause(event.step_failure_data.error)}")
+        elif event.event_type_value == "RESOURCE_INIT_FAILURE":  # no step ran: say why
+            report.failures.append(f"setting up the run: {_root_cause(event.event_specific_data.error)}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             report.checks[evaluation.check_name] = evaluation.passed

@@ -79,3 +79,17 @@ def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
         with Warehouse(app.warehouse).writer() as con:
             assert con.execute("SELECT cursor_at FROM main._pipeline_cursors").fetchone()[0] == cursor
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 30
+
+
+def test_a_run_that_cannot_set_up_says_why(in_tmp: Path) -> None:
+    """The config file is checked before Dagster starts, but the run's resource loads it again: if it
+    turned invalid in between, the CLI's report names the cause instead of failing with no message."""
+    from invoice_pipeline.runner import run_pipeline
+
+    from .fake_source import fake_config_block
+
+    app, path = write_app_config(in_tmp, {"fake": fake_config_block()})
+    path.write_text("sources: [unclosed")  # edited while the run was starting
+    report = run_pipeline(app, str(path))
+    assert not report.success
+    assert any(f.startswith("setting up the run:") and "YAML" in f for f in report.failures), report.failures

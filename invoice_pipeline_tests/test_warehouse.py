@@ -251,3 +251,27 @@ def test_an_idle_writer_turn_releases_the_warehouse(tmp_path: Path) -> None:
         with turns.connection() as con:  # the next batch simply starts a new turn
             con.execute("INSERT INTO t VALUES (1)")
         assert turns.turns == 2
+
+
+def test_a_session_shares_one_connection_and_still_lets_others_in(tmp_path: Path) -> None:
+    """Inside Warehouse.session() a whole run (every step's writer() and the batch turns) opens the file
+    once; the shared connection still follows the turn rules, so an idle session holds nothing."""
+    from filelock import FileLock
+
+    app = make_app(tmp_path, {"fake": fake_config_block()})
+    wh = Warehouse(app.warehouse)
+    with wh.session():
+        run_source(app, "fake", warehouse=wh, source=FakeSource("fake", app.sources["fake"], [invoice(1), invoice(2)]))
+        with Warehouse(app.warehouse).writer() as con:  # another Warehouse object on the same file
+            threads = con.execute("SELECT current_setting('threads')").fetchone()[0]
+            loaded = con.execute("SELECT count(*) FROM main.invoices").fetchone()[0]
+        shared = wh.turns()
+        assert shared.turns == 1, "the run's steps reopened the warehouse instead of sharing the session's connection"
+        assert loaded == 2
+        assert threads > 1, "a step after the batch writes ran single-threaded"
+        time.sleep(shared._shared.IDLE_SECONDS + 0.5)
+        other = FileLock(str(wh.path) + ".lock", thread_local=False)
+        other.acquire(timeout=0.5)  # idle: released to other processes, as outside a session
+        other.release()
+    with wh.writer() as con:  # after the session, writers open their own connection again
+        assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 2

@@ -1,6 +1,8 @@
 """Resources: the loaded configuration and the warehouse built from it."""
 
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 import dagster as dg
@@ -23,3 +25,10 @@ class PipelineResource(dg.ConfigurableResource):
     @cached_property
     def warehouse(self) -> Warehouse:
         return Warehouse(self.app.warehouse)
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Iterator["PipelineResource"]:
+        # One warehouse connection shared by the run's steps in this process (see Warehouse.session):
+        # an in-process run (the CLI) opens the file once instead of once per step and check.
+        with self.warehouse.session():
+            yield self
