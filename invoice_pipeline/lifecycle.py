@@ -173,8 +173,52 @@ HISTORY_VALUE_COLUMNS = [c for c in HISTORY_COLUMNS if c not in ("valid_from", "
                                                                   "version_hash")]
 
 
+def _history_candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
+    """The invoice_id of every main.invoices row of source $src whose version may differ from its
+    current history version; reads only narrow columns, no version hash.
+
+    A row can only differ from its current history version if
+    - it has none (first load, a history table newer than the data, a lost current version);
+    - its is_deleted differs: deletion marking (_mark_deleted) and step 1 of _record_history
+      UPDATE main.invoices without writing a new _loaded_at/_run_id;
+    - or it was written by a run that has not finished successfully. Every other write (merge,
+      replay) rewrites the whole row with the writing run's _run_id, and run_source records a run
+      as 'success' in main._pipeline_runs only after that run's own history step, which ran after
+      its last write committed: a row still holding such a run's _run_id was examined after its
+      last write. The run now finishing, a failed, killed or still running one (a crashed run's
+      committed batches), a replay (it is not in the run log) and rows loaded before the run log
+      existed stay candidates, so the version hash decides for them as before.
+    Why not compare _loaded_at with observed_at: it is the run's start time cut to whole seconds
+    (run_source, replay), so two runs in one second write the same value, and all batches of one
+    run share it (a history step of another process between two batches of a run that rewrote an
+    invoice would hide the second write). And an unchanged rewrite (a re-poll, an overlapping
+    window, a re-run) adds no version, so its row would differ from observed_at forever and stay
+    a candidate on every later sync: cost would grow with everything ever re-read, not with change.
+    """
+    succeeded = ("SELECT DISTINCT run_id FROM main._pipeline_runs WHERE source_name = $src AND status = 'success'"
+                 if _existing_columns(con, "_pipeline_runs")
+                 else "SELECT NULL::VARCHAR AS run_id WHERE false")  # before the run log: nothing is known examined
+    return f"""SELECT i.invoice_id FROM main.invoices AS i
+        LEFT JOIN (SELECT invoice_id, is_deleted FROM main.invoice_history
+                   WHERE source_name = $src AND valid_to IS NULL) AS h ON h.invoice_id = i.invoice_id
+        LEFT JOIN ({succeeded}) AS r ON r.run_id = i._run_id
+        WHERE i.source_name = $src
+          AND (h.invoice_id IS NULL OR i.is_deleted IS DISTINCT FROM h.is_deleted OR r.run_id IS NULL)"""
+
+
+def history_candidates(con: duckdb.DuckDBPyConnection, source_name: str) -> int:
+    """How many invoices of the source the history step would examine now (version hash and diff);
+    0 when main.invoice_history is known to be up to date. See _history_candidates_sql."""
+    return con.execute(f"SELECT count(*) FROM ({_history_candidates_sql(con)})", {"src": source_name}).fetchall()[0][0]
+
+
 def _record_history(con: duckdb.DuckDBPyConnection, source_name: str, run_id: str | None) -> int:
-    """The body of record_history, inside the caller's transaction."""
+    """The body of record_history, inside the caller's transaction.
+
+    Costs what changed, not the warehouse: the version hash, the diff and the stage cover only
+    the candidates (_history_candidates_sql); the hash comparison still decides what is a new
+    version, so the result is the one a full comparison would give.
+    """
     # 1. A deletion mark lost by a reload that is not a genuine new observation (replay rebuilds
     #    rows from raw payloads with is_deleted = false) is restored from the history. A row loaded
     #    by this run, or with a newer last-modified time, is a real sighting: it stays un-deleted.
@@ -186,15 +230,31 @@ def _record_history(con: duckdb.DuckDBPyConnection, source_name: str, run_id: st
           AND i.last_modified_at <= h.last_modified_at AND i._run_id IS DISTINCT FROM $run_id""",
         {"src": source_name, "run_id": run_id},
     )
-    # 2. Rows whose version differs from the current history row (or that have none) are new versions.
+    # 2. The candidates, cheaply (after step 1, whose restored marks they must see).
+    con.execute(f"CREATE OR REPLACE TEMP TABLE _history_candidates AS {_history_candidates_sql(con)}",
+                {"src": source_name})
+    examined = con.execute("SELECT count(*) FROM _history_candidates").fetchall()[0][0]
+    added = 0
+    if examined:
+        added = _stage_and_insert_versions(con, source_name)
+    con.execute("DROP TABLE _history_candidates")
+    log.debug("source '%s': history examined %d candidate invoices, added %d versions", source_name, examined, added)
+    return added
+
+
+def _stage_and_insert_versions(con: duckdb.DuckDBPyConnection, source_name: str) -> int:
+    """3. Candidates whose version differs from the current history row (or that have none) are new versions."""
     values = ", ".join(f"c.{c}" for c in HISTORY_VALUE_COLUMNS)
+    cur_columns = ", ".join(HISTORY_VALUE_COLUMNS)
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _history_stage AS
         WITH cur AS (
-            SELECT *, {version_hash_sql()} AS version_hash FROM main.invoices WHERE source_name = $src),
+            SELECT {cur_columns}, _loaded_at, _run_id, {version_hash_sql()} AS version_hash FROM main.invoices
+            WHERE source_name = $src AND invoice_id IN (SELECT invoice_id FROM _history_candidates)),
         prev AS (
             SELECT invoice_id, valid_from, last_modified_at, is_deleted, version_hash
-            FROM main.invoice_history WHERE source_name = $src AND valid_to IS NULL)
+            FROM main.invoice_history WHERE source_name = $src AND valid_to IS NULL
+              AND invoice_id IN (SELECT invoice_id FROM _history_candidates))
         SELECT {values}, c.version_hash, c._loaded_at AS observed_at, c._run_id AS run_id,
           CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
           ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,

@@ -6,6 +6,7 @@ The per-source tests against the simulators are in test_lifecycle_sources.py.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -357,3 +358,129 @@ def test_settings_defaults_and_overrides() -> None:
     assert s == lifecycle.LifecycleSettings(timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
     with pytest.raises(ConfigError, match="sources.a.repoll_schedule"):
         parse_config({"sources": {"a": {**fake_config_block(), "repoll_schedule": "often"}}})
+
+
+# -- the history step costs what changed ------------------------------------------------------------
+def history_steps(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
+    """(candidates examined, versions added) of every history step logged so far."""
+    return [(r.args[1], r.args[2]) for r in caplog.records  # type: ignore[index]
+            if r.name == "invoice_pipeline.lifecycle" and r.msg.startswith("source '%s': history examined")]
+
+
+def candidates(wh: Warehouse) -> int:
+    with wh.reader() as con:
+        return lifecycle.history_candidates(con, "fake")
+
+
+def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    app, wh = setup(tmp_path)
+    server = {str(n): open_inv(n) for n in range(1, 21)}
+    load(app, server)
+    assert history_steps(caplog) == [(20, 20)]
+    assert candidates(wh) == 0
+    # A sync with nothing new (the history asset, a replayed step) examines nothing.
+    caplog.clear()
+    assert lifecycle.record_history(wh, "fake") == 0
+    assert history_steps(caplog) == [(0, 0)]
+
+    # One invoice modified: a window that reads only it examines only it and adds one version.
+    server["7"] = open_inv(7, updated="2025-03-01T00:00:00Z", balance="1.00")
+    caplog.clear()
+    load(app, server, Window(datetime(2025, 2, 1, tzinfo=UTC), utc_now()))
+    assert history_steps(caplog) == [(1, 1)]
+    assert [r["balance_due"] for r in history(wh, "7")] == [Decimal("22.22"), Decimal("1.00")]
+
+    # A re-poll rewrites all 20 open invoices, one of them with a payment: its own step examines
+    # the 20 it wrote, one is a new version, and none stays a candidate for later steps.
+    server["3"] = {**server["3"], "balance": "2.00"}
+    caplog.clear()
+    result = lifecycle.repoll_open_invoices(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
+    assert result.found == 20 and result.changed == 1
+    assert history_steps(caplog) == [(20, 1)]
+    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+    with wh.reader() as con:
+        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert lifecycle.history_violations(con) == (0, [])
+
+
+def test_a_deletion_mark_is_examined_and_becomes_a_deleted_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    app, wh = setup(tmp_path)
+    server = {str(n): open_inv(n) for n in range(1, 6)}
+    load(app, server)
+    server.pop("4")
+    caplog.clear()
+    # The mark is an UPDATE that leaves _loaded_at and _run_id as they were: only is_deleted tells.
+    lifecycle.reconcile_deletions(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
+    assert history_steps(caplog) == [(1, 1)]
+    assert [r["is_deleted"] for r in history(wh, "4")] == [False, True]
+    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+
+
+def test_same_second_runs_and_a_crashed_run_seen_mid_run_lose_no_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """_loaded_at is the run's start cut to whole seconds, shared by all batches of a run: equal
+    load times must not hide a change."""
+    import invoice_pipeline.pipeline as pipeline_module
+    from invoice_pipeline.batch import prepare_batch
+
+    app, wh = setup(tmp_path)
+    server = {str(n): open_inv(n) for n in range(1, 4)}
+    frozen = utc_now().replace(microsecond=0)
+    monkeypatch.setattr(pipeline_module, "utc_now", lambda: frozen)
+    load(app, server)
+    # A payment re-polled by a run started in the same second: same _loaded_at, another run.
+    server["1"] = {**server["1"], "balance": "5.00"}
+    result = lifecycle.repoll_open_invoices(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
+    assert result.changed == 1 and current(wh, "1")["_loaded_at"] == history(wh, "1")[0]["observed_at"]
+    assert [r["balance_due"] for r in history(wh, "1")] == [Decimal("22.22"), Decimal("5.00")]
+
+    # A run writes invoice 2 in two batches (it changed while being read); another process's
+    # history step runs between them; the run dies before its own history step.
+    src = ServerSource("fake", app.sources["fake"], server)
+
+    def write(payload: dict[str, Any]) -> None:
+        batch, _ = prepare_batch(src, [src.identify(payload)], "crashed-run", frozen)
+        with wh.writer() as con:
+            wh.write_batch(con, batch)
+
+    write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="8.00"))
+    assert lifecycle.record_history(wh, "fake") == 1
+    write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="4.00"))
+    assert candidates(wh) == 1  # same _loaded_at and _run_id as its current version
+    assert lifecycle.record_history(wh, "fake") == 1  # the next sync
+    assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("8.00"), Decimal("4.00")]
+    with wh.reader() as con:
+        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert lifecycle.history_violations(con) == (0, [])
+
+
+def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, wh = setup(tmp_path)
+    server = {str(n): open_inv(n) for n in range(1, 4)}
+    load(app, server)
+    server["2"] = open_inv(2, updated="2025-03-01T00:00:00Z", balance="3.00")
+
+    def died(*args: Any, **kwargs: Any) -> int:
+        raise RuntimeError("died before its history step")
+
+    # The run's batches commit, then it fails: it is in the run log, as failed.
+    monkeypatch.setattr(lifecycle, "record_history", died)
+    with pytest.raises(RuntimeError, match="died before"):
+        load(app, server, Window(datetime(2025, 2, 1, tzinfo=UTC), utc_now()))
+    monkeypatch.undo()
+    failed_run = current(wh, "2")["_run_id"]
+    with wh.reader() as con:
+        assert con.execute("SELECT status FROM main._pipeline_runs WHERE run_id = ?", [failed_run]).fetchall() == [
+            ("failed",)]
+    assert candidates(wh) == 1
+    assert lifecycle.record_history(wh, "fake") == 1
+    assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("3.00")]
+    # A failed run's rows stay candidates until a later run rewrites them; the hash finds nothing.
+    assert candidates(wh) == 1 and lifecycle.record_history(wh, "fake") == 0
