@@ -177,7 +177,7 @@ def run_source(
         summary.extra = dict(src.stats.extra, scanned=src.stats.scanned, preparing_processes=preparer.started,
                              writer_turns=turns.turns)
         summary.duration_s = round(time.monotonic() - started, 3)
-        _record_run(wh, summary)
+        record_run(wh, summary)
     log.info(
         "source '%s': run %s %s: %d invoices extracted, %d loaded, %d stale, %d quarantined, %d API calls in %.1fs",
         source_name, summary.run_id, summary.status, summary.invoices_extracted, summary.invoices_loaded,
@@ -196,7 +196,8 @@ def _write(turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSumm
         summary.rows_written[table] = summary.rows_written.get(table, 0) + n
 
 
-def _record_run(wh: Warehouse, s: RunSummary) -> None:
+def record_run(wh: Warehouse, s: RunSummary) -> None:
+    """One row in main._pipeline_runs; a run recorded as success has its history recorded (lifecycle)."""
     try:
         with wh.writer() as con:
             con.execute(

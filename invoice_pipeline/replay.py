@@ -16,7 +16,7 @@ from invoice_pipeline.config import AppConfig
 from invoice_pipeline.lifecycle import record_history
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.batch import prepare_batch
-from invoice_pipeline.pipeline import RunSummary, build_source
+from invoice_pipeline.pipeline import RunSummary, build_source, record_run
 from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse, quote
@@ -78,11 +78,16 @@ def replay_source(
             summary.quarantined += batch.quarantine.num_rows
         record_history(wh, source_name)  # restores deletion marks the rebuild cleared
         summary.status = "success"
+    except Exception as exc:
+        summary.status, summary.error = "failed", str(exc)
+        raise
     finally:
         with wh.writer() as con:
             con.execute(f"DROP TABLE IF EXISTS {s}._replay_ids")
         source.close()
         summary.duration_s = round(time.monotonic() - started, 3)
+        # Recorded as a run: the history step skips rows of runs whose history is recorded (success).
+        record_run(wh, summary)
     log.info("source '%s': replay rebuilt %d invoices (%d quarantined) in %.1fs", source_name,
              summary.invoices_loaded, summary.quarantined, summary.duration_s)
     return summary
