@@ -99,7 +99,7 @@ class WarehouseConfig(BaseModel):
     # it over: opening a connection per batch costs a checkpoint each time (most of the write time).
     writer_turn_seconds: float = Field(default=10.0, gt=0)
     # DuckDB's buffer pool of the pipeline's own connections (DuckDB's default is 80% of the RAM).
-    memory_limit: str = Field(default="512MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+    memory_limit: str = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 
 
 class AppConfig(BaseModel):

@@ -183,15 +183,26 @@ def _serve(requests: BinaryIO, results: BinaryIO) -> None:
             if broken is not None:
                 raise broken
             records = [SourceRecord(key, modified, orjson.loads(payload)) for key, modified, payload in packed]
-            reply: tuple[bool, Any] = (True, prepare_batch(source, records, *args))
+            del packed
+            prepared = prepare_batch(source, records, *args)
         except Exception as exc:  # noqa: BLE001 - raised again in the parent, by run_source
-            reply = (False, exc)
-        try:
-            data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - an exception that cannot be pickled still gets its message home
-            data = pickle.dumps((False, PipelineError(f"{type(reply[1]).__name__}: {reply[1]}")))
-        results.write(data)
+            _send_error(results, exc)
+            continue
+        # The parsed payloads are garbage once prepared: free them before the reply is written (the
+        # worker's peak memory is one batch, not two), and stream the reply instead of copying it.
+        del records
+        pickle.dump((True, prepared), results, protocol=pickle.HIGHEST_PROTOCOL)
+        del prepared
         results.flush()
+
+
+def _send_error(results: BinaryIO, exc: Exception) -> None:
+    try:
+        data = pickle.dumps((False, exc), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:  # noqa: BLE001 - an exception that cannot be pickled still gets its message home
+        data = pickle.dumps((False, PipelineError(f"{type(exc).__name__}: {exc}")))
+    results.write(data)
+    results.flush()
 
 
 if __name__ == "__main__":

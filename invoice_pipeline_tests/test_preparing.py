@@ -55,3 +55,44 @@ def test_dead_preparing_process_fails_the_run_and_keeps_the_cursor(tmp_path: Pat
         with Warehouse(app.warehouse).reader() as con:
             assert con.execute("SELECT count(*) FROM main._pipeline_cursors").fetchone()[0] == 0
             assert con.execute("SELECT status FROM main._pipeline_runs").fetchall() == [("failed",)]
+
+
+class _Unpicklable(Exception):
+    def __reduce__(self):
+        raise TypeError("cannot pickle")
+
+
+def _raising_prepare(*args, **kwargs):
+    raise _Unpicklable("mapping blew up")
+
+
+def test_worker_replies_in_order_and_reports_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker loop itself: a prepared batch comes back whole, an error (even one that cannot be
+    pickled) comes back as an error with its message, and the next batch still works."""
+    import io
+    import pickle
+    from datetime import UTC, datetime
+
+    import orjson
+
+    from invoice_pipeline import preparing
+    from invoice_pipeline_tests.fake_source import fake_config_block, invoice
+
+    app = make_app(tmp_path, {"o": fake_config_block()})
+    source = OracleOccSource("o", app.sources["o"])
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    packed = [(str(n), now, orjson.dumps(invoice(n))) for n in (1, 2)]
+    requests = io.BytesIO()
+    for message in (preparing._rebuild_args(source), (packed, ("run", now, None)), (packed, ("run", now, None))):
+        pickle.dump(message, requests)
+    requests.seek(0)
+    results = io.BytesIO()
+    real_prepare = preparing.prepare_batch
+    calls = iter([_raising_prepare, real_prepare])
+    monkeypatch.setattr(preparing, "prepare_batch", lambda *a, **k: next(calls)(*a, **k))
+    preparing._serve(requests, results)
+    results.seek(0)
+    first_ok, first = pickle.load(results)
+    second_ok, second = pickle.load(results)
+    assert not first_ok and isinstance(first, PipelineError) and "mapping blew up" in str(first)
+    assert second_ok and second[0].raw.num_rows == 2  # both payloads prepared (kept raw)
