@@ -151,7 +151,19 @@ def pipeline_run(config: Path, work: Path, sources: list[str] | None = None) -> 
         parts = line.split()
         if len(parts) == 8 and parts[1] == "ok":
             result["sources"][parts[0]] = {"loaded": int(parts[3]), "api_calls": int(parts[6]), "secs": float(parts[7])}
+    result["dagster_run_s"] = _last_run_seconds(work / "dagster_home")
     return result
+
+
+def _last_run_seconds(dagster_home: Path) -> float:
+    """The run itself as the instance recorded it, from its creation (which stores the planned
+    materializations and check evaluations) to its end: what follows process start-up (interpreter,
+    imports, config, opening the Dagster instance) and precedes process exit."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        record = instance.get_run_records(limit=1)[0]
+    return round(record.end_time - record.create_timestamp.timestamp(), 3)
 
 
 # -- the five benchmarks ------------------------------------------------------------------------------
@@ -236,14 +248,15 @@ def bench_noop(report: dict) -> str:
             step = r["sources"].get(name, {})
             figures.append({"source": name, "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
                             "source_step_s": step.get("secs"), "api_calls": step.get("api_calls"),
-                            "beyond_startup_s": round(r["wall_s"] - startup["wall_s"], 2)})
-            rows_out.append([name, step.get("loaded"), step.get("api_calls"), step.get("secs"), r["wall_s"],
-                             r["wall_s"] - startup["wall_s"], r["cpu_s"], r["peak_rss_mb"]])
+                            "dagster_run_s": r["dagster_run_s"], "beyond_startup_s": round(r["wall_s"] - startup["wall_s"], 2)})
+            rows_out.append([name, step.get("loaded"), step.get("api_calls"), step.get("secs"), r["dagster_run_s"],
+                             r["wall_s"], r["wall_s"] - startup["wall_s"], r["cpu_s"], r["peak_rss_mb"]])
     report["noop"] = {"invoices_per_source": size, "import_startup_s": startup["wall_s"], "first_run_all_s": first["wall_s"],
                       "runs": figures}
     return table(f"4. Incremental no-op per source ({size:,} invoices each, first full run {first['wall_s']:.1f} s; "
                  f"process start-up incl. imports {startup['wall_s']:.1f} s)",
-                 ["source", "loaded", "API calls", "source step s", "process wall s", "wall - start-up s", "CPU s", "peak RSS MB"],
+                 ["source", "loaded", "API calls", "source step s", "Dagster run s", "process wall s", "wall - imports s",
+                  "CPU s", "peak RSS MB"],
                  rows_out)
 
 
