@@ -125,38 +125,49 @@ def build_history_asset(app: AppConfig) -> dg.AssetsDefinition:
     return invoice_history
 
 
-@dg.asset_check(asset=HISTORY_KEY, name="history_contiguous", blocking=True,
-                description="Per invoice, versions follow each other without gap or overlap and exactly the last "
-                            "one is current (valid_to NULL).")
-def history_contiguous(pipeline: PipelineResource) -> dg.AssetCheckResult:
+@dg.multi_asset_check(
+    specs=[
+        dg.AssetCheckSpec("history_contiguous", asset=HISTORY_KEY, blocking=True,
+                          description="Per invoice, versions follow each other without gap or overlap and exactly "
+                                      "the last one is current (valid_to NULL)."),
+        dg.AssetCheckSpec("history_matches_invoices", asset=HISTORY_KEY, blocking=False,
+                          description="The current history version of every invoice is what main.invoices holds (a "
+                                      "load whose history step did not run, or deletion marks lost by a replay, show "
+                                      "here)."),
+    ],
+    can_subset=True,
+)
+def history_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
+    """Both history checks in one step (one process in a UI run, one connection)."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    results: list[dg.AssetCheckResult] = []
     with pipeline.warehouse.writer() as con:
         lifecycle.ensure_lifecycle_tables(con)
-        total, first = lifecycle.history_violations(con, limit=10)
-    return dg.AssetCheckResult(
-        passed=total == 0,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"violations": dg.MetadataValue.int(total),
-                  "first_offenders": dg.MetadataValue.json(
-                      [{"rule": r, "source": s, "invoice_id": i, "detail": d} for r, s, i, d in first])},
-        description=None if total == 0 else f"{total} history rows fail: "
-                    + ", ".join(f"{r} {s}/{i}" for r, s, i, _ in first[:5]),
-    )
-
-
-@dg.asset_check(asset=HISTORY_KEY, name="history_matches_invoices", blocking=False,
-                description="The current history version of every invoice is what main.invoices holds (a load "
-                            "whose history step did not run, or deletion marks lost by a replay, show here).")
-def history_matches_invoices(pipeline: PipelineResource) -> dg.AssetCheckResult:
-    with pipeline.warehouse.writer() as con:
-        lifecycle.ensure_lifecycle_tables(con)
-        total, first = lifecycle.history_out_of_sync(con, limit=10)
-    return dg.AssetCheckResult(
-        passed=total == 0,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={"out_of_sync": dg.MetadataValue.int(total),
-                  "first_offenders": dg.MetadataValue.json([{"source": s, "invoice_id": i} for s, i in first])},
-        description=None if total == 0 else f"{total} invoices differ from their current history version",
-    )
+        if "history_contiguous" in selected:
+            total, first = lifecycle.history_violations(con, limit=10)
+            results.append(dg.AssetCheckResult(
+                check_name="history_contiguous",
+                asset_key=HISTORY_KEY,
+                passed=total == 0,
+                severity=dg.AssetCheckSeverity.ERROR,
+                metadata={"violations": dg.MetadataValue.int(total),
+                          "first_offenders": dg.MetadataValue.json(
+                              [{"rule": r, "source": s, "invoice_id": i, "detail": d} for r, s, i, d in first])},
+                description=None if total == 0 else f"{total} history rows fail: "
+                            + ", ".join(f"{r} {s}/{i}" for r, s, i, _ in first[:5]),
+            ))
+        if "history_matches_invoices" in selected:
+            total, first = lifecycle.history_out_of_sync(con, limit=10)
+            results.append(dg.AssetCheckResult(
+                check_name="history_matches_invoices",
+                asset_key=HISTORY_KEY,
+                passed=total == 0,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"out_of_sync": dg.MetadataValue.int(total),
+                          "first_offenders": dg.MetadataValue.json([{"source": s, "invoice_id": i} for s, i in first])},
+                description=None if total == 0 else f"{total} invoices differ from their current history version",
+            ))
+    yield from results
 
 
 class AgingSnapshotConfig(dg.Config):
@@ -200,7 +211,7 @@ class LifecycleDefinitions:
 
 
 def build_lifecycle(app: AppConfig) -> LifecycleDefinitions:
-    out = LifecycleDefinitions(checks=[history_contiguous, history_matches_invoices])
+    out = LifecycleDefinitions(checks=[history_checks])
     for name, cfg in app.sources.items():
         settings = lifecycle.lifecycle_settings(cfg)
         out.assets += [build_repoll_asset(name, cfg), build_reconcile_asset(name, cfg)]
