@@ -83,12 +83,22 @@ RULES: list[Rule] = [
 
 
 def violations(con: duckdb.DuckDBPyConnection, rule: Rule, limit: int | None = None) -> list[tuple[str, str, str]]:
-    sql = f"SELECT * FROM ({rule.sql}) ORDER BY 1, 2" + (f" LIMIT {int(limit)}" if limit else "")
+    sql = f"SELECT * FROM ({rule.sql}) ORDER BY 1, 2, 3" + (f" LIMIT {int(limit)}" if limit else "")
     return con.execute(sql).fetchall()
 
 
-def count_violations(con: duckdb.DuckDBPyConnection, rule: Rule) -> int:
-    return con.execute(f"SELECT count(*) FROM ({rule.sql})").fetchone()[0]
+def violations_by_rule(
+    con: duckdb.DuckDBPyConnection, names: list[str], limit: int = 10
+) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+    """rule -> (violations, the first `limit` as violations() orders them), every rule in one query
+    over main.reconciliation_exceptions (create_exceptions_view) instead of two queries per rule."""
+    rows = con.execute(
+        """SELECT rule, count(*), list([source_name, invoice_id, detail] ORDER BY source_name, invoice_id, detail)[1:$limit]
+        FROM main.reconciliation_exceptions WHERE list_contains($names, rule) GROUP BY rule""",
+        {"names": names, "limit": int(limit)},
+    ).fetchall()
+    found = {rule: (total, [tuple(v) for v in first]) for rule, total, first in rows}
+    return {name: found.get(name, (0, [])) for name in names}
 
 
 def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:

@@ -11,7 +11,7 @@ import dagster as dg
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.publish import refresh_conformed
-from invoice_pipeline.reconcile import RULES, violations
+from invoice_pipeline.reconcile import RULES, violations, violations_by_rule
 from invoice_pipeline.replay import replay_source
 from invoice_pipeline.simulation import Knobs
 from invoice_pipeline.simulate import start_simulators
@@ -104,6 +104,12 @@ def test_checks_fail_exactly_on_injected_faults(tmp_path: Path) -> None:
             assert {(s, i) for s, i, _ in violations(con, RULE["orphans_invoice_lines"])} == {tuple(orphan)}
             exceptions = con.execute("SELECT DISTINCT rule FROM main.reconciliation_exceptions").fetchall()
             assert {"unique_invoice_lines", "orphans_invoice_lines", "lines_plus_tax_equal_total"} <= {r[0] for r in exceptions}
+            # the checks' one-query summary says what each rule's own query says
+            summary = violations_by_rule(con, [r.name for r in RULES], limit=3)
+            for rule in RULES:
+                found = violations(con, rule)
+                assert summary[rule.name] == (len(found), found[:3]), rule.name
+            assert summary["lines_plus_tax_equal_total"][0] == len(failing) > 3
 
 
 def test_failing_blocking_check_stops_publish(in_tmp: Path) -> None:

@@ -7,11 +7,10 @@ from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.reconcile import (
     RULES,
     Rule,
-    count_violations,
     create_exceptions_view,
     quarantined,
     stale_sources,
-    violations,
+    violations_by_rule,
 )
 from invoice_pipeline.timeutil import utc_now
 
@@ -78,9 +77,8 @@ def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: Pipel
     with pipeline.warehouse.writer() as con:
         pipeline.warehouse.ensure_main(con)
         create_exceptions_view(con)
-        for rule in RULES:
-            if rule.name in selected:
-                results.append(_rule_result(rule, count_violations(con, rule), violations(con, rule, limit=10)))
+        found = violations_by_rule(con, [rule.name for rule in RULES if rule.name in selected], limit=10)
+        results += [_rule_result(rule, *found[rule.name]) for rule in RULES if rule.name in found]
         if "sources_fresh" in selected:
             results.append(_sources_fresh(stale_sources(con, pipeline.app, utc_now())))
         if "no_quarantined_records" in selected:
