@@ -185,9 +185,9 @@ def _history_candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
       replay) rewrites the whole row with the writing run's _run_id, and run_source records a run
       as 'success' in main._pipeline_runs only after that run's own history step, which ran after
       its last write committed: a row still holding such a run's _run_id was examined after its
-      last write. The run now finishing, a failed, killed or still running one (a crashed run's
-      committed batches), a replay (it is not in the run log) and rows loaded before the run log
-      existed stay candidates, so the version hash decides for them as before.
+      last write (replay.py records its run the same way, after its history step). The run now
+      finishing, a failed, killed or still running one (a crashed run's committed batches) and rows
+      loaded before the run log existed stay candidates, so the version hash decides for them as before.
     Why not compare _loaded_at with observed_at: it is the run's start time cut to whole seconds
     (run_source, replay), so two runs in one second write the same value, and all batches of one
     run share it (a history step of another process between two batches of a run that rewrote an
