@@ -145,7 +145,9 @@ def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: lis
         else:
             columns = {c for (c,) in snap.execute(
                 "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' AND table_name = ?", [table]).fetchall()}
-            sql, partitions = f"SELECT * FROM main.{quote(table)}", (["source_name"] if "source_name" in columns else [])
+            partitions = ["source_name"] if "source_name" in columns else []
+            # sorted by its partition, so each source's rows go to one file (the lake writes what arrives in order)
+            sql = f"SELECT * FROM main.{quote(table)}" + (" ORDER BY source_name" if partitions else "")
         written[table] = lake.write_table(_safe_dirname(table), snap.sql(sql).to_arrow_reader(ARROW_BATCH), partitions, version)
     return written
 
