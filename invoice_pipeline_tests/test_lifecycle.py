@@ -169,6 +169,27 @@ def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path:
     assert again.open_invoices == 2 and again.changed == 0 and len(history(wh)) == 7
 
 
+def test_repoll_after_a_load_skips_only_what_that_load_just_wrote(tmp_path: Path) -> None:
+    app, wh = setup(tmp_path)
+    server = {"1": open_inv(1), "2": open_inv(2)}
+    load(app, server)
+    server["3"] = open_inv(3, updated="2025-03-01T00:00:00Z")
+    later = load(app, server, window=Window(datetime(2025, 2, 1, tzinfo=UTC), utc_now()))  # reads 3 only
+    assert later.invoices_loaded == 1
+    server["1"] = {**server["1"], "balance": "1.11"}  # payments that do not move the modification time
+    server["3"] = {**server["3"], "balance": "3.33"}
+
+    src = ServerSource("fake", app.sources["fake"], server)
+    result = lifecycle.repoll_open_invoices(app, "fake", source=src, after_run_id=later.run_id)
+    assert src.fetched == ["1", "2"] and result.open_invoices == 2 and result.skipped_just_loaded == 1
+    assert current(wh, "1")["balance_due"] == Decimal("1.11")
+    assert current(wh, "3")["balance_due"] == Decimal("22.22")  # read moments before, not again
+    # The next re-poll that follows no load of its own re-reads it.
+    again = lifecycle.repoll_open_invoices(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
+    assert again.open_invoices == 3 and again.skipped_just_loaded == 0
+    assert current(wh, "3")["balance_due"] == Decimal("3.33")
+
+
 def test_open_invoice_selection(tmp_path: Path) -> None:
     app, wh = setup(tmp_path)
     old = (TODAY - timedelta(days=100)).isoformat()

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import dagster as dg
 
+from invoice_pipeline import lifecycle
 from invoice_pipeline.config import parse_config
-from invoice_pipeline.defs import build_definitions
+from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+from invoice_pipeline.defs.assets import source_asset_key
 from invoice_pipeline.defs.lifecycle import AGING_KEY, HISTORY_KEY, reconcile_asset_key, repoll_asset_key
+from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 
 from .conftest import write_app_config
@@ -76,3 +80,27 @@ def test_lifecycle_jobs_against_the_simulator(in_tmp: Path) -> None:
             assert con.execute("SELECT invoice_id FROM main.invoices WHERE is_deleted").fetchone()[0] == gone[0]
             assert con.execute("SELECT count(*) FROM main.ar_aging_snapshot WHERE snapshot_date = DATE '2026-01-15'"
                                ).fetchone()[0] > 0
+
+
+def test_repoll_in_the_run_that_loaded_skips_what_that_load_just_read(in_tmp: Path) -> None:
+    from invoice_pipeline.sources.softwareone.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=30) as sim:
+        app, config_file = write_app_config(in_tmp, {"swo": sim.source_config()})
+        defs = build_definitions(app, str(config_file))
+        instance = dg.DagsterInstance.ephemeral()
+
+        def repoll_metadata(job: str, selection: list[dg.AssetKey] | None = None) -> dict:
+            result = defs.resolve_job_def(job).execute_in_process(instance=instance, asset_selection=selection)
+            assert result.success
+            return {k: v.value for k, v in result.asset_materializations_for_node("swo__open_invoices_repoll")[0]
+                    .metadata.items()}
+
+        # The CLI's run: load and re-poll in one job run. Everything open was read moments ago.
+        first = repoll_metadata(ALL_ASSETS_JOB, [source_asset_key("swo"), repoll_asset_key("swo")])
+        with Warehouse(app.warehouse).reader() as con:
+            still_open = lifecycle.open_invoices(con, "swo", timedelta(days=365), utc_now().date())
+        assert still_open and first["skipped_just_loaded"] == len(still_open) and first["open_invoices"] == 0
+        # A re-poll of its own (its cron, or automation after the load's run) reads them all.
+        alone = repoll_metadata("swo_repoll")
+        assert alone["open_invoices"] == len(still_open) and alone["skipped_just_loaded"] == 0

@@ -46,6 +46,15 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items() if v is not None}
 
 
+def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> str | None:
+    """The pipeline run id of the source's load, if this same job run materialized it."""
+    event = context.instance.get_latest_materialization_event(source_asset_key(name))
+    if event is None or event.run_id != context.run_id or event.asset_materialization is None:
+        return None
+    run_id = event.asset_materialization.metadata.get("run_id")
+    return getattr(run_id, "value", run_id)
+
+
 def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
     settings = lifecycle.lifecycle_settings(config)
     when = (f"on cron '{settings.repoll_schedule}' (config key repoll_schedule)" if settings.repoll_schedule
@@ -63,11 +72,13 @@ def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
             f"Re-reads the invoices of '{name}' still open in main.invoices (balance due <> 0, not void, not "
             f"deleted, due or invoice date within repoll_horizon = {settings.repoll_horizon.days} days) with the "
             "API's cheapest read of specific invoices, so payments that do not move the modification time "
-            f"converge. Runs {when}; never moves the cursor."
+            f"converge. Runs {when}; never moves the cursor. In a job run that also loads the source, the "
+            "invoices that load just wrote are not read again (metadata: skipped_just_loaded)."
         ),
     )
     def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        result = lifecycle.repoll_open_invoices(pipeline.app, name, warehouse=pipeline.warehouse)
+        result = lifecycle.repoll_open_invoices(pipeline.app, name, warehouse=pipeline.warehouse,
+                                                after_run_id=_load_in_this_run(context, name))
         return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
 
     return _repoll
