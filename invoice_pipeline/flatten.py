@@ -33,59 +33,64 @@ META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at":
 class TableBuffer:
     """Columnar rows of one table; a column first seen mid-batch is back-filled with nulls.
 
-    Columns are padded lazily (when next written, or when `columns` is read), so a row costs
-    O(its own fields), not O(every column the table has seen): sparse tables stay cheap. A row
-    with the same fields as the row before it (the usual case: an API's objects share a shape)
-    skips the per-field column lookups.
+    Rows are kept as runs of value tuples, one run per stretch of consecutive rows with the same
+    fields (the usual case: an API's objects share a shape), and turned into columns only when
+    `columns` is read: zip() then transposes each run and list.extend() copies it, both in C,
+    instead of one Python-level append per field. Columns are padded with nulls there too, so a
+    row costs O(its own fields), not O(every column the table has seen): sparse tables stay cheap.
     """
 
-    __slots__ = ("_cols", "rows", "_shape", "_shape_appends")
+    __slots__ = ("_cols", "rows", "_runs", "_shape", "_values")
 
     def __init__(self) -> None:
         self._cols: dict[str, list[Any]] = {}
         self.rows = 0
-        self._shape: tuple[str, ...] = ()
-        self._shape_appends: list[Any] = []
+        self._runs: list[tuple[tuple[str, ...], int, list[tuple[Any, ...]]]] = []  # (fields, first row, values)
+        self._shape: tuple[str, ...] | None = None  # the fields of the open (last) run
+        self._values: list[tuple[Any, ...]] = []  # the open run's rows
 
     @property
     def columns(self) -> dict[str, list[Any]]:
         """Every column, padded with nulls to `rows` values."""
+        cols = self._cols
+        for shape, first, values in self._runs:
+            for key, column in zip(shape, zip(*values)):
+                col = cols.get(key)
+                if col is None:
+                    col = cols[key] = [None] * first
+                elif len(col) < first:
+                    col.extend([None] * (first - len(col)))
+                col.extend(column)
+        self._runs.clear()
+        self._shape = None  # the next row opens a new run
         n = self.rows
-        for col in self._cols.values():
+        for col in cols.values():
             if len(col) < n:
                 col.extend([None] * (n - len(col)))
-        return self._cols
+        return cols
 
     def to_arrow(self) -> pa.Table:
         """The rows as Arrow: JSON-path columns as text, the meta columns typed."""
-        columns = self.columns
+        if len(self._runs) == 1 and not self._cols:
+            # Every row has the same fields (the usual case): arrays straight from the transposed
+            # run, without copying it into column lists first.
+            shape, _, values = self._runs[0]
+            columns: dict[str, Any] = dict(zip(shape, zip(*values)))
+        else:
+            columns = self.columns
         return pa.Table.from_arrays(
             [pa.array(values, type=META_ARROW.get(key, pa.string())) for key, values in columns.items()],
             names=list(columns),
         )
 
     def append(self, row: dict[str, Any]) -> None:
-        n = self.rows
         shape = tuple(row)
-        if shape == self._shape:
-            # The previous row had exactly these fields, so each of these columns holds n values.
-            for append, value in zip(self._shape_appends, row.values()):
-                append(value)
-            self.rows = n + 1
-            return
-        cols = self._cols
-        appends = []
-        for key, value in row.items():
-            col = cols.get(key)
-            if col is None:
-                col = cols[key] = [None] * n
-            elif len(col) < n:
-                col.extend([None] * (n - len(col)))
-            col.append(value)
-            appends.append(col.append)
-        self.rows = n + 1
-        self._shape = shape
-        self._shape_appends = appends
+        if shape != self._shape:
+            self._shape = shape
+            self._values = []
+            self._runs.append((shape, self.rows, self._values))
+        self._values.append(tuple(row.values()))
+        self.rows += 1
 
 
 def scalar_text(value: Any) -> str | None:
@@ -100,58 +105,151 @@ def scalar_text(value: Any) -> str | None:
     return str(value)
 
 
+class _Paths:
+    """The column paths under one prefix of one table, built on first use.
+
+    `of` maps a JSON key to its path ("<prefix><key>"): flattening looks every path up there
+    instead of concatenating it per record, which saves a string build and, as the cached string
+    keeps its hash, the hashing when the row dict stores it; rows then also share their key objects,
+    so TableBuffer compares row shapes by identity. Nested objects and child tables get their own
+    _Paths, cached by path (`nested`, `children`).
+    """
+
+    __slots__ = ("table", "prefix", "of", "nested", "children")
+
+    def __init__(self, table: str, prefix: str) -> None:
+        self.table = table
+        self.prefix = prefix
+        self.of: dict[str, str] = {}  # a plain dict: subscripting it is the fastest lookup there is
+        self.nested: dict[str, _Paths] = {}
+        self.children: dict[str, _Paths] = {}
+
+    def path(self, key: Any) -> str:
+        """The path of a key not cached yet (only exact str keys are cached: what JSON has)."""
+        if type(key) is str:
+            path = self.of[key] = self.prefix + key
+            _count_cached()
+            return path
+        return self.prefix + str(key)
+
+    def nested_paths(self, path: str) -> _Paths:
+        paths = self.nested[path] = _Paths(self.table, path + SEP)
+        _count_cached()
+        return paths
+
+    def child_paths(self, path: str) -> _Paths:
+        paths = self.children[path] = _table_paths(f"{self.table}{SEP}{path[1:]}")
+        _count_cached()
+        return paths
+
+
+_TABLE_PATHS: dict[str, _Paths] = {}  # table -> the _Paths of its top level (prefix FIELD)
+_CACHE_LIMIT = 200_000  # cached entries; sources with data-dependent keys must not grow it forever
+_cached = 0
+
+
+def _table_paths(table: str) -> _Paths:
+    paths = _TABLE_PATHS.get(table)
+    if paths is None:
+        paths = _TABLE_PATHS[table] = _Paths(table, FIELD)
+    return paths
+
+
+def _count_cached() -> None:
+    global _cached
+    _cached += 1
+    if _cached > _CACHE_LIMIT:  # start over; _Paths still in use by a running walk stay valid
+        _TABLE_PATHS.clear()
+        _cached = 0
+
+
 def flatten_record(
     invoice_id: str, payload: dict[str, Any], tables: dict[str, TableBuffer], root_meta: dict[str, Any]
 ) -> None:
     """Append one invoice's rows to `tables` (keyed by table path)."""
     row = dict(root_meta)
     row["_invoice_id"] = invoice_id
-    _walk(payload, ROOT_TABLE, FIELD, row, invoice_id, "", tables)
+    _walk(payload, _table_paths(ROOT_TABLE), row, invoice_id, "", tables)
     buffer = tables.get(ROOT_TABLE)
     if buffer is None:
         buffer = tables[ROOT_TABLE] = TableBuffer()
     buffer.append(row)
 
 
-def _walk(obj: dict, table: str, prefix: str, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
+_NESTED = (dict, list)
+_VALUE = FIELD + "value"  # the column of an array item that is not an object
+
+
+def _walk(obj: dict, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
     # The hot loop of the load path: exact-type checks first (parsed JSON has exactly str, None,
-    # dict, list, int, float, bool), isinstance only for what a source built itself.
+    # dict, list, int, bool, float), in order of frequency; the scalar branches are scalar_text()
+    # inlined for the exact JSON types. What a source built itself goes to _other_value().
+    of = paths.of
     for key, value in obj.items():
-        path = prefix + key if key.__class__ is str else prefix + str(key)
-        cls = value.__class__
+        try:
+            path = of[key]
+        except KeyError:  # a path not seen yet (or a non-str key, never cached)
+            path = paths.path(key)
+        cls = type(value)
         if cls is str or value is None:
             row[path] = value
-        elif cls is dict or (cls is not list and isinstance(value, dict)):
+        elif cls is dict:
             if value:
-                _walk(value, table, path + SEP, row, invoice_id, row_id, tables)
+                _walk(value, paths.nested.get(path) or paths.nested_paths(path), row, invoice_id, row_id, tables)
             else:
                 row[path] = "{}"
-        elif cls is list or isinstance(value, list):
+        elif cls is int:
+            row[path] = str(value)
+        elif cls is list:
             for item in value:
-                if item.__class__ is dict or isinstance(item, dict | list):
-                    _child_rows(value, f"{table}{SEP}{path[1:]}", invoice_id, row_id, tables)
+                if type(item) is dict or isinstance(item, _NESTED):
+                    _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
                     break
             else:  # an array of scalars (or an empty one) stays one JSON text column
                 row[path] = orjson.dumps(value).decode()
+        elif cls is bool:
+            row[path] = "true" if value else "false"
+        elif cls is float:
+            row[path] = repr(value)
         else:
-            row[path] = scalar_text(value)
+            _other_value(value, path, paths, row, invoice_id, row_id, tables)
 
 
-def _child_rows(items: list, table: str, invoice_id: str, parent_row_id: str, tables: dict) -> None:
+def _other_value(value: Any, path: str, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
+    """_walk's branches for values of other classes than JSON's (subclasses a source built)."""
+    if isinstance(value, dict):
+        if value:
+            _walk(value, paths.nested.get(path) or paths.nested_paths(path), row, invoice_id, row_id, tables)
+        else:
+            row[path] = "{}"
+    elif isinstance(value, list):
+        for item in value:
+            if type(item) is dict or isinstance(item, _NESTED):
+                _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
+                break
+        else:
+            row[path] = orjson.dumps(value).decode()
+    else:
+        row[path] = scalar_text(value)
+
+
+def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str, tables: dict) -> None:
+    table = paths.table
     buffer = tables.get(table)
     if buffer is None:
         buffer = tables[table] = TableBuffer()
-    value_key = FIELD + "value"
+    append = buffer.append
+    parent = parent_row_id or None
     for pos, item in enumerate(items):
         row_id = f"{parent_row_id}.{pos}" if parent_row_id else str(pos)
-        row = {"_invoice_id": invoice_id, "_row_id": row_id, "_parent_row_id": parent_row_id or None, "_position": pos}
-        if isinstance(item, dict):
-            _walk(item, table, FIELD, row, invoice_id, row_id, tables)
+        row = {"_invoice_id": invoice_id, "_row_id": row_id, "_parent_row_id": parent, "_position": pos}
+        if type(item) is dict or isinstance(item, dict):
+            _walk(item, paths, row, invoice_id, row_id, tables)
         elif isinstance(item, list):
-            row[value_key] = orjson.dumps(item).decode()
+            row[_VALUE] = orjson.dumps(item).decode()
         else:
-            row[value_key] = scalar_text(item)
-        buffer.append(row)
+            row[_VALUE] = scalar_text(item)
+        append(row)
 
 
 def _shorten(name: str) -> str:
