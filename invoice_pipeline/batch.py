@@ -86,21 +86,22 @@ def prepare_batch(
     raw_ids: list[str] = []
     raw_lm: list[datetime | None] = []
     raw_sha: list[str] = []
-    raw_text: list[str] = []
+    raw_text: list[bytes] = []  # UTF-8 JSON: Arrow takes it as is for a string column, no str() needed
     for invoice_id, rec in newest.items():
-        payload_text = _payload_json(rec.payload)
+        payload_json = orjson.dumps(rec.payload, option=orjson.OPT_SORT_KEYS)  # _payload_json() before decode()
         raw_ids.append(invoice_id)
         raw_lm.append(rec.last_modified_at)
-        raw_sha.append(hashlib.sha256(payload_text.encode()).hexdigest())
-        raw_text.append(payload_text)
+        raw_sha.append(hashlib.sha256(payload_json).hexdigest())
+        raw_text.append(payload_json)
         if rec.last_modified_at is None:
-            quarantine.append((invoice_id, _unidentified(source, rec, "record has no last-modified time"), payload_text))
+            quarantine.append(
+                (invoice_id, _unidentified(source, rec, "record has no last-modified time"), payload_json.decode()))
             continue
         try:
             mapped = finalize_conformed(source.to_conformed(rec.payload), derive_installment=not source.has_installments)
         except Exception as exc:  # any mapping failure quarantines this record, never the run
             reason = str(exc) if exc.__class__.__name__ == "MappingError" else f"{type(exc).__name__}: {exc}"
-            quarantine.append((invoice_id, reason, payload_text))
+            quarantine.append((invoice_id, reason, payload_json.decode()))
             continue
         inv = mapped.invoice
         inv["_loaded_at"], inv["_run_id"] = loaded_at, run_id

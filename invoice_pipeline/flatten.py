@@ -144,7 +144,7 @@ class _Paths:
 
 
 _TABLE_PATHS: dict[str, _Paths] = {}  # table -> the _Paths of its top level (prefix FIELD)
-_CACHE_LIMIT = 200_000  # cached entries; sources with data-dependent keys must not grow it forever
+_CACHE_LIMIT = 20_000  # cached paths; a source with data-dependent keys must not grow it forever
 _cached = 0
 
 

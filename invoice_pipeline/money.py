@@ -22,6 +22,15 @@ _LIMITS = {MONEY: Decimal(10) ** 14, QUANTITY: Decimal(10) ** 12, RATE: Decimal(
 _NO_LIMIT = Decimal(10) ** 20
 
 
+# Successful conversions of JSON strings and floats, per scale: the same amounts recur across a
+# batch ("0", "1", common prices), and Decimal parsing plus the range checks and quantize() cost
+# far more than a dict lookup. Decimals are immutable, so sharing one object is safe; the result
+# depends only on the text and the scale (quantize() uses the default context's precision, which
+# the pipeline never changes). Bounded: cleared when full.
+_CACHE_LIMIT = 20_000  # entries per cache, about 190 bytes each: at most ~4 MB per scale
+_CACHES: dict[Decimal, dict[str, Decimal]] = {places: {} for places in _LIMITS}
+
+
 def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: bool = False) -> Decimal | None:
     """JSON string or number to Decimal, rounded half-even to `places`.
 
@@ -29,7 +38,30 @@ def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: boo
     1041.7 and CRM.COM's float noise (0.30000000000000004) rounds away at 4 decimals. A value too
     large for its warehouse column is the record's error (quarantine), never the batch's.
     """
-    cls = value.__class__  # exact types first: this runs for every amount of every record
+    cls = type(value)  # exact types first: this runs for every amount of every record
+    if cls is str:
+        text = value
+    elif cls is float:
+        text = repr(value)  # what _convert parses, so a float and its repr() share an entry
+    elif value is None and not required:
+        return None
+    else:
+        return _convert(value, field, places, required)
+    cache = _CACHES.get(places)
+    if cache is None:
+        return _convert(value, field, places, required)
+    dec = cache.get(text)
+    if dec is None:
+        dec = _convert(value, field, places, required)  # raises for what is not an amount
+        if dec is not None:
+            if len(cache) >= _CACHE_LIMIT:
+                cache.clear()
+            cache[text] = dec
+    return dec
+
+
+def _convert(value: Any, field: str, places: Decimal, required: bool) -> Decimal | None:
+    cls = type(value)
     try:
         if cls is str and value:
             dec = Decimal(value)  # surrounding whitespace is ignored
@@ -56,6 +88,11 @@ def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: boo
 
 
 def to_int(value: Any, field: str) -> int | None:
+    if type(value) is str and value:  # the usual JSON text: straight to int()
+        try:
+            return int(value)
+        except ValueError:
+            raise MappingError(f"{field}: not an integer: {value!r}") from None
     if value is None or value == "":
         return None
     try:
@@ -68,7 +105,26 @@ def to_int(value: Any, field: str) -> int | None:
         raise MappingError(f"{field}: not an integer: {value!r}") from None
 
 
+# Dates parsed from text, by (text, format): an invoice batch has few distinct dates, and parsing
+# (strptime above all) costs far more than the lookup. Dates are immutable. Cleared when full.
+_DATES: dict[tuple[str, str | None], date] = {}
+
+
 def to_date(value: Any, field: str, fmt: str | None = None) -> date | None:
+    if type(value) is str:
+        if not value:
+            return None
+        key = (value, fmt)
+        parsed = _DATES.get(key)
+        if parsed is None:
+            try:
+                parsed = parse_date(value, fmt)
+            except ValueError:
+                raise MappingError(f"{field}: not a valid date: {value!r}") from None
+            if len(_DATES) >= _CACHE_LIMIT:
+                _DATES.clear()
+            _DATES[key] = parsed
+        return parsed
     if value is None or value == "":
         return None
     try:
@@ -88,6 +144,8 @@ def to_timestamp(value: Any, field: str, naive_tz: str = "UTC") -> datetime | No
 
 def to_text(value: Any) -> str | None:
     """Ids and codes are VARCHAR in the warehouse whatever JSON type they came as."""
+    if type(value) is str:  # most ids and codes: str(value) would return it as it is
+        return value
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():

@@ -24,14 +24,22 @@ def parse_duration(value: str | int | float) -> timedelta:
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
 
+def _microseconds(m: re.Match[str]) -> str:
+    return "." + (m.group(1) + "000000")[:6]
+
+
 def parse_timestamp(value: str, naive_tz: str | ZoneInfo = "UTC") -> datetime:
     """ISO-8601 with any fraction length and 'Z' or an offset; a naive value is read in naive_tz."""
     text = value.strip()
     if text.endswith(("Z", "z")):
         text = text[:-1] + "+00:00"
-    text = _FRACTION.sub(lambda m: "." + (m.group(1) + "000000")[:6], text, count=1)
+    if "." in text:  # _FRACTION cannot match otherwise; most timestamps have no fraction
+        text = _FRACTION.sub(_microseconds, text, count=1)
     parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
+    tz = parsed.tzinfo
+    if tz is UTC:  # "+00:00" parses to the UTC singleton: astimezone(UTC) would return an equal copy
+        return parsed
+    if tz is None:
         tz = naive_tz if isinstance(naive_tz, ZoneInfo) else ZoneInfo(naive_tz)
         parsed = parsed.replace(tzinfo=tz)
     return parsed.astimezone(UTC)

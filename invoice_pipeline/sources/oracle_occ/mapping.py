@@ -16,8 +16,9 @@ def _collection(parent: dict[str, Any], name: str, where: str) -> tuple[list[dic
     if not isinstance(coll, dict) or not isinstance(coll.get("items", []), list):
         raise MappingError(f"{where}{name}: expected a collection object with 'items'")
     items = coll.get("items") or []
-    if not all(isinstance(i, dict) for i in items):
-        raise MappingError(f"{where}{name}.items: expected objects")
+    for item in items:  # a plain loop: all() over a generator costs more on this hot path
+        if type(item) is not dict and not isinstance(item, dict):
+            raise MappingError(f"{where}{name}.items: expected objects")
     return items, bool(coll.get("hasMore"))
 
 
