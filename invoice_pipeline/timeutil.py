@@ -37,7 +37,7 @@ def parse_timestamp(value: str, naive_tz: str | ZoneInfo = "UTC") -> datetime:
         text = _FRACTION.sub(_microseconds, text, count=1)
     parsed = datetime.fromisoformat(text)
     tz = parsed.tzinfo
-    if tz is UTC:  # "+00:00" parses to the UTC singleton: astimezone(UTC) would return an equal copy
+    if tz is UTC:  # "+00:00" parses to the UTC singleton, which astimezone(UTC) returns unchanged
         return parsed
     if tz is None:
         tz = naive_tz if isinstance(naive_tz, ZoneInfo) else ZoneInfo(naive_tz)
