@@ -2,24 +2,32 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from invoice_pipeline.timeutil import parse_date, parse_timestamp
 
-MONEY = Decimal("0.0001")  # DECIMAL(18,4)
-QUANTITY = Decimal("0.000001")  # DECIMAL(18,6)
-RATE = Decimal("0.000001")  # DECIMAL(12,6)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: a dict key per column kind
+class Scale:
+    """A warehouse DECIMAL column kind: its decimal places and the magnitude it must stay below.
+
+    Quantities and rates share their places but not their range, so the places alone cannot say
+    which limit applies (they once did, and capped quantities at 10^6 instead of 10^12).
+    """
+
+    places: Decimal
+    limit: Decimal
+
+
+MONEY = Scale(Decimal("0.0001"), Decimal(10) ** 14)  # DECIMAL(18,4)
+QUANTITY = Scale(Decimal("0.000001"), Decimal(10) ** 12)  # DECIMAL(18,6)
+RATE = Scale(Decimal("0.000001"), Decimal(10) ** 6)  # DECIMAL(12,6)
 
 
 class MappingError(ValueError):
     """A record that cannot be mapped: it is quarantined with this message as its reason."""
-
-
-# The largest magnitude each scale's warehouse column holds: DECIMAL(18,4), (18,6), (12,6).
-_LIMITS = {MONEY: Decimal(10) ** 14, QUANTITY: Decimal(10) ** 12, RATE: Decimal(10) ** 6}
-_NO_LIMIT = Decimal(10) ** 20
 
 
 # Successful conversions of JSON strings and floats, per scale: the same amounts recur across a
@@ -28,11 +36,11 @@ _NO_LIMIT = Decimal(10) ** 20
 # depends only on the text and the scale (quantize() uses the default context's precision, which
 # the pipeline never changes). Bounded: cleared when full.
 _CACHE_LIMIT = 20_000  # entries per cache, about 190 bytes each: at most ~4 MB per scale
-_CACHES: dict[Decimal, dict[str, Decimal]] = {places: {} for places in _LIMITS}
+_CACHES: dict[Scale, dict[str, Decimal]] = {scale: {} for scale in (MONEY, QUANTITY, RATE)}
 
 
-def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: bool = False) -> Decimal | None:
-    """JSON string or number to Decimal, rounded half-even to `places`.
+def to_decimal(value: Any, field: str, scale: Scale = MONEY, *, required: bool = False) -> Decimal | None:
+    """JSON string or number to Decimal, rounded half-even to the scale's places.
 
     Floats go through repr() (the shortest string that round-trips), so JSON 1041.7 stays
     1041.7 and CRM.COM's float noise (0.30000000000000004) rounds away at 4 decimals. A value too
@@ -46,13 +54,13 @@ def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: boo
     elif value is None and not required:
         return None
     else:
-        return _convert(value, field, places, required)
-    cache = _CACHES.get(places)
+        return _convert(value, field, scale, required)
+    cache = _CACHES.get(scale)
     if cache is None:
-        return _convert(value, field, places, required)
+        return _convert(value, field, scale, required)
     dec = cache.get(text)
     if dec is None:
-        dec = _convert(value, field, places, required)  # raises for what is not an amount
+        dec = _convert(value, field, scale, required)  # raises for what is not an amount
         if dec is not None:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
@@ -60,7 +68,7 @@ def to_decimal(value: Any, field: str, places: Decimal = MONEY, *, required: boo
     return dec
 
 
-def _convert(value: Any, field: str, places: Decimal, required: bool) -> Decimal | None:
+def _convert(value: Any, field: str, scale: Scale, required: bool) -> Decimal | None:
     cls = type(value)
     try:
         if cls is str and value:
@@ -79,30 +87,38 @@ def _convert(value: Any, field: str, places: Decimal, required: bool) -> Decimal
         raise MappingError(f"{field}: not a number: {value!r}") from None
     if not dec.is_finite():
         raise MappingError(f"{field}: not a finite number: {value!r}")
-    limit = _LIMITS.get(places, _NO_LIMIT)
+    limit = scale.limit
     if abs(dec) < limit:
-        dec = dec.quantize(places, ROUND_HALF_EVEN)  # positional: the keyword costs twice the call
+        dec = dec.quantize(scale.places, ROUND_HALF_EVEN)  # positional: the keyword costs twice the call
         if abs(dec) < limit:  # rounding can reach the limit
             return dec
-    raise MappingError(f"{field}: {value!r} is too large for its column (at most {limit - places} allowed)")
+    raise MappingError(f"{field}: {value!r} is too large for its column (at most {limit - scale.places} allowed)")
+
+
+INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # the warehouse's INTEGER (line and installment numbers)
 
 
 def to_int(value: Any, field: str) -> int | None:
+    """Text or number to an INTEGER; out of its range is the record's error, not the batch's."""
     if type(value) is str and value:  # the usual JSON text: straight to int()
         try:
-            return int(value)
+            number = int(value)
         except ValueError:
             raise MappingError(f"{field}: not an integer: {value!r}") from None
-    if value is None or value == "":
+    elif value is None or value == "":
         return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-        return int(value)
-    except (TypeError, ValueError):
-        raise MappingError(f"{field}: not an integer: {value!r}") from None
+    else:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise MappingError(f"{field}: not an integer: {value!r}") from None
+    if INT_MIN <= number <= INT_MAX:
+        return number
+    raise MappingError(f"{field}: {value!r} is too large for its column (INTEGER)")
 
 
 # Dates parsed from text, by (text, format): an invoice batch has few distinct dates, and parsing

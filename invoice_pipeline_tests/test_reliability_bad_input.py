@@ -27,7 +27,7 @@ from .fake_source import FakeSource, fake_config_block, invoice
 Doctor = Callable[[dict[str, Any]], None]
 
 
-def _set(*path: str, value: Any) -> Doctor:
+def _set(*path: str | int, value: Any) -> Doctor:
     def apply(payload: dict[str, Any]) -> None:
         node = payload
         for key in path[:-1]:
@@ -48,6 +48,8 @@ FAULTS: dict[str, dict[str, tuple[Doctor, str]]] = {
         "missing_key": (_delete("CustomerTransactionId"), "no invoice key: CustomerTransactionId: missing"),
         "wrong_type": (_set("receivablesInvoiceLines", value="oops"), "receivablesInvoiceLines"),
         "date": (_set("TransactionDate", value="0000-00-00"), "TransactionDate: not a valid date: '0000-00-00'"),
+        "huge_line_number": (_set("receivablesInvoiceLines", "items", 0, "LineNumber", value=2**40),
+                             "LineNumber: 1099511627776 is too large for its column (INTEGER)"),
     },
     "crmcom": {
         "amount": (_set("total_amount", value="12,5"), "total_amount: not a number: '12,5'"),
