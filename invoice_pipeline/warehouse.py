@@ -116,9 +116,12 @@ class Warehouse:
         return lock
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
-        # Checkpoints are what a write pays most for; a turn usually ends (and checkpoints) first.
+        # Checkpoints are what a write pays most for, and DuckDB's cost per checkpoint grows with the
+        # table (at 200k invoices some took 2-7 s of CPU): checkpoint when a turn ends (at most
+        # writer_turn_seconds of writes in the WAL), never in between (a 256MB threshold
+        # checkpointed every ~40 batches too: 94 -> 82 s for 200k invoices without it).
         con = duckdb.connect(str(self.path), config={"memory_limit": self.config.memory_limit,
-                                                     "checkpoint_threshold": "256MB"})
+                                                     "checkpoint_threshold": "4GB"})
         con.execute("SET TimeZone = 'UTC'")
         return con
 
