@@ -441,6 +441,7 @@ def repoll_open_invoices(
     if not rows:
         if source is not None:
             source.close()
+        log.info("source '%s': no open invoice to re-poll (%d skipped: just loaded by this run)", source_name, skipped)
         return result
     ids = [i for i, _ in rows]
     customers = sorted({c for _, c in rows if c})
