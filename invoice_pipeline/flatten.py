@@ -183,7 +183,7 @@ _VALUE = FIELD + "value"  # the column of an array item that is not an object
 def _walk(obj: dict, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
     # The hot loop of the load path: exact-type checks first (parsed JSON has exactly str, None,
     # dict, list, int, bool, float), in order of frequency; the scalar branches are scalar_text()
-    # inlined for the exact JSON types. What a source built itself goes to _other_value().
+    # inlined for the exact JSON types; isinstance only for what a source built itself.
     of = paths.of
     for key, value in obj.items():
         try:
@@ -194,43 +194,38 @@ def _walk(obj: dict, paths: _Paths, row: dict, invoice_id: str, row_id: str, tab
         if cls is str or value is None:
             row[path] = value
         elif cls is dict:
-            if value:
-                _walk(value, paths.nested.get(path) or paths.nested_paths(path), row, invoice_id, row_id, tables)
-            else:
-                row[path] = "{}"
+            _object(value, path, paths, row, invoice_id, row_id, tables)
         elif cls is int:
             row[path] = str(value)
         elif cls is list:
-            for item in value:
-                if type(item) is dict or isinstance(item, _NESTED):
-                    _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
-                    break
-            else:  # an array of scalars (or an empty one) stays one JSON text column
-                row[path] = orjson.dumps(value).decode()
+            _array(value, path, paths, row, invoice_id, row_id, tables)
         elif cls is bool:
             row[path] = "true" if value else "false"
         elif cls is float:
             row[path] = repr(value)
+        elif isinstance(value, dict):  # from here on: subclasses a source built itself
+            _object(value, path, paths, row, invoice_id, row_id, tables)
+        elif isinstance(value, list):
+            _array(value, path, paths, row, invoice_id, row_id, tables)
         else:
-            _other_value(value, path, paths, row, invoice_id, row_id, tables)
+            row[path] = scalar_text(value)
 
 
-def _other_value(value: Any, path: str, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
-    """_walk's branches for values of other classes than JSON's (subclasses a source built)."""
-    if isinstance(value, dict):
-        if value:
-            _walk(value, paths.nested.get(path) or paths.nested_paths(path), row, invoice_id, row_id, tables)
-        else:
-            row[path] = "{}"
-    elif isinstance(value, list):
-        for item in value:
-            if type(item) is dict or isinstance(item, _NESTED):
-                _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
-                break
-        else:
-            row[path] = orjson.dumps(value).decode()
+def _object(value: dict, path: str, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
+    """A nested object: its fields become columns of the same row ("{}" when it is empty)."""
+    if value:
+        _walk(value, paths.nested.get(path) or paths.nested_paths(path), row, invoice_id, row_id, tables)
     else:
-        row[path] = scalar_text(value)
+        row[path] = "{}"
+
+
+def _array(value: list, path: str, paths: _Paths, row: dict, invoice_id: str, row_id: str, tables: dict) -> None:
+    """An array holding objects (or arrays) is a child table; one of scalars stays one JSON text column."""
+    for item in value:
+        if type(item) is dict or isinstance(item, _NESTED):
+            _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
+            return
+    row[path] = orjson.dumps(value).decode()
 
 
 def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str, tables: dict) -> None:
