@@ -385,21 +385,27 @@ def _fetch_by_ids(src: Source, ids: Collection[str], customer_ids: Collection[st
 
 
 # -- re-poll ---------------------------------------------------------------------------------------
-def open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date,
-                  skip_run_id: str | None = None) -> list[tuple[str, str | None]]:
+def open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date) -> list[tuple[str, str | None]]:
     """(invoice_id, customer_id) of the invoices still open: balance due <> 0, not void, not
-    deleted, and due (or invoice) date no older than the horizon (undated ones: last modified),
-    leaving out those whose current version pipeline run `skip_run_id` wrote."""
+    deleted, and due (or invoice) date no older than the horizon (undated ones: last modified)."""
+    return _not_written_by(_open_invoices(con, source_name, horizon, today), None)
+
+
+def _open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date) -> list[tuple]:
+    """(invoice_id, customer_id, _run_id) of every open invoice (see open_invoices)."""
     oldest = today - timedelta(days=max(horizon.days, 0))
-    rows = con.execute(
-        """SELECT invoice_id, customer_id FROM main.invoices
+    return con.execute(
+        """SELECT invoice_id, customer_id, _run_id FROM main.invoices
         WHERE source_name = ? AND balance_due <> 0 AND NOT coalesce(is_void, false) AND NOT coalesce(is_deleted, false)
           AND coalesce(greatest(due_date, invoice_date), CAST(last_modified_at AS DATE)) >= ?
-          AND _run_id IS DISTINCT FROM ?
         ORDER BY invoice_id""",
-        [source_name, oldest, skip_run_id],
+        [source_name, oldest],
     ).fetchall()
-    return [(r[0], r[1]) for r in rows]
+
+
+def _not_written_by(rows: list[tuple], run_id: str | None) -> list[tuple[str, str | None]]:
+    """(invoice_id, customer_id) of those rows whose current version run_id did not write."""
+    return [(i, c) for i, c, written_by in rows if run_id is None or written_by != run_id]
 
 
 @dataclass
@@ -435,8 +441,9 @@ def repoll_open_invoices(
     with wh.writer() as con:
         _prepare(wh, con)
         wh.ensure_source(con, source_name)
-        rows = open_invoices(con, source_name, horizon, today, skip_run_id=after_run_id)
-        skipped = len(open_invoices(con, source_name, horizon, today)) - len(rows) if after_run_id else 0
+        every = _open_invoices(con, source_name, horizon, today)
+    rows = _not_written_by(every, after_run_id)
+    skipped = len(every) - len(rows)
     result = RepollResult(source_name, open_invoices=len(rows), skipped_just_loaded=skipped)
     if not rows:
         if source is not None:
