@@ -75,6 +75,114 @@ def product(pages: str, workdir: str) -> None:
     _emit(seconds=seconds, invoices=summary.invoices_loaded, rows=rows)
 
 
+def _prepared_batches(pages: str, app: Any) -> Iterator[Any]:
+    """The product's prepared batches of the pages, made one at a time (outside any timing)."""
+    from datetime import UTC, datetime
+
+    from invoice_pipeline.batch import prepare_batch
+
+    from benchmarks.pages_source import PagesSource
+
+    source = PagesSource("oracle", app.sources["oracle"], pages)
+    loaded_at = datetime.now(UTC)
+    for records in source.extract(None):
+        yield prepare_batch(source, records, "floor", loaded_at)[0]
+
+
+def write_floor(pages: str, workdir: str) -> None:
+    """How long DuckDB alone takes to store what a load must keep, batches prepared beforehand.
+
+    Two passes over the same prepared batches, only the writes timed (wall and CPU of this process):
+    the product's `write_batch` (version check, raw de-duplication, registry, one commit per batch,
+    checkpoint at the end), then plain `INSERT ... SELECT * FROM arrow` of the same Arrow tables into
+    tables without any check, one commit per batch: DuckDB's own floor for this data, the least any
+    design that keeps these tables in one DuckDB file can pay.
+    """
+    from invoice_pipeline.config import parse_config
+    from invoice_pipeline.warehouse import Warehouse
+
+    work = Path(workdir)
+    app = parse_config({
+        "warehouse": {"duckdb_path": str(work / "floor.duckdb")},
+        "sources": {"oracle": {"type": "oracle_occ", "base_url": "http://127.0.0.1:9", "username": "u",
+                               "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
+    })
+    wh = Warehouse(app.warehouse)
+    with wh.writer() as con:
+        wh.ensure_main(con)
+        wh.ensure_source(con, "oracle")
+    timed = [0.0, 0.0]
+
+    def timing(step: Any) -> Any:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            return step()
+        finally:
+            timed[0] += time.perf_counter() - wall
+            timed[1] += time.process_time() - cpu
+
+    turns = wh.turns()
+    rows = 0
+    for batch in _prepared_batches(pages, app):
+        rows += sum(t.num_rows for t in batch.flat.values())
+        with turns.connection() as con:
+            timing(lambda con=con, batch=batch: wh.write_batch(con, batch))
+    timing(turns.close)
+    product_s, product_cpu = timed
+    plain_s, plain_cpu = _plain_inserts(pages, app, work / "plain.duckdb", commit_per_batch=True)
+    single_s, single_cpu = _plain_inserts(pages, app, work / "single.duckdb", commit_per_batch=False)
+    _emit(seconds=product_s, cpu_s=product_cpu, plain_seconds=plain_s, plain_cpu_s=plain_cpu,
+          single_seconds=single_s, single_cpu_s=single_cpu, rows=rows)
+
+
+def _plain_inserts(pages: str, app: Any, path: Path, *, commit_per_batch: bool) -> tuple[float, float]:
+    """The prepared batches' Arrow tables inserted as they are into plain tables (columns added as
+    they appear), on a connection set up as the product's; wall and CPU of the inserts, commits and
+    the final checkpoint. One transaction for everything lets DuckDB write full row groups straight
+    to the file instead of through the WAL (and makes memory grow with the data)."""
+    from invoice_pipeline.warehouse import Warehouse
+
+    con = Warehouse(app.warehouse.model_copy(update={"duckdb_path": path}))._connect()
+    con.execute("SET threads = 1")  # as the product's batch writes
+    created: dict[str, set[str]] = {}
+
+    def insert(name: str, table: Any) -> None:
+        con.register("_arrow", table)
+        if name not in created:
+            con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM _arrow LIMIT 0')
+            created[name] = set(table.column_names)
+        for field in table.schema:
+            if field.name not in created[name]:
+                con.execute(f'ALTER TABLE "{name}" ADD COLUMN "{field.name}" VARCHAR')
+                created[name].add(field.name)
+        con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM _arrow')
+        con.unregister("_arrow")
+
+    def write(batch: Any) -> None:
+        if commit_per_batch:
+            con.execute("BEGIN TRANSACTION")
+        for table_path, table in batch.flat.items():
+            insert("flat_" + table_path.replace(".", "_"), table)
+        for name, table in batch.conformed.items():
+            insert("conformed_" + name, table)
+        insert("raw", batch.raw)
+        if commit_per_batch:
+            con.execute("COMMIT")
+
+    wall = cpu = 0.0
+    if not commit_per_batch:
+        con.execute("BEGIN TRANSACTION")
+    for batch in _prepared_batches(pages, app):
+        w, c = time.perf_counter(), time.process_time()
+        write(batch)
+        wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
+    w, c = time.perf_counter(), time.process_time()
+    if not commit_per_batch:
+        con.execute("COMMIT")
+    con.close()
+    return wall + time.perf_counter() - w, cpu + time.process_time() - c
+
+
 def dlt_parquet(pages: str, workdir: str) -> None:
     """dlt 1.x as documented for its fastest path: a resource of dicts, Parquet loader, DuckDB."""
     import dlt
@@ -216,7 +324,7 @@ def extract(config_json: str) -> None:
           pages=source.stats.pages, concurrency=app.sources["src"].concurrency)
 
 
-TASKS = {"floor": floor, "product": product, "dlt_parquet": dlt_parquet, "bare_client": bare_client,
+TASKS = {"floor": floor, "product": product, "write_floor": write_floor, "dlt_parquet": dlt_parquet, "bare_client": bare_client,
          "dlt_rest": dlt_rest, "extract": extract}
 
 if __name__ == "__main__":
