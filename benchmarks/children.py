@@ -92,11 +92,11 @@ def _prepared_batches(pages: str, app: Any) -> Iterator[Any]:
 def write_floor(pages: str, workdir: str) -> None:
     """How long DuckDB alone takes to store what a load must keep, batches prepared beforehand.
 
-    Two passes over the same prepared batches, only the writes timed (wall and CPU of this process):
+    Three passes over the same prepared batches, only the writes timed (wall and CPU of this process):
     the product's `write_batch` (version check, raw de-duplication, registry, one commit per batch,
     checkpoint at the end), then plain `INSERT ... SELECT * FROM arrow` of the same Arrow tables into
-    tables without any check, one commit per batch: DuckDB's own floor for this data, the least any
-    design that keeps these tables in one DuckDB file can pay.
+    tables without any check, with a commit per batch and in one transaction: DuckDB's own floor for
+    this data, the least any design that keeps these tables in one DuckDB file can pay.
     """
     from invoice_pipeline.config import parse_config
     from invoice_pipeline.warehouse import Warehouse
@@ -111,31 +111,36 @@ def write_floor(pages: str, workdir: str) -> None:
     with wh.writer() as con:
         wh.ensure_main(con)
         wh.ensure_source(con, "oracle")
-    timed = [0.0, 0.0]
-
-    def timing(step: Any) -> Any:
-        wall, cpu = time.perf_counter(), time.process_time()
-        try:
-            return step()
-        finally:
-            timed[0] += time.perf_counter() - wall
-            timed[1] += time.process_time() - cpu
-
+    timed = _Stopwatch()
     turns = wh.turns()
     rows = 0
     for batch in _prepared_batches(pages, app):
         rows += sum(t.num_rows for t in batch.flat.values())
-        with turns.connection() as con:
-            timing(lambda con=con, batch=batch: wh.write_batch(con, batch))
-    timing(turns.close)
-    product_s, product_cpu = timed
-    plain_s, plain_cpu = _plain_inserts(pages, app, work / "plain.duckdb", commit_per_batch=True)
-    single_s, single_cpu = _plain_inserts(pages, app, work / "single.duckdb", commit_per_batch=False)
-    _emit(seconds=product_s, cpu_s=product_cpu, plain_seconds=plain_s, plain_cpu_s=plain_cpu,
-          single_seconds=single_s, single_cpu_s=single_cpu, rows=rows)
+        with timed, turns.connection() as con:  # a turn's connect and closing checkpoint included
+            wh.write_batch(con, batch)
+    with timed:
+        turns.close()
+    plain = _plain_inserts(pages, app, work / "plain.duckdb", commit_per_batch=True)
+    single = _plain_inserts(pages, app, work / "single.duckdb", commit_per_batch=False)
+    _emit(seconds=timed.wall, cpu_s=timed.cpu, plain_seconds=plain.wall, plain_cpu_s=plain.cpu,
+          single_seconds=single.wall, single_cpu_s=single.cpu, rows=rows)
 
 
-def _plain_inserts(pages: str, app: Any, path: Path, *, commit_per_batch: bool) -> tuple[float, float]:
+class _Stopwatch:
+    """Wall and CPU seconds (this process, all threads) summed over the `with` blocks it times."""
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter(), time.process_time()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall += time.perf_counter() - self._started[0]
+        self.cpu += time.process_time() - self._started[1]
+
+
+def _plain_inserts(pages: str, app: Any, path: Path, *, commit_per_batch: bool) -> _Stopwatch:
     """The prepared batches' Arrow tables inserted as they are into plain tables (columns added as
     they appear), on a connection set up as the product's; wall and CPU of the inserts, commits and
     the final checkpoint. One transaction for everything lets DuckDB write full row groups straight
@@ -169,18 +174,17 @@ def _plain_inserts(pages: str, app: Any, path: Path, *, commit_per_batch: bool) 
         if commit_per_batch:
             con.execute("COMMIT")
 
-    wall = cpu = 0.0
+    timed = _Stopwatch()
     if not commit_per_batch:
         con.execute("BEGIN TRANSACTION")
     for batch in _prepared_batches(pages, app):
-        w, c = time.perf_counter(), time.process_time()
-        write(batch)
-        wall, cpu = wall + time.perf_counter() - w, cpu + time.process_time() - c
-    w, c = time.perf_counter(), time.process_time()
-    if not commit_per_batch:
-        con.execute("COMMIT")
-    con.close()
-    return wall + time.perf_counter() - w, cpu + time.process_time() - c
+        with timed:
+            write(batch)
+    with timed:
+        if not commit_per_batch:
+            con.execute("COMMIT")
+        con.close()
+    return timed
 
 
 def dlt_parquet(pages: str, workdir: str) -> None:
