@@ -53,20 +53,27 @@ def _flat_rows_duckdb(path: str, schema: str, skip: tuple[str, ...]) -> int:
         con.close()
 
 
+def _pages_app(duckdb_path: Path) -> Any:
+    """The config of benchmark 1's runs: one Oracle source whose pages come from a file, not HTTP."""
+    from invoice_pipeline.config import parse_config
+
+    work = duckdb_path.parent
+    return parse_config({
+        "warehouse": {"duckdb_path": str(duckdb_path), "published_path": str(work / "published.duckdb"),
+                      "parquet_dir": str(work / "parquet")},
+        "sources": {"oracle": {"type": "oracle_occ", "base_url": "http://127.0.0.1:9", "username": "u",
+                               "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
+    })
+
+
 def product(pages: str, workdir: str) -> None:
     """The product's load path (run_source: prepare_batch + write_batch + cursor) over the pages."""
-    from invoice_pipeline.config import parse_config
     from invoice_pipeline.pipeline import run_source
 
     from benchmarks.pages_source import PagesSource
 
     work = Path(workdir)
-    app = parse_config({
-        "warehouse": {"duckdb_path": str(work / "warehouse.duckdb"), "published_path": str(work / "published.duckdb"),
-                      "parquet_dir": str(work / "parquet")},
-        "sources": {"oracle": {"type": "oracle_occ", "base_url": "http://127.0.0.1:9", "username": "u",
-                               "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
-    })
+    app = _pages_app(work / "warehouse.duckdb")
     started = time.perf_counter()
     source = PagesSource("oracle", app.sources["oracle"], pages)
     summary = run_source(app, "oracle", source=source)
@@ -98,15 +105,10 @@ def write_floor(pages: str, workdir: str) -> None:
     tables without any check, with a commit per batch and in one transaction: DuckDB's own floor for
     this data, the least any design that keeps these tables in one DuckDB file can pay.
     """
-    from invoice_pipeline.config import parse_config
     from invoice_pipeline.warehouse import Warehouse
 
     work = Path(workdir)
-    app = parse_config({
-        "warehouse": {"duckdb_path": str(work / "floor.duckdb")},
-        "sources": {"oracle": {"type": "oracle_occ", "base_url": "http://127.0.0.1:9", "username": "u",
-                               "password": "p", "start_date": "2024-01-01T00:00:00Z"}},
-    })
+    app = _pages_app(work / "floor.duckdb")
     wh = Warehouse(app.warehouse)
     with wh.writer() as con:
         wh.ensure_main(con)
