@@ -98,6 +98,15 @@ class WarehouseConfig(BaseModel):
     # A run keeps the writer lock and one connection across batches for up to this long, then hands
     # it over: opening a connection per batch costs a checkpoint each time (most of the write time).
     writer_turn_seconds: float = Field(default=10.0, gt=0)
+    # How long a run waits for another run's writer lock before it fails, saying who holds it.
+    lock_timeout: Duration = timedelta(hours=1)
+
+    @field_validator("lock_timeout")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
     # DuckDB's buffer pool of the pipeline's own connections (DuckDB's default is 80% of the RAM).
     memory_limit: str = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 

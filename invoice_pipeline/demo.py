@@ -19,7 +19,13 @@ from invoice_pipeline.simulate import config_document, start_simulators, write_c
 from invoice_pipeline.warehouse import Warehouse, quote
 
 log = logging.getLogger("invoice_pipeline.demo")
-DEMO_CONFIG = Path("data/demo.yaml")
+# The demo's own data set, warehouse and Dagster instance: never the one `simulate` + `dagster dev` use
+# (data/warehouse.duckdb), whose simulators serve another data set.
+DEMO_DIR = Path("data/demo")
+DEMO_CONFIG = DEMO_DIR / "config.yaml"
+DEMO_WAREHOUSE = {"duckdb_path": str(DEMO_DIR / "warehouse.duckdb"),
+                  "published_path": str(DEMO_DIR / "published" / "warehouse.duckdb"),
+                  "parquet_dir": str(DEMO_DIR / "parquet")}
 # What the demo asks every simulator to change between the runs (mutate() keywords).
 MUTATIONS = {"updates": 5, "new": 3, "voids": 2, "delete_lines": 2}
 # The kinds of change, as every simulator's mutate() reports them and as the warehouse shows them.
@@ -28,10 +34,13 @@ EXAMPLE_QUERIES = [
     ("Open receivables by source and currency",
      "SELECT source_name, currency_code, count(*) AS open_invoices, sum(balance_due) AS owed\n"
      "FROM invoices WHERE NOT is_void AND balance_due <> 0 GROUP BY ALL ORDER BY owed DESC;"),
-    ("Top customers by amount owed",
-     "SELECT customer_name, sum(balance_due) AS owed FROM invoices GROUP BY ALL ORDER BY owed DESC LIMIT 10;"),
-    ("Tax collected by code",
-     "SELECT source_name, tax_code, sum(tax_amount) AS tax FROM invoice_tax_lines GROUP BY ALL ORDER BY tax DESC;"),
+    ("Top customers by amount owed (never adding currencies, void invoices left out)",
+     "SELECT customer_name, currency_code, sum(balance_due) AS owed FROM invoices WHERE NOT is_void\n"
+     "GROUP BY ALL ORDER BY owed DESC LIMIT 10;"),
+    ("Tax collected by code and currency",
+     "SELECT i.source_name, t.tax_code, i.currency_code, sum(t.tax_amount) AS tax\n"
+     "FROM invoice_tax_lines t JOIN invoices i USING (source_name, invoice_id) WHERE NOT i.is_void\n"
+     "GROUP BY ALL ORDER BY tax DESC;"),
 ]
 
 Counts = dict[tuple[str, str], int]  # (source, schema.table) -> rows
@@ -119,7 +128,7 @@ def run_demo(size: int = 300) -> int:
     with ExitStack() as stack:
         sims = start_simulators(stack, size=size)
         sources = list(sims)
-        config_path = write_config(config_document(sims), DEMO_CONFIG)
+        config_path = write_config(config_document(sims, warehouse=DEMO_WAREHOUSE), DEMO_CONFIG)
         app = load_config(config_path)
         wh = Warehouse(app.warehouse)
         print(f"demo: {len(sims)} simulated sources ({', '.join(sims)}), {size} invoices each; config {config_path}")

@@ -486,9 +486,12 @@ class ReconcileResult:
 
 def reconcile_deletions(
     app: AppConfig, source_name: str, *, warehouse: Warehouse | None = None, source: Source | None = None,
-    since: datetime | None = None,
+    since: datetime | None = None, allow_mass_deletion: bool = False,
 ) -> ReconcileResult:
     """Mark invoices gone from the source as deleted; reload deleted ones that came back.
+
+    allow_mass_deletion: skip the reconcile_max_deleted_share guard for this one call (an operator
+    who checked that the invoices really are gone).
 
     since: reconcile only invoices last modified at or after it (default: the source's
     start_date, i.e. everything); a still-existing invoice's last-modified time can only have
@@ -529,11 +532,15 @@ def reconcile_deletions(
         gone = sorted(missing - found_ids)
         result.confirmed_present = len(missing & found_ids)
         active = sum(1 for _, _, deleted in rows if not deleted)
-        if len(gone) > GUARD_MIN_DELETIONS and len(gone) > settings.reconcile_max_deleted_share * active:
+        too_many = len(gone) > GUARD_MIN_DELETIONS and len(gone) > settings.reconcile_max_deleted_share * active
+        if too_many and not allow_mass_deletion:
             raise PipelineError(
                 f"source '{source_name}': {len(gone)} of {active} invoices would be marked deleted, more than "
                 f"reconcile_max_deleted_share={settings.reconcile_max_deleted_share}; refusing (a listing that "
-                "misses invoices, e.g. narrowed credentials, must not delete them). Nothing was marked."
+                "misses invoices, e.g. narrowed credentials, must not delete them). Nothing was marked. If they "
+                f"really are gone, accept it once: `invoice-pipeline reconcile --source {source_name} "
+                f"--allow-mass-deletion`, or launch {source_name}/deletion_reconciliation in the Dagster UI with "
+                "config `allow_mass_deletion: true`; or raise reconcile_max_deleted_share in the config."
             )
         if gone:
             _mark_deleted(wh, source_name, gone, started)

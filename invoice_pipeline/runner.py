@@ -1,8 +1,16 @@
-"""Runs the Dagster definitions in-process for the CLI, on a persistent instance, and reports."""
+"""Runs the Dagster definitions in-process for the CLI, on a persistent instance, and reports.
+
+A CLI run claims no Dagster pool slot: its steps run one at a time in this process and every write
+goes through the warehouse's file lock, which the OS releases when a process dies. So a killed CLI
+run can never leave a slot behind that wedges the next run (docs/OPERATIONS.md, "Crashes").
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,11 +20,24 @@ from filelock import FileLock
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
 
+log = logging.getLogger("invoice_pipeline.runner")
+
 DAGSTER_YAML = """\
 # Written by invoice-pipeline: a persistent local instance (run history, schedules, pool limits).
+# Rewritten when a newer invoice-pipeline ships other settings; delete this header to keep your own.
 concurrency:
   pools:
+    # A UI or scheduled run that writes the warehouse waits in the run queue (visible in the UI) while
+    # another one runs: the pool is taken per run, so no step of a started run ever waits for a slot.
+    granularity: run
     default_limit: 1
+run_monitoring:
+  # The daemon (dagster dev, dagster-daemon) fails a run whose worker process died (OOM kill, pod
+  # eviction), which frees its place in the pool; without it a dead run holds the pool for good.
+  enabled: true
+  start_timeout_seconds: 180
+  max_resume_run_attempts: 0
+  poll_interval_seconds: 30
 telemetry:
   enabled: false
 python_logs:
@@ -25,16 +46,98 @@ python_logs:
     - invoice_pipeline
   python_log_level: INFO
 """
+_OURS = DAGSTER_YAML.splitlines()[0]
+WAREHOUSE_MARKER = "invoice_pipeline_warehouse"  # which warehouse's runs this instance records
+
+# Tags on every CLI run: what it ran against, and the process that ran it (to tell a dead run).
+CONFIG_TAG = "invoice_pipeline/config"
+WAREHOUSE_TAG = "invoice_pipeline/warehouse"
+HOST_TAG = "invoice_pipeline/host"
+PID_TAG = "invoice_pipeline/pid"
+PROCESS_START_TAG = "invoice_pipeline/process_start"
 
 
-def ensure_dagster_home(default: Path = Path("data/dagster_home")) -> Path:
-    """DAGSTER_HOME if set, else data/dagster_home with a dagster.yaml (FACTS: must be absolute)."""
+def _write_instance_yaml(home: Path) -> None:
+    yaml_path = home / "dagster.yaml"
+    if not yaml_path.exists() or (yaml_path.read_text().startswith(_OURS) and yaml_path.read_text() != DAGSTER_YAML):
+        yaml_path.write_text(DAGSTER_YAML)
+
+
+def ensure_dagster_home(warehouse_path: Path | None = None) -> Path:
+    """The Dagster instance (absolute, with our dagster.yaml) that records runs of this warehouse.
+
+    DAGSTER_HOME if set, else `dagster_home` beside the warehouse (data/dagster_home by default).
+    An instance records one warehouse: the first that runs in it. A CLI run against another one
+    (another config, the demo) is recorded in `<DAGSTER_HOME>/warehouses/<name>-<hash>` instead, so
+    the UI's asset history of `published/warehouse` shows only runs that wrote the warehouse it reads.
+    """
+    default = (warehouse_path.parent / "dagster_home") if warehouse_path else Path("data/dagster_home")
     home = Path(os.environ.get("DAGSTER_HOME") or default).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    if warehouse_path is not None:
+        target = str(warehouse_path.resolve())
+        marker = home / WAREHOUSE_MARKER
+        if not marker.exists():
+            marker.write_text(target + "\n")
+        elif marker.read_text().strip() != target:
+            digest = hashlib.sha256(target.encode()).hexdigest()[:10]
+            other = home / "warehouses" / f"{warehouse_path.stem}-{digest}"
+            log.info("Dagster instance %s records warehouse %s; runs against %s are recorded in %s",
+                     home, marker.read_text().strip(), target, other)
+            other.mkdir(parents=True, exist_ok=True)
+            (other / WAREHOUSE_MARKER).write_text(target + "\n")
+            home = other
+    _write_instance_yaml(home)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of a process (Linux), so a reused pid is not taken for the old run's."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def process_tags() -> dict[str, str]:
+    pid = os.getpid()
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), PROCESS_START_TAG: _process_start(pid)}
+
+
+def _process_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return not start or _process_start(pid) in ("", start)
+
+
+def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark as failed the unfinished CLI runs of this host whose process is gone (and free any slot).
+
+    A SIGKILLed `invoice-pipeline run` never reports its end: without this its run stays "Started" in
+    the UI for good. Returns the run ids it failed.
+    """
+    failed = []
+    records = instance.get_run_records(dg.RunsFilter(
+        statuses=[dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING],
+        tags={HOST_TAG: socket.gethostname()},
+    ))
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(PID_TAG, "")
+        if not pid.isdigit() or _process_alive(int(pid), run.tags.get(PROCESS_START_TAG, "")):
+            continue
+        message = (f"invoice-pipeline: process {pid} that ran this run is gone (killed?); marked failed by the "
+                   "next CLI run. Its committed batches stay, its cursor did not move: the next run re-reads the window.")
+        instance.report_run_failed(run, message)
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
+        log.warning("run %s (pid %s) died without finishing: marked failed", run.run_id, pid)
+        failed.append(run.run_id)
+    return failed
 
 
 @dataclass
@@ -59,8 +162,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
     from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys
 
-    ensure_dagster_home()
-    defs = build_definitions(app, config_path)
+    ensure_dagster_home(Path(app.warehouse.duckdb_path))
+    defs = build_definitions(app, config_path, write_pool=None)  # no pool slot a killed run could keep
     selected = sources or list(app.sources)
     selection = [dg.AssetKey([s, "invoices"]) for s in selected]
     selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
@@ -70,9 +173,13 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     with FileLock(str(Path(os.environ["DAGSTER_HOME"]) / ".instance.lock")):
         instance = dg.DagsterInstance.get()
     with instance:
+        fail_dead_cli_runs(instance)
+        tags = {CONFIG_TAG: str(Path(config_path).resolve()),
+                WAREHOUSE_TAG: str(Path(app.warehouse.duckdb_path).resolve()), **process_tags()}
         result = job.execute_in_process(
             instance=instance,
             asset_selection=selection,
+            tags=tags,
             raise_on_error=False,
             run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
         )

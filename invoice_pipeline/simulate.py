@@ -90,7 +90,7 @@ def start_serving(
 
     sims = start_simulators(stack, size=size, knobs=knobs, ports=DEFAULT_PORTS if ports is None else ports)
     write_config(config_document(sims), config_path)
-    ensure_dagster_home()
+    ensure_dagster_home(Path(parse_config(yaml.safe_load(config_path.read_text())).warehouse.duckdb_path))
     return sims
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from invoice_pipeline.batch import LoadBatch
 from invoice_pipeline.config import WarehouseConfig
@@ -31,6 +31,7 @@ from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
+from invoice_pipeline.writer_lock import acquire_writer_lock
 from invoice_pipeline.reconcile import create_exceptions_view
 from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming
 
@@ -47,10 +48,10 @@ class BatchResult:
 
 
 class Warehouse:
-    def __init__(self, config: WarehouseConfig, lock_timeout: float = 3600.0):
+    def __init__(self, config: WarehouseConfig):
         self.config = config
         self.path = Path(config.duckdb_path)
-        self.lock_timeout = lock_timeout
+        self.lock_timeout = config.lock_timeout.total_seconds()
         # Per source: registry row counts and the names they map to (see _registry).
         self._registries: dict[str, _Registry] = {}
 
@@ -100,20 +101,7 @@ class Warehouse:
 
     def _acquire(self) -> FileLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.path) + ".lock", thread_local=False)  # a run's turns span threads
-        started = time.monotonic()
-        try:
-            lock.acquire(timeout=5)
-        except Timeout:
-            log.info("warehouse %s is being written by another run; waiting for it", self.path)
-            try:
-                lock.acquire(timeout=self.lock_timeout)
-            except Timeout:
-                raise PipelineError(f"warehouse {self.path}: still locked by another run after {self.lock_timeout:.0f}s") from None
-        waited = time.monotonic() - started
-        if waited > 5:
-            log.info("warehouse lock acquired after %.1fs", waited)
-        return lock
+        return acquire_writer_lock(self.path, self.lock_timeout)
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         # Checkpoints are what a write pays most for, and DuckDB's cost per checkpoint grows with the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +32,16 @@ def make_app(tmp_path: Path, sources: dict[str, dict[str, Any]], **source_overri
     )
 
 
+def warehouse_document(app: AppConfig) -> dict[str, Any]:
+    """The `warehouse:` block of a config file that loads back as app.warehouse."""
+    return {k: v.total_seconds() if isinstance(v, timedelta) else str(v) for k, v in app.warehouse.model_dump().items()}
+
+
 def write_app_config(tmp_path: Path, sources: dict[str, dict[str, Any]]) -> tuple[AppConfig, Path]:
     """make_app() plus the same config as a YAML file, for code that takes a config path (Dagster, CLI)."""
     app = make_app(tmp_path, sources)
     path = tmp_path / "cfg.yaml"
-    warehouse = {k: str(v) for k, v in app.warehouse.model_dump().items()}
+    warehouse = warehouse_document(app)
     path.write_text(yaml.safe_dump({"warehouse": warehouse, "sources": sources}))
     return app, path
 

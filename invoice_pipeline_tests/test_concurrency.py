@@ -11,7 +11,7 @@ import yaml
 
 from invoice_pipeline.warehouse import Warehouse
 
-from .conftest import make_app
+from .conftest import make_app, warehouse_document
 
 
 def test_parallel_processes_share_the_warehouse_without_lock_errors(in_tmp: Path) -> None:
@@ -22,7 +22,7 @@ def test_parallel_processes_share_the_warehouse_without_lock_errors(in_tmp: Path
         app = make_app(in_tmp, {"agv_a": block, "agv_b": block})
         config_file = in_tmp / "cfg.yaml"
         config_file.write_text(yaml.safe_dump({
-            "warehouse": {k: str(v) for k, v in app.warehouse.model_dump().items()},
+            "warehouse": warehouse_document(app),
             "sources": {"agv_a": block, "agv_b": block},
         }))
         env = {**os.environ, "DAGSTER_HOME": str(in_tmp / "dagster_home")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import pytest
 
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.warehouse import Warehouse
@@ -76,8 +77,8 @@ def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
         assert job.execute_in_process(instance=instance).success
         with Warehouse(app.warehouse).writer() as con:
             cursor = con.execute("SELECT cursor_at FROM main._pipeline_cursors").fetchone()[0]
-        run_config = {"ops": {"agv__invoices": {"config": {"backfill_from": "2024-01-01T00:00:00Z",
-                                                           "backfill_to": "2025-01-01T00:00:00Z"}}}}
+        run_config = {"ops": {"agv__invoices": {"config": {"backfill": {"start": "2024-01-01T00:00:00Z",
+                                                                        "end": "2025-01-01T00:00:00Z"}}}}}
         result = job.execute_in_process(instance=instance, run_config=run_config)
         assert result.success
         meta = result.asset_materializations_for_node("agv__invoices")[0].metadata
@@ -86,6 +87,25 @@ def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
         with Warehouse(app.warehouse).writer() as con:
             assert con.execute("SELECT cursor_at FROM main._pipeline_cursors").fetchone()[0] == cursor
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 30
+
+
+def test_backfill_config_is_refused_before_the_run(in_tmp: Path) -> None:
+    """A missing bound is refused by the launch config's schema (what the launchpad checks), naming the
+    key; a bad date fails the run before any API call, naming the key and the expected form."""
+    from .fake_source import fake_config_block
+
+    app, config_file = write_app_config(in_tmp, {"fake": fake_config_block()})
+    job = build_definitions(app, str(config_file)).resolve_job_def("fake_incremental")
+    with pytest.raises(dg.DagsterInvalidConfigError, match="end"):
+        dg.validate_run_config(job, {"ops": {"fake__invoices": {"config": {"backfill": {"start": "2024-03-01"}}}}})
+    dg.validate_run_config(job, {"ops": {"fake__invoices": {"config": {"backfill": {"start": "a", "end": "b"}}}}})
+    result = job.execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        run_config={"ops": {"fake__invoices": {"config": {"backfill": {"start": "March 2024",
+                                                                       "end": "2024-03-31T23:59:59Z"}}}}})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "backfill.start: 'March 2024' is not an ISO-8601 timestamp" in str(failure.step_failure_data.error.to_string())
 
 
 def test_a_run_that_cannot_set_up_says_why(in_tmp: Path) -> None:

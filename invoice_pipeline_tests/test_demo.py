@@ -73,15 +73,17 @@ def test_demo_prints_what_the_incremental_run_changed(tmp_path: Path) -> None:
             assert (int(rows), change) == (SIZE + MUTATIONS["new"], f"+{MUTATIONS['new']}"), row
 
     # The files the demo says it wrote are where it says, the published snapshot readable by anyone.
-    assert "data/published/warehouse.duckdb" in out and (tmp_path / "data/dagster_home/dagster.yaml").is_file()
-    with duckdb.connect(str(tmp_path / "data/published/warehouse.duckdb"), read_only=True) as con:
+    # The demo's own data set lives apart from the one `simulate` + `dagster dev` use (data/warehouse.duckdb).
+    assert "data/demo/published/warehouse.duckdb" in out and (tmp_path / "data/demo/dagster_home/dagster.yaml").is_file()
+    assert not (tmp_path / "data/warehouse.duckdb").exists()
+    with duckdb.connect(str(tmp_path / "data/demo/published/warehouse.duckdb"), read_only=True) as con:
         per_source = dict(con.execute("SELECT source_name, count(*) FILTER (WHERE is_void) FROM invoices GROUP BY 1").fetchall())
         assert sorted(per_source) == sorted(sources)
         queries = _printed_queries(out)
         assert len(queries) == 3, out[-1500:]
         for query in queries:
             assert con.execute(query).fetchall(), query  # the example queries run as printed, with results
-    assert list((tmp_path / "data/parquet").iterdir())
+    assert list((tmp_path / "data/demo/parquet").iterdir())
 
 
 def test_classify_changes_tells_each_kind_apart() -> None:

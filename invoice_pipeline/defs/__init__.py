@@ -3,7 +3,7 @@
 import dagster as dg
 
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.defs.assets import build_conformed_asset, build_publish_asset, build_source_asset
+from invoice_pipeline.defs.assets import WRITE_POOL, build_conformed_asset, build_publish_asset, build_source_asset
 from invoice_pipeline.defs.checks import build_checks
 from invoice_pipeline.defs.lifecycle import build_lifecycle
 from invoice_pipeline.defs.resources import PipelineResource
@@ -12,15 +12,21 @@ from invoice_pipeline.defs.schedules import automation_sensor, build_schedules, 
 ALL_ASSETS_JOB = "invoice_pipeline_job"
 
 
-def build_definitions(app: AppConfig, config_path: str | None = None) -> dg.Definitions:
-    source_assets = [build_source_asset(name, cfg) for name, cfg in app.sources.items()]
-    life = build_lifecycle(app)  # re-poll, deletion reconciliation, history, aging snapshot
+def build_definitions(app: AppConfig, config_path: str | None = None,
+                      write_pool: str | None = WRITE_POOL) -> dg.Definitions:
+    """`write_pool=None` for the CLI's in-process runs: they take no pool slot (runner.py says why)."""
+    source_assets = [build_source_asset(name, cfg, write_pool) for name, cfg in app.sources.items()]
+    life = build_lifecycle(app, write_pool)  # re-poll, deletion reconciliation, history, aging snapshot
     return dg.Definitions(
-        assets=[*source_assets, build_conformed_asset(app), build_publish_asset(), *life.assets],
+        assets=[*source_assets, build_conformed_asset(app, write_pool), build_publish_asset(write_pool), *life.assets],
         asset_checks=[*build_checks(), *life.checks],
         jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()), *build_source_jobs(app),
               *life.jobs],
         schedules=[*build_schedules(app), *life.schedules],
         sensors=[automation_sensor, log_run_failures],
         resources={"pipeline": PipelineResource(config_path=config_path or "")},
+        # One process per run, its steps one after another: a step process per asset cost ~5 s each
+        # (imports, instance, warehouse) against ~1 s of work, and the steps take turns at the
+        # warehouse anyway. The CLI runs the same way (execute_in_process).
+        executor=dg.in_process_executor,
     )

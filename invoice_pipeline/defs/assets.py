@@ -2,6 +2,7 @@
 
 
 import dagster as dg
+import pydantic
 
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
@@ -13,7 +14,10 @@ from invoice_pipeline.publish import publish, refresh_conformed
 from invoice_pipeline.sources.base import Window
 from invoice_pipeline.timeutil import parse_timestamp
 
-WRITE_POOL = "duckdb_write"  # every asset that writes the DuckDB file (see FACTS.md)
+# Every asset that writes the DuckDB file, for runs the UI, schedules and sensors launch: the run queue
+# holds one such run at a time (granularity `run`, limit 1 in the instance's dagster.yaml). Correctness
+# rests on the warehouse's file lock, not on the pool (docs/DESIGN.md, "One writer, many runs").
+WRITE_POOL = "duckdb_write"
 CONFORMED_ASSET_KEYS = [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES]
 
 
@@ -41,31 +45,46 @@ def summary_metadata(summary: RunSummary) -> dict:
     }
 
 
-class SourceRunConfig(dg.Config):
-    """Launchpad config: leave empty for the incremental run; set both for a backfill of that window."""
+class BackfillWindow(dg.Config):
+    """Both bounds are required: the launchpad refuses a backfill with one missing, naming it."""
 
-    backfill_from: str = ""  # ISO timestamp, inclusive, e.g. 2024-03-01T00:00:00Z
-    backfill_to: str = ""  # ISO timestamp, inclusive
+    start: str = pydantic.Field(description="ISO-8601 timestamp, inclusive, e.g. 2024-03-01T00:00:00Z")
+    end: str = pydantic.Field(description="ISO-8601 timestamp, inclusive, e.g. 2024-03-31T23:59:59Z")
+
+    @pydantic.field_validator("start", "end")
+    @classmethod
+    def _timestamp(cls, value: str, info: pydantic.ValidationInfo) -> str:
+        try:
+            parse_timestamp(value)
+        except ValueError:
+            raise ValueError(f"backfill.{info.field_name}: {value!r} is not an ISO-8601 timestamp "
+                             "(e.g. 2024-03-01T00:00:00Z)") from None
+        return value
+
+
+class SourceRunConfig(dg.Config):
+    """Launchpad config: leave empty for the incremental run; `backfill: {start, end}` re-reads that window."""
+
+    backfill: BackfillWindow | None = pydantic.Field(
+        default=None, description="Re-read this window of last-modified times; never moves the cursor.")
 
 
 def backfill_window(config: SourceRunConfig) -> Window | None:
-    if not config.backfill_from and not config.backfill_to:
+    if config.backfill is None:
         return None
-    if not (config.backfill_from and config.backfill_to):
-        raise dg.Failure("a backfill needs both backfill_from and backfill_to")
-    window = Window(parse_timestamp(config.backfill_from), parse_timestamp(config.backfill_to))
+    window = Window(parse_timestamp(config.backfill.start), parse_timestamp(config.backfill.end))
     if window.start > window.end:
-        raise dg.Failure(f"backfill_from {config.backfill_from} is after backfill_to {config.backfill_to}")
+        raise dg.Failure(f"backfill.start {config.backfill.start} is after backfill.end {config.backfill.end}")
     return window
 
 
-def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     @dg.asset(
         key=source_asset_key(name),
         group_name=name,
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
-        pool=WRITE_POOL,
+        pool=pool,
         description=(
             f"Grain: one row per {config.type} invoice of source '{name}' (latest version), in schema "
             f"{name} with one child table per nested array and the raw payloads in {name}._raw_invoices; "
@@ -83,7 +102,7 @@ def build_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
     return _source_asset
 
 
-def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
+def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     from invoice_pipeline.defs.lifecycle import reconcile_asset_key, repoll_asset_key  # builds on this module
 
     # Re-polls and deletion reconciliation also change main.*: publish follows them too.
@@ -98,7 +117,7 @@ def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
             )
             for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True)
         ],
-        pool=WRITE_POOL,
+        pool=pool,
         can_subset=False,
     )
     def conformed_model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
@@ -114,13 +133,13 @@ def build_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
     return conformed_model
 
 
-def build_publish_asset() -> dg.AssetsDefinition:
+def build_publish_asset(pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     @dg.asset(
         key=dg.AssetKey(["published", "warehouse"]),
         group_name="published",
         kinds={"duckdb", "parquet"},
         deps=[*CONFORMED_ASSET_KEYS, dg.AssetKey(["main", "invoice_history"])],
-        pool=WRITE_POOL,
+        pool=pool,
         automation_condition=PUBLISH_CONDITION,
         description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "
                     "blocking checks on the conformed tables passed (write-audit-publish).",

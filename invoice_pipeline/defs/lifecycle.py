@@ -15,6 +15,7 @@ from datetime import date
 from typing import Any
 
 import dagster as dg
+import pydantic
 
 from invoice_pipeline import lifecycle
 from invoice_pipeline.config import AppConfig, SourceConfig
@@ -55,7 +56,7 @@ def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> str | Non
     return getattr(run_id, "value", run_id)
 
 
-def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     settings = lifecycle.lifecycle_settings(config)
     when = (f"on cron '{settings.repoll_schedule}' (config key repoll_schedule)" if settings.repoll_schedule
             else "after every run of the source (set repoll_schedule for a cron instead)")
@@ -66,7 +67,7 @@ def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
         deps=[source_asset_key(name)],
-        pool=WRITE_POOL,
+        pool=pool,
         automation_condition=None if settings.repoll_schedule else LIFECYCLE_CONDITION,
         description=(
             f"Re-reads the invoices of '{name}' still open in main.invoices (balance due <> 0, not void, not "
@@ -84,7 +85,15 @@ def build_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
     return _repoll
 
 
-def build_reconcile_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+class ReconcileConfig(dg.Config):
+    """Launchpad config of a deletion reconciliation."""
+
+    allow_mass_deletion: bool = pydantic.Field(
+        default=False,
+        description="Mark invoices deleted even beyond reconcile_max_deleted_share, for this run only.")
+
+
+def build_reconcile_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     settings = lifecycle.lifecycle_settings(config)
 
     @dg.asset(
@@ -93,7 +102,7 @@ def build_reconcile_asset(name: str, config: SourceConfig) -> dg.AssetsDefinitio
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
         deps=[source_asset_key(name)],
-        pool=WRITE_POOL,
+        pool=pool,
         description=(
             f"Compares the invoice ids '{name}' lists now with main.invoices; an invoice gone from the source "
             "(confirmed by a direct read) is marked is_deleted with deleted_detected_at, never erased; a deleted "
@@ -101,14 +110,17 @@ def build_reconcile_asset(name: str, config: SourceConfig) -> dg.AssetsDefinitio
             f"({settings.reconcile_max_deleted_share:.0%}) at once. Cron '{settings.reconcile_schedule}'."
         ),
     )
-    def _reconcile(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        result = lifecycle.reconcile_deletions(pipeline.app, name, warehouse=pipeline.warehouse)
+    def _reconcile(
+        context: dg.AssetExecutionContext, config: ReconcileConfig, pipeline: PipelineResource
+    ) -> dg.MaterializeResult:
+        result = lifecycle.reconcile_deletions(pipeline.app, name, warehouse=pipeline.warehouse,
+                                               allow_mass_deletion=config.allow_mass_deletion)
         return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
 
     return _reconcile
 
 
-def build_history_asset(app: AppConfig) -> dg.AssetsDefinition:
+def build_history_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     deps = [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n), reconcile_asset_key(n))]
 
     @dg.asset(
@@ -116,7 +128,7 @@ def build_history_asset(app: AppConfig) -> dg.AssetsDefinition:
         group_name="conformed",
         kinds={"duckdb"},
         deps=deps,
-        pool=WRITE_POOL,
+        pool=pool,
         automation_condition=LIFECYCLE_CONDITION,
         description=(
             "Grain: one row per observed version of an invoice (source_name, invoice_id, valid_from), valid_from "
@@ -187,13 +199,13 @@ class AgingSnapshotConfig(dg.Config):
     snapshot_date: str = ""
 
 
-def build_aging_asset(app: AppConfig) -> dg.AssetsDefinition:
+def build_aging_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     @dg.asset(
         key=AGING_KEY,
         group_name="conformed",
         kinds={"duckdb"},
         deps=[HISTORY_KEY],
-        pool=WRITE_POOL,
+        pool=pool,
         description=(
             "Grain: one row per snapshot_date, source, customer, currency and aging bucket (not_due, 1-30, 31-60, "
             "61-90, over_90, no_due_date): open balances at the end of that UTC day, from main.invoice_history. "
@@ -221,11 +233,11 @@ class LifecycleDefinitions:
     schedules: list[dg.ScheduleDefinition] = field(default_factory=list)
 
 
-def build_lifecycle(app: AppConfig) -> LifecycleDefinitions:
+def build_lifecycle(app: AppConfig, pool: str | None = WRITE_POOL) -> LifecycleDefinitions:
     out = LifecycleDefinitions(checks=[history_checks])
     for name, cfg in app.sources.items():
         settings = lifecycle.lifecycle_settings(cfg)
-        out.assets += [build_repoll_asset(name, cfg), build_reconcile_asset(name, cfg)]
+        out.assets += [build_repoll_asset(name, cfg, pool), build_reconcile_asset(name, cfg, pool)]
         for kind, key, cron in (("repoll", repoll_asset_key(name), settings.repoll_schedule),
                                 ("deletion_reconciliation", reconcile_asset_key(name), settings.reconcile_schedule)):
             job_name = f"{name}_{kind}"
@@ -236,7 +248,7 @@ def build_lifecycle(app: AppConfig) -> LifecycleDefinitions:
                     name=f"{job_name}_schedule", job_name=job_name, cron_schedule=cron, execution_timezone="UTC",
                     default_status=dg.DefaultScheduleStatus.RUNNING,
                     description=f"{kind} of '{name}' on cron '{cron}'."))
-    out.assets += [build_history_asset(app), build_aging_asset(app)]
+    out.assets += [build_history_asset(app, pool), build_aging_asset(app, pool)]
     out.jobs.append(dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
                                         description="Daily AR aging snapshot from the invoice history."))
     out.schedules.append(dg.ScheduleDefinition(
