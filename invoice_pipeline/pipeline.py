@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
+from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
@@ -139,6 +140,7 @@ def run_source(
 
         for records in src.extract(window):
             summary.invoices_extracted += len(records)
+            pause_point("extract")
             preparing.append(preparer.submit(records))
             while preparing and (len(preparing) > PREPARE_AHEAD or preparing[0].done()):
                 take_prepared()

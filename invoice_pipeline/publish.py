@@ -23,6 +23,7 @@ from filelock import FileLock
 
 from invoice_pipeline import __version__
 from invoice_pipeline.config import AppConfig
+from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
 from invoice_pipeline.lake import Lake, new_version
 from invoice_pipeline.reconcile import create_exceptions_view
@@ -199,11 +200,13 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
                     return {"published_path": str(final), "snapshot_id": last[0], "republished": False,
                             "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
                 counts, comments = _copy_into_snapshot(con, tmp, snapshot_id, published_at)
+                pause_point("publish")  # tests kill a run here: a half-written snapshot beside the old one
                 parquet = _export_source_tables(con, wh, app, lake, snapshot_id)
             snap = duckdb.connect(str(tmp), config={"memory_limit": app.warehouse.memory_limit})
             try:
                 snap.execute("SET TimeZone = 'UTC'")
                 _finish_snapshot(snap, comments)
+                pause_point("lake")  # tests kill a run here: the source tables' new lake version written
                 parquet = {**_export_main_tables(snap, lake, list(counts), snapshot_id), **parquet}
             finally:
                 snap.close()

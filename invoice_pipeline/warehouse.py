@@ -30,6 +30,7 @@ from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.writer_lock import acquire_writer_lock
 from invoice_pipeline.reconcile import create_exceptions_view
@@ -253,6 +254,7 @@ class Warehouse:
                     [src, batch.cursor, batch.run_id, batch.loaded_at],
                 )
             con.unregister("_stage_keys")
+            pause_point("batch_write")  # tests kill a run here: a transaction written, not committed
             con.execute("COMMIT")
         except BaseException:
             self._registries.pop(src, None)  # names added in this transaction were rolled back

@@ -4,6 +4,7 @@
 import dagster as dg
 
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.reconcile import (
     RULES,
     Rule,
@@ -73,6 +74,7 @@ def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: Pipel
     """Every check of the conformed model in one step: one process (in a UI run every step is one)
     and one connection instead of one per check, and ~10 fewer events to store."""
     selected = {key.name for key in context.selected_asset_check_keys}
+    pause_point("checks")
     results: list[dg.AssetCheckResult] = []
     with pipeline.warehouse.writer() as con:
         pipeline.warehouse.ensure_main(con)

@@ -21,6 +21,7 @@ from invoice_pipeline import lifecycle
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.defs.assets import WRITE_POOL, source_asset_key
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.testpoints import pause_point
 
 HISTORY_KEY = dg.AssetKey(["main", "invoice_history"])
 AGING_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])
@@ -137,6 +138,7 @@ def build_history_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Ass
         ),
     )
     def invoice_history(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        pause_point("history")
         added = {name: lifecycle.record_history(pipeline.warehouse, name) for name in app.sources}
         with pipeline.warehouse.reader() as con:
             versions, current = con.execute(
