@@ -62,7 +62,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from invoice_pipeline.simulate import serve_forever
     from invoice_pipeline.simulation import Knobs
 
-    serve_forever(args.size, Knobs(latency=args.latency, seed=args.seed))
+    serve_forever(args.size, Knobs(latency=args.latency, seed=args.seed), args.port_base)
     return 0
 
 
@@ -91,9 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--size", type=int, default=300, help="invoices per simulated source")
     demo.set_defaults(func=cmd_demo)
     sim = sub.add_parser("simulate", help="serve the simulators on fixed local ports for dagster dev")
-    sim.add_argument("--size", type=int, default=500)
+    sim.add_argument("--size", type=int, default=500, help="invoices per simulated source (default 500)")
     sim.add_argument("--latency", type=float, default=0.0, help="seconds added to each request")
-    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--seed", type=int, default=42, help="seed of the generated data set (default 42)")
+    sim.add_argument("--port-base", type=int, default=None,
+                     help="first port of the four simulators, the others follow (default 8701; 0 = any free ports); "
+                          "the ports in use are written to data/simulate.yaml, which Dagster reads")
     sim.set_defaults(func=cmd_simulate)
     return parser
 

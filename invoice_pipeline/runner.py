@@ -38,6 +38,7 @@ run_monitoring:
   start_timeout_seconds: 180
   max_resume_run_attempts: 0
   poll_interval_seconds: 30
+  free_slots_after_run_end_seconds: 10  # slots a run still held when it ended (a dead op-granularity run)
 telemetry:
   enabled: false
 python_logs:

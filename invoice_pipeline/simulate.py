@@ -94,9 +94,13 @@ def start_serving(
     return sims
 
 
-def serve_forever(size: int, knobs: Knobs) -> None:
+def serve_forever(size: int, knobs: Knobs, port_base: int | None = None) -> None:
+    """port_base: the simulators' first port (the others follow); 0 = free ports; None = DEFAULT_PORTS."""
+    ports = None
+    if port_base is not None:
+        ports = {t: (port_base + i if port_base else 0) for i, t in enumerate(DEFAULT_PORTS)}
     with ExitStack() as stack:
-        sims = start_serving(stack, size, knobs)
+        sims = start_serving(stack, size, knobs, ports)
         for name, sim in sims.items():
             print(f"  {name:14s} {type(sim).__name__:28s} {sim.base_url}")
         home = os.environ["DAGSTER_HOME"]

@@ -1,14 +1,16 @@
-"""The Dagster UI in a real browser: `dagster dev` against the simulators, driven by headless Chromium.
+"""The Dagster UI in a real browser, in the README's order: demo, then simulate + dagster dev + Materialize all.
 
-Starts the four simulators and `dagster dev -w workspace.yaml` (webserver + daemon) on a free loopback
-port with a temporary DAGSTER_HOME and config, opens the UI in Debian's chromium through selenium,
-checks the catalog and the lineage graph list every source's assets, launches a materialization by
-clicking in the UI, and waits for the run to succeed (in the UI and through /graphql), with the
-extraction's progress lines in the run's logs and the rows in the warehouse.
+In an empty working folder (as a fresh checkout): `invoice-pipeline demo` (scripts/demo.sh's step),
+then `invoice-pipeline simulate` in the background (on free ports, written to data/simulate.yaml),
+then `dagster dev` with the DAGSTER_HOME that simulate prints and no config file, on a free loopback
+port. Headless Chromium (Debian's, through selenium) checks that the catalog and the lineage graph
+list every source's assets, clicks "Materialize all" on the global lineage graph, and the run must
+succeed (in the UI and through /graphql), with the extraction's progress lines in the run's logs, the
+rows in the warehouse and a published snapshot. The demo's warehouse (data/demo/) is left as it was:
+demo and simulate never mix their data sets.
 
-In CI (and by default) the smallest form runs: one source asset's "Materialize" button (one step).
-`bash scripts/browser_test.sh` runs the full form: "Materialize all" on the global lineage graph
-(every source, the conformed model, the 13 checks and publish; a few minutes on 2 cores).
+`bash scripts/browser_test.sh --full` keeps the automation daemon on (the conformed refresh and publish
+that follow a landed source) and uses more invoices; CI runs the default form.
 Needs chromium and chromedriver (scripts/install_chromium.sh); skipped without them unless CI is set.
 """
 
@@ -29,17 +31,15 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from invoice_pipeline.config import load_config
-from invoice_pipeline.runner import DAGSTER_YAML
-from invoice_pipeline.simulate import config_document, start_simulators, write_config
 from invoice_pipeline.warehouse import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 FULL = os.environ.get("INVOICE_PIPELINE_UI_FULL", "") not in ("", "0")
-SIZE = 25  # invoices per simulated source
-SOURCE = "swo"  # the source materialized in the smallest form (one API call per run)
+SIZE = 60 if FULL else 25  # invoices per simulated source
 TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 QUIET_AUTOMATION = "auto_materialize:\n  enabled: false\n  use_sensors: false\nfreshness:\n  enabled: false\n"
 
@@ -79,20 +79,21 @@ def _wait(what: str, condition: Callable[[], Any], timeout: float, interval: flo
 class DagsterUI:
     """A `dagster dev` process group (webserver + daemon + code server) and a GraphQL client for it."""
 
-    def __init__(self, tmp: Path, config_path: Path):
+    def __init__(self, tmp: Path, home: Path):
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        home = tmp / "dagster_home"
-        home.mkdir()
-        # The same instance config as data/dagster_home; the smallest form also turns the automation
-        # daemon off, so the conformed refresh that follows a landed source does not compete for the
-        # CPU (automation is tested in test_schedules.py; the full form keeps it on).
-        (home / "dagster.yaml").write_text(DAGSTER_YAML + ("" if FULL else QUIET_AUTOMATION))
+        # The instance config `simulate` wrote; the default form also turns the automation daemon off,
+        # so the conformed refresh that follows a landed source does not compete for the CPU with the
+        # run being watched (automation is tested in test_schedules.py; --full keeps it on).
+        if not FULL:
+            with (home / "dagster.yaml").open("a") as f:
+                f.write(QUIET_AUTOMATION)
         self.log_path = tmp / "dagster_dev.log"
-        env = {**os.environ, "DAGSTER_HOME": str(home), "INVOICE_PIPELINE_CONFIG": str(config_path),
-               "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+        env = {**_user_env(), "DAGSTER_HOME": str(home)}
         dagster = Path(sys.executable).with_name("dagster")
-        command = [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)]
+        # The project's workspace.yaml, in the working folder (its working_directory is ".").
+        shutil.copy(REPO / "workspace.yaml", tmp / "workspace.yaml")
+        command = [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)]
         # A shell's background job inherits SIGINT ignored, which would make dagster dev deaf to its
         # clean-shutdown signal: restore the default before exec'ing it.
         launcher = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
@@ -163,6 +164,30 @@ class DagsterUI:
                 for e in data["logsForRun"]["events"]]
 
 
+def _user_env() -> dict[str, str]:
+    """A user's shell: no config or instance chosen yet, loopback never proxied."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("DAGSTER_HOME", "INVOICE_PIPELINE_CONFIG") and not k.startswith("INVOICE_PIPELINE_PAUSE")}
+    return {**env, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+
+
+def _invoice_pipeline(*args: str) -> list[str]:
+    return [sys.executable, "-m", "invoice_pipeline.cli", *args]
+
+
+def _start_simulate(tmp: Path, stack: ExitStack) -> Path:
+    """`invoice-pipeline simulate` in the background; returns the DAGSTER_HOME it tells the user to export."""
+    out_path = tmp / "simulate.log"
+    with out_path.open("wb") as out:
+        proc = subprocess.Popen(_invoice_pipeline("simulate", "--size", str(SIZE), "--port-base", "0"),
+                                cwd=tmp, env=_user_env(), stdout=out, stderr=subprocess.STDOUT)
+    stack.callback(lambda: (proc.terminate(), proc.wait(10)))
+    died = lambda: None if proc.poll() is None else f"simulate exited:\n{out_path.read_text()}"  # noqa: E731
+    _wait("simulate to serve", lambda: "Ctrl-C stops the simulators" in out_path.read_text(), 60, alive=died)
+    line = next(l for l in out_path.read_text().splitlines() if "export DAGSTER_HOME=" in l)
+    return Path(line.split("export DAGSTER_HOME=", 1)[1].strip())
+
+
 def _browser(chromium: str, stack: ExitStack):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -180,19 +205,21 @@ def _browser(chromium: str, stack: ExitStack):
 
 
 @pytest.fixture
-def ui(tmp_path: Path) -> Iterator[tuple[DagsterUI, Any, dict[str, Any], Path]]:
+def ui(tmp_path: Path) -> Iterator[tuple[DagsterUI, Any, list[str], Path]]:
     chromium = _require_browser()
     with ExitStack() as stack:
-        sims = start_simulators(stack, size=SIZE)
-        warehouse = {"duckdb_path": str(tmp_path / "warehouse.duckdb"),
-                     "published_path": str(tmp_path / "published" / "warehouse.duckdb"),
-                     "parquet_dir": str(tmp_path / "parquet")}
-        config_path = write_config(config_document(sims, warehouse), tmp_path / "invoice_pipeline.yaml")
-        server = DagsterUI(tmp_path, config_path)
+        # 1. The README's quick start: the demo, with its own data set and warehouse.
+        demo = subprocess.run(_invoice_pipeline("demo", "--size", "20"), cwd=tmp_path, env=_user_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
+        # 2. The README's "Dagster UI": simulate, export the DAGSTER_HOME it prints, dagster dev.
+        home = _start_simulate(tmp_path, stack)
+        server = DagsterUI(tmp_path, home)
         stack.callback(server.stop)
         driver = _browser(chromium, stack)  # starts while dagster dev loads
         _wait("dagster dev to load the code location", server.loaded, timeout=120, alive=server.died)
-        yield server, driver, sims, config_path
+        sources = list(yaml.safe_load((tmp_path / "data" / "simulate.yaml").read_text())["sources"])
+        yield server, driver, sources, tmp_path
 
 
 def _body_text(driver) -> str:
@@ -253,10 +280,9 @@ def _launched_run_id(driver, timeout: float = 30) -> str:
     return _wait("the UI to confirm the launched run", link, timeout)
 
 
-def test_ui_lists_every_source_and_materializes_from_a_click(ui) -> None:
-    server, driver, sims, config_path = ui
-    sources = list(sims)
-    assert SOURCE in sources
+def test_readme_order_demo_then_ui_materialize_all(ui) -> None:
+    server, driver, sources, workdir = ui
+    demo_before = (workdir / "data/demo/warehouse.duckdb").stat().st_mtime
 
     # The catalog lists every configured source's asset, the conformed model and the published snapshot.
     # (Its list is virtualised: rows below the fold are not rendered, hence the tall window.)
@@ -273,15 +299,8 @@ def test_ui_lists_every_source_and_materializes_from_a_click(ui) -> None:
     assert not missing_groups, f"groups missing from the lineage graph: {missing_groups}\n{graph[:2000]}"
 
     # Launch by clicking, as a user would.
-    if FULL:
-        _click_button(driver, "Materialize all")
-        materialized, timeout = sources, 600.0
-    else:
-        driver.get(f"{server.url}/assets/{SOURCE}/invoices")
-        _wait("the asset page", lambda: "Materialize" in _body_text(driver), 60)
-        _dismiss_welcome(driver)
-        _click_button(driver, "Materialize")
-        materialized, timeout = [SOURCE], 150.0
+    _click_button(driver, "Materialize all")
+    materialized, timeout = sources, 600.0
     run_id = _launched_run_id(driver)
 
     status = _wait(f"run {run_id} to finish", lambda: (s := server.run_status(run_id)) in TERMINAL and s,
@@ -301,10 +320,12 @@ def test_ui_lists_every_source_and_materializes_from_a_click(ui) -> None:
         assert lines and f"{SIZE} invoices" in lines[-1], (source, lines)
 
     # And the rows landed: every invoice of each materialized source, in its schema and the conformed model.
-    app = load_config(config_path)
-    with Warehouse(app.warehouse).writer() as con:  # waits for any later run holding the writer lock
-        for source in materialized:
+    app = load_config(workdir / "data" / "simulate.yaml")
+    assert Path(app.warehouse.duckdb_path) == Path("data/warehouse.duckdb")
+    with Warehouse(app.warehouse.model_copy(update={"duckdb_path": workdir / app.warehouse.duckdb_path})).writer() as con:
+        for source in materialized:  # (the writer lock waits for any later run, e.g. the automation's)
             assert con.execute(f'SELECT count(*) FROM "{source}".invoices').fetchone()[0] == SIZE
             assert con.execute("SELECT count(*) FROM main.invoices WHERE source_name = ?", [source]).fetchone()[0] == SIZE
-    if FULL:
-        assert Path(app.warehouse.published_path).exists()
+    assert (workdir / app.warehouse.published_path).exists()
+    # The demo's warehouse was not touched by the UI's run.
+    assert (workdir / "data/demo/warehouse.duckdb").stat().st_mtime == demo_before

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The Dagster UI in headless Chromium, full form: the simulators + `dagster dev`, every asset's
-# "Materialize all" clicked in the UI, the run waited for (a few minutes on 2 cores). The test suite
-# (scripts/test.sh, CI) runs the smallest form of the same test: one source asset's "Materialize".
-#   bash scripts/browser_test.sh            # full form
-#   bash scripts/browser_test.sh --quick    # smallest form, as in CI
+# The Dagster UI in headless Chromium, in the README's order: `invoice-pipeline demo`, then `simulate` +
+# `dagster dev` + "Materialize all" clicked in the UI, the run waited for. The test suite
+# (scripts/test.sh, CI) runs the same test; --full also keeps the automation daemon on and uses more
+# invoices.
+#   bash scripts/browser_test.sh            # as in CI
+#   bash scripts/browser_test.sh --full
 set -euo pipefail
 cd "$(dirname "$0")/.."
-full=1
-if [ "${1:-}" = "--quick" ]; then
-  full=0
+full=0
+if [ "${1:-}" = "--full" ]; then
+  full=1
   shift
 fi
 bash scripts/install_chromium.sh
