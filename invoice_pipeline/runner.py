@@ -148,6 +148,7 @@ class RunReport:
     failures: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     published: bool = False
+    interrupted_at: str | None = None  # the step a Ctrl-C or SIGTERM stopped
 
 
 def _root_cause(error) -> str:
@@ -194,7 +195,11 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             if key == ["published", "warehouse"]:
                 report.published = True
         elif event.is_step_failure:
-            report.failures.append(f"step {event.step_key}: {_root_cause(event.step_failure_data.error)}")
+            error = event.step_failure_data.error
+            if error is not None and error.cls_name == "DagsterExecutionInterruptedError":
+                report.interrupted_at = report.interrupted_at or event.step_key
+                continue
+            report.failures.append(f"step {event.step_key}: {_root_cause(error)}")
         elif event.event_type_value == "RESOURCE_INIT_FAILURE":  # no step ran: say why
             report.failures.append(f"setting up the run: {_root_cause(event.event_specific_data.error)}")
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":

@@ -108,3 +108,23 @@ def test_a_run_killed_at_any_stage_never_blocks_the_next(tmp_path: Path) -> None
                 assert killed[0].tags[WAREHOUSE_TAG] == str((root / "warehouse.duckdb").resolve())
                 # CLI runs take no pool slot, so none can be left behind by a killed one.
                 assert not instance.event_log_storage.get_concurrency_info("duckdb_write").claimed_slots
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_run_says_it_was_interrupted(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or SIGTERM: one line saying so and exit 130, not a step failure with an empty reason."""
+    with ExitStack() as stack:
+        sims = start_simulators(stack, size=SIZE, types=["agvance"])
+        config = _config(tmp_path, config_document(sims))
+        pause_file = tmp_path / "paused"
+        proc = _run(config, tmp_path / "dagster_home", "extract", pause_file)
+        deadline = time.monotonic() + NEXT_RUN_BOUND_S
+        while not pause_file.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else ""
+            time.sleep(0.1)
+        proc.send_signal(sig)
+        out = proc.communicate(timeout=60)[0]
+        assert proc.returncode == 130, out[-3000:]
+        assert "interrupted (Ctrl-C or SIGTERM) during step agvance_main__invoices" in out, out[-3000:]
+        assert "FAILED" not in out, out[-3000:]
+        _finish(_run(config, tmp_path / "dagster_home"))
