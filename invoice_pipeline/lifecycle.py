@@ -34,7 +34,7 @@ from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.pipeline import RunSummary, build_source, run_source
 from invoice_pipeline.sources.base import Source, SourceRecord, Window
-from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.sql import quote, rollback, sql_literal
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 
@@ -295,7 +295,7 @@ def record_history(
             added = _record_history(own, source_name, run_id)
             own.execute("COMMIT")
         except BaseException:
-            own.execute("ROLLBACK")
+            rollback(own)
             raise
     if added:
         log.info("source '%s': %d invoice versions added to main.invoice_history", source_name, added)
@@ -577,7 +577,7 @@ def _mark_deleted(wh: Warehouse, source_name: str, ids: list[str], listing_start
             _record_history(con, source_name, None)
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
 
 
@@ -628,7 +628,7 @@ def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sourc
             ).fetchall())
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
     log.info("ar_aging_snapshot %s: %d rows, %d open invoices", day.isoformat(), rows, invoices)
     return {"snapshot_date": day.isoformat(), "rows": rows, "open_invoices": invoices,

@@ -149,6 +149,7 @@ class RunReport:
     checks: dict[str, bool] = field(default_factory=dict)
     published: bool = False
     interrupted_at: str | None = None  # the step a Ctrl-C or SIGTERM stopped
+    blocking_failed: list[str] = field(default_factory=list)  # warnings never stop a publish
 
 
 def _root_cause(error) -> str:
@@ -157,7 +158,11 @@ def _root_cause(error) -> str:
     message = error.message.strip()
     # "invoice_pipeline.errors.SourceError: source 'x' ..." -> the part a person needs
     head, _, rest = message.partition(": ")
-    return rest if head.endswith("Error") and "." in head else message
+    if head.endswith(("Error", "Exception")) and "." in head:
+        message = rest
+    if "No space left on device" in message or "disk is full" in message.lower():
+        return f"disk full (free space on the volume of the file named here, or move that path): {message}"
+    return message
 
 
 def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None) -> RunReport:
@@ -205,8 +210,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
         elif event.event_type_value == "ASSET_CHECK_EVALUATION":
             evaluation = event.event_specific_data
             report.checks[evaluation.check_name] = evaluation.passed
-    failed_checks = [name for name, ok in report.checks.items() if not ok]
-    if failed_checks and not report.published:
-        report.failures.append(f"blocking checks failed, nothing published: {', '.join(failed_checks)}")
+            if evaluation.blocking and not evaluation.passed:
+                report.blocking_failed.append(evaluation.check_name)
+    if report.blocking_failed and not report.published:
+        report.failures.append(f"blocking checks failed, nothing published: {', '.join(report.blocking_failed)}")
     report.success = report.success and not report.failures
     return report

@@ -29,7 +29,7 @@ from invoice_pipeline.batch import LoadBatch
 from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.errors import PipelineError
-from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.sql import quote, rollback, sql_literal
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.writer_lock import acquire_writer_lock
@@ -258,7 +258,7 @@ class Warehouse:
             con.execute("COMMIT")
         except BaseException:
             self._registries.pop(src, None)  # names added in this transaction were rolled back
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
         registry.tables_count, registry.columns_count = registry.pending_counts
         return result
