@@ -290,6 +290,41 @@ def bench_end_to_end(size: int, ours: dict | None, report: dict) -> str:
                  ["approach", "wall s", "CPU s", "peak RSS MB", "x bare client", "dlt / this"], rows_out)
 
 
+def bench_ui_vs_cli(size: int, report: dict) -> str:
+    """6. The whole job as the UI's "Materialize all" runs it vs `invoice-pipeline run`, same work, fresh warehouses.
+
+    The UI launches a run worker that executes the job with the definitions' executor; `dagster job
+    execute` does exactly that in a new process (no webserver or daemon to time besides)."""
+    pages = ensure_pages(OUT, size)
+    rows_out, figures = [], {}
+    with simulator("oracle_indexed", size, pages=pages) as ora, simulator("crmcom", size) as crm, \
+            simulator("softwareone", size) as swo, simulator("agvance", size) as agv:
+        sources = {"oracle": ora, "crm": crm, "swo": swo, "agv": agv}
+        for how in ("cli", "ui_job"):
+            work = _workdir(f"ui_vs_cli_{how}")
+            config = write_config(work / "config.yaml", sources, work)
+            if how == "cli":
+                r = pipeline_run(config, work)
+            else:
+                from invoice_pipeline.runner import DAGSTER_YAML
+
+                (work / "dagster_home").mkdir()
+                (work / "dagster_home" / "dagster.yaml").write_text(DAGSTER_YAML)
+                dagster = str(Path(PY).with_name("dagster"))
+                r = measure([dagster, "job", "execute", "-m", "invoice_pipeline.definitions", "-j", "invoice_pipeline_job"],
+                            env={"DAGSTER_HOME": str(work / "dagster_home"), "INVOICE_PIPELINE_CONFIG": str(config)},
+                            cwd=str(work))
+                r["dagster_run_s"] = _last_run_seconds(work / "dagster_home")
+            figures[how] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
+                            "dagster_run_s": r["dagster_run_s"]}
+            rows_out.append([how, r["wall_s"], r["dagster_run_s"], r["cpu_s"], r["peak_rss_mb"]])
+    ratio = figures["ui_job"]["wall_s"] / figures["cli"]["wall_s"]
+    report["ui_vs_cli"] = {"invoices_per_source": size, "runs": figures, "ui_over_cli": round(ratio, 2)}
+    return table(f"6. Materialize all (UI run worker) vs invoice-pipeline run, {size:,} invoices x 4 sources: "
+                 f"UI / CLI = {ratio:.2f}x",
+                 ["run", "process wall s", "Dagster run s", "CPU s", "peak RSS MB"], rows_out)
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import version
 
@@ -305,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="add the 200k-invoice runs (benchmarks 1 and 3)")
-    parser.add_argument("--only", default="1,2,3,4,5", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated benchmark numbers")
     parser.add_argument("--invoices", type=int, default=20000, help="benchmark 1 size (default 20000)")
     args = parser.parse_args(argv)
     only = {int(x) for x in args.only.split(",")}
@@ -327,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         texts.append(bench_noop(report))
     if 5 in only:
         texts.append(bench_end_to_end(10000, runs.get(10000), report))
+    if 6 in only:
+        texts.append(bench_ui_vs_cli(500, report))
     report["total_s"] = round(time.perf_counter() - started, 1)
     report["load_average_at_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")
