@@ -44,6 +44,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_reconcile(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    app = load_config(path)
+    unknown = [s for s in args.source or [] if s not in app.sources]
+    if unknown:
+        raise ConfigError(f"--source {unknown[0]}: not in {path} (configured: {', '.join(app.sources)})")
+    from invoice_pipeline.runner import run_pipeline
+
+    report = run_pipeline(app, str(path), args.source, reconcile="only", allow_mass_deletion=args.allow_mass_deletion)
+    for name, meta in report.reconciled.items():
+        print(f"{name:16s} listed {meta.get('listed', 0)}, checked {meta.get('checked', 0)}, "
+              f"marked deleted {meta.get('deleted', 0)}, reappeared {meta.get('reappeared', 0)}")
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+    return 0 if report.success else 1
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     from invoice_pipeline.replay import replay_source
 
@@ -86,6 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
     run.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
     run.set_defaults(func=cmd_run)
+    reconcile = sub.add_parser("reconcile", help="detect invoices deleted at the source now (the deletion "
+                               "reconciliation), then refresh the conformed model, check and publish")
+    reconcile.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    reconcile.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
+    reconcile.add_argument("--allow-mass-deletion", action="store_true",
+                           help="mark invoices deleted even beyond reconcile_max_deleted_share, this once")
+    reconcile.set_defaults(func=cmd_reconcile)
     replay = sub.add_parser("replay", help="rebuild a source's tables from its kept raw payloads, without API calls")
     replay.add_argument("--config", help="config file")
     replay.add_argument("--source", required=True, help="the source to rebuild")

@@ -13,7 +13,8 @@ from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
+                      field_validator)
 
 from invoice_pipeline.errors import ConfigError
 from invoice_pipeline.timeutil import parse_duration, parse_timestamp
@@ -61,14 +62,14 @@ class SourceConfig(BaseModel):
     # lifecycle (docs/LIFECYCLE.md): re-poll of open invoices and deletion reconciliation
     repoll_horizon: Duration = timedelta(days=365)  # open invoices older than this are not re-polled
     repoll_schedule: str | None = None  # cron; unset: re-poll after every incremental run
-    reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation
+    reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation, or "always" (every run)
     reconcile_max_deleted_share: float = Field(default=0.5, gt=0, le=1)  # refuse to mark more as deleted
 
     @field_validator("schedule", "repoll_schedule", "reconcile_schedule")
     @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _valid_cron(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or (value == "always" and info.field_name == "reconcile_schedule"):
+            return value
         # the same parser the Dagster schedule will use (dagster is a hard dependency anyway)
         from dagster._utils.schedules import is_valid_cron_string
 

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -145,6 +146,7 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
 class RunReport:
     success: bool
     sources: dict[str, dict] = field(default_factory=dict)  # source name -> materialization metadata
+    reconciled: dict[str, dict] = field(default_factory=dict)  # source name -> deletion reconciliation metadata
     failures: list[str] = field(default_factory=list)
     checks: dict[str, bool] = field(default_factory=dict)
     published: bool = False
@@ -165,22 +167,63 @@ def _root_cause(error) -> str:
     return message
 
 
-def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None) -> RunReport:
+def reconciliations_due(instance: dg.DagsterInstance, app: AppConfig, sources: list[str],
+                        now: datetime | None = None) -> list[str]:
+    """Sources whose deletion reconciliation has not run since the last tick of its `reconcile_schedule`.
+
+    So a user who runs `invoice-pipeline run` from cron, without the daemon, gets deletions detected
+    on the same cadence the daemon's schedule would give ("always": on every run).
+    """
+    from dagster._utils.schedules import reverse_cron_string_iterator
+
+    from invoice_pipeline.defs.lifecycle import reconcile_asset_key
+
+    now = now or datetime.now(UTC)
+    due = []
+    for name in sources:
+        cron = app.sources[name].reconcile_schedule
+        if cron == "always":
+            due.append(name)
+            continue
+        last = instance.get_latest_materialization_event(reconcile_asset_key(name))
+        tick = next(reverse_cron_string_iterator(now.timestamp(), cron, "UTC"))
+        if last is None or last.timestamp < tick.timestamp():
+            due.append(name)
+    return due
+
+
+def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None, *,
+                 reconcile: str = "due", allow_mass_deletion: bool = False) -> RunReport:
+    """Materialize the chosen sources (all by default), the conformed model, its checks and publish.
+
+    reconcile: "due" adds the deletion reconciliations whose schedule says they are due; "only" runs
+    just the reconciliations (no extraction) and what follows them (`invoice-pipeline reconcile`).
+    """
     from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
-    from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys
+    from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys, reconcile_asset_key
 
     ensure_dagster_home(Path(app.warehouse.duckdb_path))
     defs = build_definitions(app, config_path, write_pool=None)  # no pool slot a killed run could keep
     selected = sources or list(app.sources)
-    selection = [dg.AssetKey([s, "invoices"]) for s in selected]
-    selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
-    selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
     job = defs.resolve_job_def(ALL_ASSETS_JOB)
     # Creating a fresh instance's SQLite storage is not safe from two processes at once: serialise it.
     with FileLock(str(Path(os.environ["DAGSTER_HOME"]) / ".instance.lock")):
         instance = dg.DagsterInstance.get()
     with instance:
         fail_dead_cli_runs(instance)
+        if reconcile == "only":
+            selection = [reconcile_asset_key(s) for s in selected] + lifecycle_asset_keys([])
+            reconciled = selected
+        else:
+            selection = [dg.AssetKey([s, "invoices"]) for s in selected]
+            selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
+            reconciled = reconciliations_due(instance, app, selected)
+            selection += [reconcile_asset_key(s) for s in reconciled]
+            if reconciled:
+                log.info("deletion reconciliation due for %s (config key reconcile_schedule)", ", ".join(reconciled))
+        selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
+        ops = {f"{s}__deletion_reconciliation": {"config": {"allow_mass_deletion": True}}
+               for s in reconciled} if allow_mass_deletion else {}
         tags = {CONFIG_TAG: str(Path(config_path).resolve()),
                 WAREHOUSE_TAG: str(Path(app.warehouse.duckdb_path).resolve()), **process_tags()}
         result = job.execute_in_process(
@@ -188,7 +231,7 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             asset_selection=selection,
             tags=tags,
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}},
+            run_config={"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}, **({"ops": ops} if ops else {})},
         )
     report = RunReport(success=result.success)
     for event in result.all_events:
@@ -197,6 +240,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             key = mat.asset_key.path
             if len(key) == 2 and key[1] == "invoices" and key[0] in app.sources:
                 report.sources[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+            if len(key) == 2 and key[1] == "deletion_reconciliation" and key[0] in app.sources:
+                report.reconciled[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
             if key == ["published", "warehouse"]:
                 report.published = True
         elif event.is_step_failure:

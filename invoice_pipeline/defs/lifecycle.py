@@ -245,7 +245,7 @@ def build_lifecycle(app: AppConfig, pool: str | None = WRITE_POOL) -> LifecycleD
             job_name = f"{name}_{kind}"
             out.jobs.append(dg.define_asset_job(job_name, selection=dg.AssetSelection.keys(key, HISTORY_KEY),
                                                 tags={"source": name}, description=f"{kind} of source '{name}'."))
-            if cron:
+            if cron and cron != "always":  # "always": part of every run of the source (schedules.py)
                 out.schedules.append(dg.ScheduleDefinition(
                     name=f"{job_name}_schedule", job_name=job_name, cron_schedule=cron, execution_timezone="UTC",
                     default_status=dg.DefaultScheduleStatus.RUNNING,

@@ -32,7 +32,8 @@ def build_source_jobs(app: AppConfig) -> list:
     return [
         dg.define_asset_job(
             source_job_name(name),
-            selection=dg.AssetSelection.keys(dg.AssetKey([name, "invoices"])),
+            selection=dg.AssetSelection.keys(dg.AssetKey([name, "invoices"]), *(
+                [dg.AssetKey([name, "deletion_reconciliation"])] if cfg.reconcile_schedule == "always" else [])),
             description=f"Incremental extraction of source '{name}' ({cfg.type}).",
             tags={"source": name},
         )
