@@ -37,7 +37,14 @@ def _aware_timestamp(value: Any) -> datetime:
     return parse_timestamp(str(value))
 
 
+def _optional_duration(value: Any) -> timedelta | None:
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        return None
+    return _duration(value)
+
+
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
+OptionalDuration = Annotated[timedelta | None, BeforeValidator(_optional_duration)]
 UtcTimestamp = Annotated[datetime, BeforeValidator(_aware_timestamp)]
 
 
@@ -60,7 +67,9 @@ class SourceConfig(BaseModel):
     schedule: str = "0 * * * *"  # cron of the incremental run in Dagster (hourly by default)
     max_staleness: Duration = timedelta(days=1)  # freshness check: the cursor may not be older than this
     # lifecycle (docs/LIFECYCLE.md): re-poll of open invoices and deletion reconciliation
-    repoll_horizon: Duration = timedelta(days=365)  # open invoices older than this are not re-polled
+    # Open invoices due (or issued) longer ago than this are not re-polled; none (the default): every
+    # open invoice, since the oldest debts are the ones collections chase.
+    repoll_horizon: OptionalDuration = None
     repoll_schedule: str | None = None  # cron; unset: re-poll after every incremental run
     reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation, or "always" (every run)
     reconcile_max_deleted_share: float = Field(default=0.5, gt=0, le=1)  # refuse to mark more as deleted

@@ -43,7 +43,8 @@ log = logging.getLogger("invoice_pipeline.lifecycle")
 MONEY_T = "DECIMAL(18,4)"
 
 # Config keys read with these defaults until config.SourceConfig declares them.
-DEFAULT_REPOLL_HORIZON = timedelta(days=365)
+DEFAULT_REPOLL_HORIZON: timedelta | None = None  # every open invoice
+_FROM_SETTINGS: Any = object()  # repoll_open_invoices(horizon=...) not given: the source's setting
 DEFAULT_RECONCILE_SCHEDULE = "0 3 * * *"
 DEFAULT_MAX_DELETED_SHARE = 0.5
 GUARD_MIN_DELETIONS = 10  # below this many deletions the share guard never trips (small tenants)
@@ -114,7 +115,7 @@ def version_hash_sql(alias: str = "") -> str:
 class LifecycleSettings:
     """Per-source lifecycle keys (read with defaults until config.SourceConfig declares them)."""
 
-    repoll_horizon: timedelta = DEFAULT_REPOLL_HORIZON
+    repoll_horizon: timedelta | None = DEFAULT_REPOLL_HORIZON
     repoll_schedule: str | None = None  # None/empty: re-poll after every incremental run
     reconcile_schedule: str = DEFAULT_RECONCILE_SCHEDULE
     reconcile_max_deleted_share: float = DEFAULT_MAX_DELETED_SHARE
@@ -385,15 +386,17 @@ def _fetch_by_ids(src: Source, ids: Collection[str], customer_ids: Collection[st
 
 
 # -- re-poll ---------------------------------------------------------------------------------------
-def open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date) -> list[tuple[str, str | None]]:
+def open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta | None,
+                  today: date) -> list[tuple[str, str | None]]:
     """(invoice_id, customer_id) of the invoices still open: balance due <> 0, not void, not
     deleted, and due (or invoice) date no older than the horizon (undated ones: last modified)."""
     return _not_written_by(_open_invoices(con, source_name, horizon, today), None)
 
 
-def _open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta, today: date) -> list[tuple]:
-    """(invoice_id, customer_id, _run_id) of every open invoice (see open_invoices)."""
-    oldest = today - timedelta(days=max(horizon.days, 0))
+def _open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: timedelta | None,
+                   today: date) -> list[tuple]:
+    """(invoice_id, customer_id, _run_id) of every open invoice (see open_invoices); no horizon: all."""
+    oldest = date.min if horizon is None else today - timedelta(days=max(horizon.days, 0))
     return con.execute(
         """SELECT invoice_id, customer_id, _run_id FROM main.invoices
         WHERE source_name = ? AND balance_due <> 0 AND NOT coalesce(is_void, false) AND NOT coalesce(is_deleted, false)
@@ -427,16 +430,17 @@ class RepollResult:
 
 def repoll_open_invoices(
     app: AppConfig, source_name: str, *, warehouse: Warehouse | None = None, source: Source | None = None,
-    today: date | None = None, horizon: timedelta | None = None, after_run_id: str | None = None,
+    today: date | None = None, horizon: timedelta | None = _FROM_SETTINGS, after_run_id: str | None = None,
 ) -> RepollResult:
     """Re-read the still-open invoices of one source and merge what changed (see module doc).
 
     after_run_id: the pipeline run of the load this re-poll follows (same job run): the invoices
     it just wrote were read from the API moments ago, so re-reading them would only repeat those
     calls (after a first load of 200k invoices, ~11k calls). horizon overrides the source's
-    `repoll_horizon`; today is for tests (default: UTC today)."""
+    `repoll_horizon` (None: every open invoice); today is for tests (default: UTC today)."""
     wh = warehouse or Warehouse(app.warehouse)
-    horizon = horizon if horizon is not None else lifecycle_settings(app.sources[source_name]).repoll_horizon
+    if horizon is _FROM_SETTINGS:
+        horizon = lifecycle_settings(app.sources[source_name]).repoll_horizon
     today = today or utc_now().date()
     with wh.writer() as con:
         _prepare(wh, con)

@@ -148,7 +148,7 @@ def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path:
     assert current(wh, "1")["balance_due"] == Decimal("22.22")
 
     src = ServerSource("fake", app.sources["fake"], server)
-    result = lifecycle.repoll_open_invoices(app, "fake", source=src)  # default horizon 365 days
+    result = lifecycle.repoll_open_invoices(app, "fake", source=src, horizon=timedelta(days=365))
     # Open = balance <> 0, not void, not deleted, due within the horizon: 1 and 2 (5 is too old).
     assert src.fetched == ["1", "2"] and result.open_invoices == 2 and result.found == 2 and result.changed == 1
     assert current(wh, "1")["balance_due"] == Decimal("2.22")
@@ -371,7 +371,7 @@ def test_settings_defaults_and_overrides() -> None:
 
     cfg = parse_config({"sources": {"a": fake_config_block()}}).sources["a"]
     s = lifecycle.lifecycle_settings(cfg)
-    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule) == (timedelta(days=365), None, "0 3 * * *")
+    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule) == (None, None, "0 3 * * *")
 
     block = {**fake_config_block(), "repoll_horizon": "30d", "repoll_schedule": "*/30 * * * *",
              "reconcile_schedule": "0 4 * * 0", "reconcile_max_deleted_share": 0.2}

@@ -59,6 +59,8 @@ def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> str | Non
 
 def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     settings = lifecycle.lifecycle_settings(config)
+    horizon = (f", due or invoice date within repoll_horizon = {settings.repoll_horizon.days} days"
+               if settings.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
     when = (f"on cron '{settings.repoll_schedule}' (config key repoll_schedule)" if settings.repoll_schedule
             else "after every run of the source (set repoll_schedule for a cron instead)")
 
@@ -72,7 +74,7 @@ def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         automation_condition=None if settings.repoll_schedule else LIFECYCLE_CONDITION,
         description=(
             f"Re-reads the invoices of '{name}' still open in main.invoices (balance due <> 0, not void, not "
-            f"deleted, due or invoice date within repoll_horizon = {settings.repoll_horizon.days} days) with the "
+            f"deleted{horizon}) with the "
             "API's cheapest read of specific invoices, so payments that do not move the modification time "
             f"converge. Runs {when}; never moves the cursor. In a job run that also loads the source, the "
             "invoices that load just wrote are not read again (metadata: skipped_just_loaded)."
