@@ -285,21 +285,23 @@ class CrmcomSource(Source):
 
     def _whole_list(self, path: str, params: dict[str, Any], what: str, counts: _Walk, seen: set[str],
                     size: int, last: list[Any] | None = None) -> Iterator[list[Any]]:
-        """A listing from a server that ignores `offset`: ask from offset 0 for ever more until an
-        answer is shorter than asked (it then holds everything). An answer as long as asked that
-        stops growing means the server also caps pages: what lies beyond cannot be read, so the run
-        fails (a warning alone would lose invoices)."""
-        if last is not None and len(last) < size:
-            return  # the repeated answer was already shorter than asked: it was everything
-        prev = len(last) if last is not None else -1
-        while True:
-            if last is not None:
-                size = min(max(size, len(last)) * 4, MAX_WHOLE_LIST)
-            page = self._page(path, {**params, "number_of_results": size, "offset": 0}, f"{what} (whole list)")
+        """A listing from a server that ignores `offset`: ask from offset 0 for ever more (x4 each
+        time) until an answer is shorter than asked. A pre-R13 server returns every item whatever is
+        asked, so that answer is the whole list. An answer exactly as long as the page cap this run
+        has seen could be cut by that cap: the run fails rather than lose what lies beyond it."""
+        answer = last
+        while answer is None or len(answer) >= size:
+            if answer is not None:
+                if size >= MAX_WHOLE_LIST:
+                    raise self.http.error(f"{what}: the server ignores offset and still returns {len(answer)} items "
+                                          f"when asked for {size}: the list cannot be read to its end",
+                                          endpoint=f"GET {path}")
+                size = min(max(size, len(answer)) * 4, MAX_WHOLE_LIST)
+            answer = self._page(path, {**params, "number_of_results": size, "offset": 0}, f"{what} (whole list)")
             counts.pages += 1
-            counts.rows += len(page)
+            counts.rows += len(answer)
             fresh = []
-            for item in page:
+            for item in answer:
                 key = self._key(item)
                 if key not in seen:
                     seen.add(key)
@@ -307,15 +309,10 @@ class CrmcomSource(Source):
             counts.new += len(fresh)
             if fresh:
                 yield fresh
-            if len(page) < size:
-                return
-            if len(page) <= prev or size >= MAX_WHOLE_LIST:
-                raise self.http.error(
-                    f"{what}: the server ignores offset and returns at most {len(page)} items per call "
-                    f"(asked {size}): the rest of the list cannot be read; nothing was loaded from this run",
-                    endpoint=f"GET {path}",
-                )
-            prev, last = len(page), page
+        if self._server_cap and len(answer) == self._server_cap:
+            raise self.http.error(f"{what}: the server ignores offset and its answer holds exactly {len(answer)} items, "
+                                  "the page cap it showed in this run: the rest of the list cannot be read",
+                                  endpoint=f"GET {path}")
 
     def _add_walk(self, counts: _Walk) -> None:
         with self._walk_lock:
