@@ -206,6 +206,7 @@ class CrmcomSource(Source):
         self.http.auth = self.auth
         # Learned from the server during a run (plain flags: a race only costs a call).
         self._server_cap: int | None = None  # a page size below what we ask, seen mid-listing
+        self._largest_page = 0  # the longest page any listing of this run has returned
         self._offset_ignored = False  # a page repeated ids: later listings start with the whole-list read
         self._ar_filter_required: bool | None = None  # None = not tried; True = list ARs per life_cycle_state
         self._walk_lock = threading.Lock()
@@ -237,8 +238,8 @@ class CrmcomSource(Source):
         """Every item of one listing, as lists of items not seen before (one list per page).
 
         Reads until an empty page (never stops at a short one: servers cap pages below what is
-        asked). An empty page right after a full one (as long as the asked size or the server's
-        learned cap) is asked once more before it is believed: a glitch there would otherwise end
+        asked). An empty page right after a full one (as long as asked, or as the longest page of
+        the run: the server's cap, which we may not know) is asked once more before it is believed: a glitch there would otherwise end
         the listing silently. A page that brings no new id means the server ignores `offset`:
         _whole_list takes over. Every step reads at least one new id or ends: no endless loop."""
         size = self.page_size
@@ -252,8 +253,9 @@ class CrmcomSource(Source):
             counts.pages += 1
             counts.rows += len(page)
             if not page:
-                limit = min(size, self._server_cap or size)
-                if prev_len >= limit and not rechecked:  # after a full page: the end, or a glitch?
+                # After a page as long as asked or as the longest this run has seen (a cap we may not
+                # know yet): the end, or a glitch? Asked once more. After a shorter page: the end.
+                if prev_len and prev_len >= min(size, self._largest_page) and not rechecked:
                     rechecked = True
                     counts.empty_rechecked += 1
                     continue
@@ -278,6 +280,8 @@ class CrmcomSource(Source):
                 return
             if prev_len and prev_len < size and (self._server_cap or 0) < prev_len:
                 self._server_cap = prev_len  # a short page that was not the last: the server's cap
+            if len(page) > self._largest_page:
+                self._largest_page = len(page)
             counts.new += len(fresh)
             yield fresh
             offset += len(page)
