@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -237,83 +237,96 @@ class CrmcomSource(Source):
     def _walk(self, path: str, params: dict[str, Any], what: str, counts: _Walk) -> Iterator[list[Any]]:
         """Every item of one listing, as lists of items not seen before (one list per page).
 
-        Reads until an empty page (never stops at a short one: servers cap pages below what is
-        asked). An empty page right after a full one (as long as asked, or as the longest page of
-        the run: the server's cap, which we may not know) is asked once more before it is believed: a glitch there would otherwise end
-        the listing silently. A page that brings no new id means the server ignores `offset`:
-        _whole_list takes over. Every step reads at least one new id or ends: no endless loop."""
-        size = self.page_size
+        Once a listing of this run has shown that the server ignores `offset`, later listings start
+        with _whole_list (one call for most of them); otherwise _paged."""
         seen: set[str] = set()
         if self._offset_ignored:
-            yield from self._whole_list(path, params, what, counts, seen, size)
-            return
-        offset, prev_len, rechecked = 0, 0, False
+            yield from self._whole_list(path, params, what, counts, seen, self.page_size)
+        else:
+            yield from self._paged(path, params, what, counts, seen, 0, on_repeat="whole_list")
+
+    def _fresh(self, page: list[Any], seen: set[str], counts: _Walk) -> list[Any]:
+        fresh = []
+        for item in page:
+            key = self._key(item)
+            if key not in seen:
+                seen.add(key)
+                fresh.append(item)
+        counts.new += len(fresh)
+        return fresh
+
+    def _paged(self, path: str, params: dict[str, Any], what: str, counts: _Walk, seen: set[str], offset: int,
+               on_repeat: Literal["whole_list", "end"]) -> Generator[list[Any], None, str]:
+        """Pages from `offset` until an empty page (never stops at a short one: servers cap pages
+        below what is asked). An empty page right after a full one (as long as asked, or as the
+        longest page of the run: the server's cap, which we may not know yet) is asked once more
+        before it is believed: a glitch there would otherwise end the listing silently. A page that
+        brings no new id means the server ignores `offset`: _whole_list takes over (or, when this
+        walk checks a whole list, the list is complete). Every call brings a new id or ends the walk."""
+        size = self.page_size
+        prev_len, rechecked = 0, False
         while True:
             page = self._page(path, {**params, "number_of_results": size, "offset": offset}, f"{what} at offset {offset}")
             counts.pages += 1
             counts.rows += len(page)
             if not page:
-                # After a page as long as asked or as the longest this run has seen (a cap we may not
-                # know yet): the end, or a glitch? Asked once more. After a shorter page: the end.
                 if prev_len and prev_len >= min(size, self._largest_page) and not rechecked:
                     rechecked = True
                     counts.empty_rechecked += 1
                     continue
-                return
+                return "empty"
             if rechecked:
                 counts.empty_not_end += 1
                 log.warning("source '%s': %s: an empty page at offset %d was not the end (asked again: %d items)",
                             self.name, what, offset, len(page))
-            fresh = []
-            for item in page:
-                key = self._key(item)
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(item)
-            if not fresh:  # the server ignores offset (pre-R13): the same items again
+            fresh = self._fresh(page, seen, counts)
+            if not fresh:  # the same items again: the server ignores offset (CRM.COM before R13)
+                if on_repeat == "end":
+                    return "repeat"
                 counts.offset_ignored += 1
                 if not self._offset_ignored:
                     self._offset_ignored = True
                     log.warning("source '%s': %s: the page at offset %d repeats ids already read: the server "
                                 "ignores offset (CRM.COM before R13); reading whole lists instead", self.name, what, offset)
-                yield from self._whole_list(path, params, what, counts, seen, max(size, len(page)), page)
-                return
+                yield from self._whole_list(path, params, what, counts, seen, size, page)
+                return "repeat"
             if prev_len and prev_len < size and (self._server_cap or 0) < prev_len:
                 self._server_cap = prev_len  # a short page that was not the last: the server's cap
             if len(page) > self._largest_page:
                 self._largest_page = len(page)
-            counts.new += len(fresh)
             yield fresh
             offset += len(page)
             prev_len, rechecked = len(page), False
 
     def _whole_list(self, path: str, params: dict[str, Any], what: str, counts: _Walk, seen: set[str],
-                    size: int, last: list[Any] | None = None) -> Iterator[list[Any]]:
-        """A listing from a server that ignores `offset`: ask from offset 0 for ever more (x4 each
-        time) until an answer is shorter than asked. A pre-R13 server returns every item whatever is
-        asked, so that answer is the whole list. An answer exactly as long as the page cap this run
-        has seen could be cut by that cap: the run fails rather than lose what lies beyond it."""
-        answer = last
-        while answer is None or len(answer) >= size:
+                    size: int, repeated: list[Any] | None = None) -> Iterator[list[Any]]:
+        """A listing from a server that ignores `offset` (a pre-R13 server returns every item,
+        whatever is asked): ask from offset 0 for ever more (x4 each time, bounded) until an answer
+        is shorter than asked, or longer (number_of_results ignored too). When that answer is at
+        least a page long, the next offset is asked once: a server that honours offset after all
+        (a misjudged repeat) then goes on being paged, so a cap is never taken for the end. An
+        answer exactly as long as the page cap this run has seen fails the run (cut by that cap)."""
+        asked, answer = size, repeated
+        while answer is None or len(answer) == size:
             if answer is not None:
                 if size >= MAX_WHOLE_LIST:
                     raise self.http.error(f"{what}: the server ignores offset and still returns {len(answer)} items "
                                           f"when asked for {size}: the list cannot be read to its end",
                                           endpoint=f"GET {path}")
-                size = min(max(size, len(answer)) * 4, MAX_WHOLE_LIST)
+                size = min(size * 4, MAX_WHOLE_LIST)
             answer = self._page(path, {**params, "number_of_results": size, "offset": 0}, f"{what} (whole list)")
             counts.pages += 1
             counts.rows += len(answer)
-            fresh = []
-            for item in answer:
-                key = self._key(item)
-                if key not in seen:
-                    seen.add(key)
-                    fresh.append(item)
-            counts.new += len(fresh)
+            fresh = self._fresh(answer, seen, counts)
             if fresh:
                 yield fresh
-        if self._server_cap and len(answer) == self._server_cap:
+        if len(answer) > size:
+            return  # more than asked: the server ignores number_of_results as well, this is everything
+        at_cap = bool(self._server_cap) and len(answer) == self._server_cap
+        if not at_cap and not (len(answer) >= asked and size > asked):
+            return  # shorter than the first page asked: nothing suggests a cut
+        ended = yield from self._paged(path, params, what, counts, seen, len(answer), on_repeat="end")
+        if at_cap and ended == "repeat":
             raise self.http.error(f"{what}: the server ignores offset and its answer holds exactly {len(answer)} items, "
                                   "the page cap it showed in this run: the rest of the list cannot be read",
                                   endpoint=f"GET {path}")
