@@ -164,3 +164,41 @@ def test_skipped_hour_at_the_start_of_dst_is_not_missed() -> None:
         assert src._in_window(record, window)  # the other reading (00:30Z) is inside
         far = Window(datetime(2025, 3, 29, tzinfo=UTC), datetime(2025, 3, 29, 1, tzinfo=UTC))
         assert not src._in_window(record, far)
+
+
+def test_a_server_wrongly_taken_for_pre_r13_is_still_read_to_the_end() -> None:
+    # A repeat misjudged (e.g. a list shifting under us) must not turn a 500-item cap into the end.
+    with CrmcomSimulator(size=2100, knobs=Knobs(retry_after=0)) as sim:
+        assert len(sim._by_ar[0]) == 525
+        src = source(sim, page_size=200, concurrency=2)
+        src._offset_ignored = True
+        assert_everything(sim, extract(src))
+
+
+def test_simulator_knobs_over_raw_http() -> None:
+    import requests
+
+    with CrmcomSimulator(size=450, knobs=Knobs(retry_after=0), page_cap=100, ar_filter_required=True) as sim:
+        token = requests.post(sim.base_url + "/authentication/token", json={
+            "username": "sim_user", "password": "sim_password", "organisation": "ACME"}, timeout=10).json()["data"]["token"]
+
+        def get(path: str, **params: Any) -> dict[str, Any]:
+            return requests.get(sim.base_url + path, params={"token": token, **params}, timeout=10).json()
+
+        assert get("/accounts_receivable/list")["status"]["code"] == "MISSING_PARAMETER"
+        active = get("/accounts_receivable/list", life_cycle_state="ACTIVE")["data"]
+        assert active and {a["life_cycle_state"] for a in active} == {"ACTIVE"}
+        ident = f"id={sim.accounts[0]['id']}"
+        page = get("/invoices/list", accounts_receivable_identifier=ident, number_of_results=200, offset=0)["data"]
+        assert len(page) == 100  # capped below what was asked
+        sim.paging = "ignored"
+        everything = get("/invoices/list", accounts_receivable_identifier=ident, number_of_results=5, offset=50)["data"]
+        assert len(everything) == len(sim._by_ar[0])
+        sim.paging = "no_offset"
+        first = get("/invoices/list", accounts_receivable_identifier=ident, number_of_results=5, offset=50)["data"]
+        assert [i["id"] for i in first] == [sim.invoices[i].id for i in sim._by_ar[0][:5]]
+        sim.paging, sim.empty_pages = "r13", 1
+        assert get("/invoices/list", accounts_receivable_identifier=ident, number_of_results=5, offset=5)["data"] == []
+        assert len(get("/invoices/list", accounts_receivable_identifier=ident, number_of_results=5, offset=5)["data"]) == 5
+    with pytest.raises(ValueError, match="paging"):
+        CrmcomSimulator(size=10, paging="r12")
