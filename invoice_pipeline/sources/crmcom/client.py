@@ -558,9 +558,12 @@ class CrmcomSource(Source):
         """Every invoice id of every AR. `since` is ignored: the API has no date filter."""
         workers = self.config.concurrency
         found: set[str] = set()
-        for ids, pages in ordered_map(self._account_ids, self._accounts(), workers, workers * 2, f"{self.name}-ids"):
-            self.stats.pages += pages
-            self.stats.scanned += len(ids)
-            found.update(ids)
+        try:
+            for ids, pages in ordered_map(self._account_ids, self._accounts(), workers, workers * 2, f"{self.name}-ids"):
+                self.stats.pages += pages
+                self.stats.scanned += len(ids)
+                found.update(ids)
+        finally:
+            self._log_walks()
         return found
 
