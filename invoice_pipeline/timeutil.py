@@ -45,6 +45,27 @@ def parse_timestamp(value: str, naive_tz: str | ZoneInfo = "UTC") -> datetime:
     return parsed.astimezone(UTC)
 
 
+def wall_time_readings(value: str, naive_tz: str | ZoneInfo = "UTC") -> tuple[datetime, ...]:
+    """Every UTC instant a timestamp may denote: one, or two for a naive local time the zone's
+    clock passes twice (the repeated hour when DST ends) or skips (the hour lost when it starts).
+
+    The first reading is always parse_timestamp's (PEP 495 fold=0: the earlier wall-clock offset),
+    so a caller can store that one and still test the second against a window."""
+    first = parse_timestamp(value, naive_tz)
+    text = value.strip()
+    if "." in text:
+        text = _FRACTION.sub(_microseconds, text, count=1)
+    try:
+        naive = datetime.fromisoformat(text)
+    except ValueError:
+        return (first,)
+    if naive.tzinfo is not None:
+        return (first,)
+    tz = naive_tz if isinstance(naive_tz, ZoneInfo) else ZoneInfo(naive_tz)
+    second = naive.replace(tzinfo=tz, fold=1).astimezone(UTC)
+    return (first,) if second == first else (first, second)
+
+
 def parse_date(value: str, fmt: str | None = None) -> date:
     """An ISO date (or the date part of an ISO timestamp), or a date in the given strptime format."""
     if fmt:

@@ -72,9 +72,12 @@ def test_pages_that_are_an_exact_multiple_of_the_page_size() -> None:
         source = make_source(sim, page_size=2, concurrency=2)
         records = extract_all(source)
         assert len(records) == 40
-        # 6 accounts at 2 per page: 3 full pages and a 4th, empty one that proves the end.
-        assert source.stats.extra["account_pages"] == 4
-        pages_per_ar = [len(ids) // 2 + 1 for ids in sim._by_ar.values()]
+        # 6 accounts at 2 per page: 3 full pages, a 4th, empty one, asked once more (it follows a full
+        # page, so it could be a glitch), then believed to be the end.
+        assert source.stats.extra["account_pages"] == 5
+        # Every page, then the empty one (a short page is never taken for the last), asked twice when it
+        # follows a full page and once after a short one (or none).
+        pages_per_ar = [-(-len(ids) // 2) + 1 + (len(ids) > 0 and len(ids) % 2 == 0) for ids in sim._by_ar.values()]
         assert source.stats.extra["invoice_pages"] == sum(pages_per_ar)
         assert totals(source, records) == sim.expected()
 

@@ -36,6 +36,7 @@ SECOND = timedelta(seconds=1)
 ITEMS_PER_CALL = 50  # request items (number ranges) per GetInvoicesList call when reading specific invoices
 LIST_IDS_SLICE = timedelta(days=92)  # span per call when listing every key (halved when refused)
 RANGE_GAP = 20  # invoice numbers this close share one range (a few extra invoices beat another item)
+COUNT_ATTEMPTS = 3  # a window whose Count disagrees with its records is asked this often, then the run fails
 
 
 def _text(value: Any) -> Any:
@@ -170,31 +171,44 @@ class AgvanceSource(Source):
         )
 
     def _list(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds), narrowed by items."""
+        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds), narrowed by items.
+
+        `Count` is the API's own statement of how many invoices the answer holds: an answer whose
+        records disagree with it (cut short by a proxy or the server) is asked again, and fails the
+        run if it still disagrees; it is never taken as it is."""
         params = {"lastModifiedOnOrAfterUtc": _fmt(start), "lastModifiedOnOrBeforeUtc": _fmt(end)}
-        # An empty request item means "no narrowing" (customer, location, ...).
-        body = self.http.request(
-            "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": items or [{}]}, validate=self._validate
-        ).body
         span = f"window {_fmt(start)}..{_fmt(end)}"
-        records = body.get("InvoiceRecords")
-        if not isinstance(records, list):
-            raise self.http.error(f"{span}: response has no 'InvoiceRecords' array", endpoint=LIST_ENDPOINT)
-        try:
-            count = int(str(body.get("Count")).strip())
-        except ValueError:
-            raise self.http.error(
-                f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT
-            ) from None
-        if count != len(records):
-            raise self.http.error(
-                f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)}", endpoint=LIST_ENDPOINT
-            )
+        for attempt in range(1, COUNT_ATTEMPTS + 1):
+            # An empty request item means "no narrowing" (customer, location, ...).
+            body = self.http.request(
+                "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": items or [{}]}, validate=self._validate
+            ).body
+            records = body.get("InvoiceRecords")
+            if not isinstance(records, list):
+                raise self.http.error(f"{span}: response has no 'InvoiceRecords' array", endpoint=LIST_ENDPOINT)
+            try:
+                count = int(str(body.get("Count")).strip())
+            except ValueError:
+                raise self.http.error(
+                    f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT
+                ) from None
+            with self._stats_lock:
+                self.stats.pages += 1
+            if count == len(records):
+                break
+            with self._stats_lock:
+                self.stats.extra["count_mismatches"] = self.stats.extra.get("count_mismatches", 0) + 1
+            if attempt == COUNT_ATTEMPTS:
+                raise self.http.error(
+                    f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)} "
+                    f"(asked {COUNT_ATTEMPTS} times); nothing of this run is kept", endpoint=LIST_ENDPOINT
+                )
+            log.warning("source '%s': %s: Count says %d invoices but InvoiceRecords holds %d; asking again (%d/%d)",
+                        self.name, span, count, len(records), attempt, COUNT_ATTEMPTS - 1)
         for pos, rec in enumerate(records):
             if not isinstance(rec, dict):
                 raise self.http.error(f"{span}: InvoiceRecords[{pos}] is not an object", endpoint=LIST_ENDPOINT)
         with self._stats_lock:
-            self.stats.pages += 1
             self.stats.scanned += len(records)
         return records
 
@@ -226,9 +240,20 @@ class AgvanceSource(Source):
             lo = max(hi, lo) + SECOND
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        yield from batched(self._window_records(window), self.config.batch_size)
-        self.stats.extra["logins"] = self.auth.logins
-        self.stats.progress(self.name, force=True)
+        try:
+            yield from batched(self._window_records(window), self.config.batch_size)
+            self.stats.progress(self.name, force=True)
+        finally:
+            extra = self.stats.extra
+            extra["logins"] = self.auth.logins
+            log.info(
+                "source '%s': %d windows asked (%d calls, %d splits of a too-large window, %d answers whose Count "
+                "disagreed), %d invoices read, %d distinct keys, %d kept (newer versions included), %d repeated "
+                "copies dropped",
+                self.name, extra.get("windows", 0), self.stats.pages, extra.get("window_splits", 0),
+                extra.get("count_mismatches", 0), self.stats.scanned, extra.get("keys_new", 0), self.stats.kept,
+                extra.get("duplicates", 0),
+            )
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         # The API has whole seconds: flooring both ends keeps every record of the window.
@@ -238,6 +263,7 @@ class AgvanceSource(Source):
         inflight: deque[Future] = deque()
         self.stats.extra.setdefault("window_splits", 0)
         self.stats.extra.setdefault("duplicates", 0)
+        self.stats.extra.setdefault("keys_new", 0)
 
         def collect(future: Future) -> list[SourceRecord]:
             """One slice's new records (a slice is taken whole before any of it is yielded)."""
@@ -251,6 +277,8 @@ class AgvanceSource(Source):
                     if rec.last_modified_at is None or (seen is not None and rec.last_modified_at <= seen):
                         self.stats.extra["duplicates"] += 1
                         continue
+                else:
+                    self.stats.extra["keys_new"] += 1
                 newest[rec.invoice_id] = rec.last_modified_at
                 fresh.append(rec)
                 self.stats.kept += 1
@@ -259,6 +287,7 @@ class AgvanceSource(Source):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-window") as pool:
             try:
                 for lo, hi in self._windows(start, end):
+                    self.stats.extra["windows"] = self.stats.extra.get("windows", 0) + 1
                     inflight.append(pool.submit(self._fetch, lo, hi))
                     while len(inflight) >= workers * 2:
                         yield from collect(inflight.popleft())

@@ -265,7 +265,9 @@ class AgvanceSimulator(SimulatorServer):
 
     `max_results` is the per-call limit above which a window is refused (2,000 like the real
     API; tests pass a small one). Test hooks: `fail_next` (Status Error on HTTP 200, "{session}"
-    in the message is replaced by the caller's SessionID) and `count_offset` (a wrong Count).
+    in the message is replaced by the caller's SessionID), `count_offset` (a wrong Count on every
+    answer) and `short_responses` (that many answers lose their last record while Count still
+    counts it: an answer cut short on its way).
     """
 
     base_path = "/api"
@@ -281,6 +283,7 @@ class AgvanceSimulator(SimulatorServer):
         self.logins = 0
         self.fail_next: list[str] = []
         self.count_offset = 0
+        self.short_responses = 0
         self._rng = random.Random(self.knobs.seed)
         self._people = customers(self._rng, max(20, size // 10))
         self._next_number = {loc: 100001 for loc in LOCATIONS}
@@ -464,7 +467,10 @@ class AgvanceSimulator(SimulatorServer):
             if len(chosen) > self.max_results:
                 return _error(200, TOO_LARGE)
             parts = [i.rendered() for i in chosen]
-        count = str(len(parts) + self.count_offset).encode()
+            count = str(len(parts) + self.count_offset).encode()
+            if parts and self.short_responses > 0:
+                self.short_responses -= 1
+                parts.pop()
         return SimResponse(200, b'{"Status":"Success","Message":"","Count":"' + count + b'","InvoiceRecords":['
                            + b",".join(parts) + b"]}")
 

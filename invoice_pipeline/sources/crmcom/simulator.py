@@ -22,6 +22,8 @@ from invoice_pipeline.simulation import Knobs, SimRequest, SimResponse, Simulato
 
 TIMEZONE = "Europe/Nicosia"
 CAP = 500  # number_of_results cap
+PAGING_MODES = ("r13", "ignored", "no_offset")
+AR_STATES = ("ACTIVE", "SUSPENDED", "TERMINATED")
 DEFAULT_LIFETIME = 7200.0
 DATA_START = datetime(2024, 1, 2, tzinfo=UTC)
 USERNAME, PASSWORD, ORGANISATION = "sim_user", "sim_password", "ACME"
@@ -83,6 +85,7 @@ class _Invoice:
     reference: str = ""
     udf: bool = False
     vat_fields: bool = True  # R17+ records leave the deprecated vat_* null
+    tax_only: bool = False  # items carry their tax only in tax_amount (no applied_tax_rates, no vat_*)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def total_cents(self) -> int:
@@ -189,7 +192,8 @@ def _rate_object(i: int) -> dict[str, Any]:
 
 
 def item_payload(
-    it: _Item, legacy: bool, vat_fields: bool, net: float, disc: float, tax: float, taxes: list[float]
+    it: _Item, legacy: bool, vat_fields: bool, net: float, disc: float, tax: float, taxes: list[float],
+    tax_only: bool = False,
 ) -> dict[str, Any]:
     pid, code, desc, ptype, _, _, _ = PRODUCTS[it.product]
     vat_pct = RATES[it.rates[0]][2]
@@ -203,6 +207,8 @@ def item_payload(
     }
     if not legacy:  # R12+: per-item tax amount and the applied tax rates
         out["tax_amount"] = tax
+        if tax_only:  # some R12+ tenants: the amount only, no rate objects at all
+            return out
         out["applied_tax_rates"] = [
             {"tax_amount": t, "tax_percentage": int(RATES[r][2]), "tax_rates": _rate_object(r)} for r, t in zip(it.rates, taxes)
         ]
@@ -250,8 +256,15 @@ def invoice_payload(
 class CrmcomSimulator(SimulatorServer):
     base_path = "/crmapi/rest/v2"
 
-    def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
+                 *, page_cap: int = CAP, paging: str = "r13", empty_pages: int = 0, ar_filter_required: bool = False,
+                 tax_only_items: bool = False):
+        if paging not in PAGING_MODES:  # before the socket is bound
+            raise ValueError(f"paging must be one of {PAGING_MODES}, not {paging!r}")
         super().__init__(knobs, host, port)
+        self.page_cap, self.paging, self.empty_pages = page_cap, paging, empty_pages
+        self.ar_filter_required, self.tax_only_items = ar_filter_required, tax_only_items
+        self._glitched: set[tuple[int, int]] = set()  # (AR, offset) pages that answered empty once
         self.tz = ZoneInfo(TIMEZONE)
         self.created_at = datetime.now(UTC).replace(microsecond=0)
         self.lifetime = self.knobs.token_lifetime or DEFAULT_LIFETIME
@@ -301,6 +314,11 @@ class CrmcomSimulator(SimulatorServer):
         )
         if r.random() < self.knobs.inconsistent_rate:
             inv.delta_cents = r.choice([-1, 1]) * r.randint(1, 500)
+        # Drawn from its own stream: the data set is the same with the knob off as before it existed.
+        if self.tax_only_items and not legacy and self._rng(idx, ":tax_only").random() < 0.17:
+            inv.tax_only, inv.vat_fields = True, False
+            for item in items:
+                item.rates = item.rates[:1]  # one tax amount per item: one tax line
         return inv
 
     def _add(self, inv: _Invoice) -> None:
@@ -318,7 +336,7 @@ class CrmcomSimulator(SimulatorServer):
             taxes = [c / 100 for c in it.tax_cents()]
             tax = sum(taxes)  # float sum: noise like real doubles
             sub = net - disc + tax
-            items.append(item_payload(it, inv.legacy, inv.vat_fields, net, disc, tax, taxes))
+            items.append(item_payload(it, inv.legacy, inv.vat_fields, net, disc, tax, taxes, inv.tax_only))
             f_net, f_disc, f_tax, f_total = f_net + net, f_disc + disc, f_tax + tax, f_total + sub
         f_total += inv.delta_cents / 100
         outstanding = {"full": 0, "none": f_total, "part": round(f_total / 3, 2)}[inv.paid]
@@ -359,15 +377,32 @@ class CrmcomSimulator(SimulatorServer):
         if not self._valid(request.param("token")):
             return _error(*INVALID_TOKEN)
         try:
-            limit = min(int(request.param("number_of_results", str(CAP))), CAP)
+            limit = int(request.param("number_of_results", str(CAP)))
             offset = int(request.param("offset", "0"))
             if limit < 0 or offset < 0:
                 raise ValueError
         except ValueError:
             return _error("INVALID_PARAMETER", "number_of_results and offset must be integers >= 0")
         if path == "/accounts_receivable/list":
-            return SimResponse(200, {"status": _status(), "data": self._account_list[offset:offset + limit]})
+            return self._ar_list(request, limit, offset)
         return self._invoice_list(request, limit, offset)
+
+    def _slice(self, rows: list[Any], limit: int, offset: int) -> list[Any]:
+        """One page as this server's release and tenant cut it (see the module docstring)."""
+        if self.paging == "ignored":
+            return rows
+        if self.paging == "no_offset":
+            offset = 0
+        return rows[offset:offset + min(limit, CAP, self.page_cap)]
+
+    def _ar_list(self, request: SimRequest, limit: int, offset: int) -> SimResponse:
+        state = request.param("life_cycle_state")
+        if state is None and self.ar_filter_required:
+            return _error("MISSING_PARAMETER", "It is mandatory to specify one of the semi-optional parameters")
+        if state is not None and state not in AR_STATES:
+            return _error("INVALID_PARAMETER", f"life_cycle_state must be one of {', '.join(AR_STATES)}")
+        rows = [a for a in self._account_list if state is None or a["life_cycle_state"] == state]
+        return SimResponse(200, {"status": _status(), "data": self._slice(rows, limit, offset)})
 
     def _login(self, request: SimRequest) -> SimResponse:
         body = request.json() or {}
@@ -403,7 +438,11 @@ class CrmcomSimulator(SimulatorServer):
             return _error("INVALID_PARAMETER", f"Accounts receivable not found: {idents[0]}")
         fields = [f for f in (request.param("fields_set") or "").split(",") if f]
         with self._lock:
-            page = self._by_ar[ar][offset:offset + limit]
+            page = self._slice(self._by_ar[ar], limit, offset)
+            if page and offset > 0 and self.empty_pages > 0 and (ar, offset) not in self._glitched:
+                self.empty_pages -= 1  # a glitch mid-listing: this page answers empty once
+                self._glitched.add((ar, offset))
+                page = []
             if fields:
                 data = orjson.dumps([{k: v for k, v in self._payload(self.invoices[i]).items() if k in fields} for i in page])
             else:
