@@ -43,16 +43,23 @@ ARROW_BATCH = 64 * 1024
 
 
 def refresh_conformed(wh: Warehouse, configured_sources: list[str]) -> dict[str, dict[str, int]]:
-    """Remove rows of sources no longer in the config; return row counts per table and source."""
+    """Row counts per conformed table and source.
+
+    Rows of a source missing from this run's config are kept: one config file per source (or per
+    schedule) is normal, and a source left out of one run keeps its cursor, so deleting its rows
+    would lose them for good. Only `invoice-pipeline drop-source` removes a source (dropping.py).
+    """
     counts: dict[str, dict[str, int]] = {}
     with wh.writer() as con:
         wh.ensure_main(con)
         for table in CONFORMED_TABLES:
-            placeholders = ", ".join("?" for _ in configured_sources) or "NULL"
-            con.execute(f"DELETE FROM main.{table} WHERE source_name NOT IN ({placeholders})", configured_sources)
             counts[table] = dict(
                 con.execute(f"SELECT source_name, count(*) FROM main.{table} GROUP BY 1 ORDER BY 1").fetchall()
             )
+    others = sorted(set(counts["invoices"]) - set(configured_sources))
+    if others:
+        log.info("conformed rows of sources not in this config kept: %s (remove one with "
+                 "'invoice-pipeline drop-source --source NAME')", ", ".join(others))
     return counts
 
 
@@ -153,7 +160,7 @@ def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: lis
 
 
 def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
-    """The flattened tables of each configured source, as sent (text): <source>/<table>/."""
+    """The flattened tables of each source in the warehouse, as sent (text): <source>/<table>/."""
     written: dict[str, int] = {}
     for source, name in _source_tables(con, wh, app):
         reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
@@ -162,10 +169,12 @@ def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: Ap
 
 
 def _source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig) -> list[tuple[str, str]]:
-    """(schema, table) of every flattened table of the configured sources that have loaded anything."""
-    existing = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
-    return [(source, name) for source in app.sources if source in existing
-            for name in wh.source_tables(con, source).values()]
+    """(schema, table) of every flattened table of every source in the warehouse, configured in this
+    config or not: a source another config file loads (or one left out of this run) stays published."""
+    schemas = [s for (s,) in con.execute(
+        "SELECT DISTINCT schema_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name <> 'main' AND table_name = '_tables' ORDER BY 1").fetchall()]
+    return [(source, name) for source in schemas for name in wh.source_tables(con, source).values()]
 
 
 def _discard(path: Path) -> None:
