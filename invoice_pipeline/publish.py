@@ -182,6 +182,19 @@ def _discard(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _clean_up(final: Path, lake: Lake) -> None:
+    """What a killed publish left (its temporary snapshot file, lake versions never switched to, old
+    versions): safe to remove, since the caller holds the publish lock."""
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        log.info("removing %s, left by an interrupted publish", leftover)
+        try:
+            os.chmod(leftover, stat.S_IRUSR | stat.S_IWUSR)
+        except OSError:
+            pass
+        leftover.unlink(missing_ok=True)
+    lake.clean_up()
+
+
 def publish(app: AppConfig, wh: Warehouse) -> dict:
     """Write-audit-publish's last step: a new snapshot and lake version (call only after the blocking checks).
 
@@ -198,12 +211,14 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
     tmp = final.with_name(f".{final.name}.tmp-{snapshot_id}")
     # One publish at a time, so a slower, older publish can never swap in after a newer one.
     with FileLock(str(final) + ".publish.lock"):
+        _clean_up(final, lake)
+        switched = False
         try:
             with wh.writer() as con:  # the working database is locked only while it is read
                 wh.ensure_main(con)
                 fingerprint, rows = content_fingerprint(con, wh, app)
                 last = _last_publish(con)
-                if last is not None and last[1] == fingerprint and final.exists():
+                if last is not None and last[1] == fingerprint and final.exists() and lake.current() == last[0]:
                     log.info("published content unchanged since snapshot %s: nothing rewritten", last[0])
                     return {"published_path": str(final), "snapshot_id": last[0], "republished": False,
                             "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
@@ -220,9 +235,16 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
             # exclusive lock (which would lock every other reader out until the next publish).
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             final.with_name(final.name + ".wal").unlink(missing_ok=True)  # never replay a stale WAL onto it
+            # The two switches, back to back: the lake's (every table at once), then the snapshot's.
+            # A crash between them leaves the lake one version ahead until the next publish, which
+            # republishes (this one is not recorded, and lake.current() differs from the last one).
+            lake.switch(snapshot_id)
+            switched = True
             os.replace(tmp, final)
         except BaseException:
             _discard(tmp)
+            if not switched:
+                lake.discard(snapshot_id)
             raise
         _fsync_dir(final.parent)
         # Recorded after the swap: a crash in between costs one needless republish, never a skipped one.

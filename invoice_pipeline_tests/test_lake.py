@@ -40,6 +40,13 @@ def reader(data: list[dict], batch_rows: int) -> pa.RecordBatchReader:
     return pa.RecordBatchReader.from_batches(SCHEMA, iter(batches))
 
 
+def published(lake: Lake, name: str, data: pa.RecordBatchReader, partition_by: list[str], version: str = "v1") -> int:
+    """Write one table as a whole version and switch to it (what publish does for all its tables)."""
+    rows = lake.write_table(name, data, partition_by, version)
+    lake.switch(version)
+    return rows
+
+
 def read_back(folder: Path, partitioning: ds.Partitioning | str = HIVE) -> list[dict]:
     table = ds.dataset(str(folder), format="parquet", partitioning=partitioning).to_table()
     return sorted(table.select(SCHEMA.names).to_pylist(), key=lambda r: r["n"])
@@ -48,7 +55,7 @@ def read_back(folder: Path, partitioning: ds.Partitioning | str = HIVE) -> list[
 def test_sorted_input_gives_one_folder_per_partition_full_row_groups_and_bounded_files(tmp_path: Path) -> None:
     data = rows([("a", "2025-01"), ("a", "2025-02"), ("b", "2025-01")], per_key=47)
     lake = Lake(str(tmp_path / "lake"))
-    assert lake.write_table("t", reader(data, batch_rows=7), ["source_name", "invoice_month"], "v1") == len(data)
+    assert published(lake, "t", reader(data, batch_rows=7), ["source_name", "invoice_month"]) == len(data)
     assert read_back(tmp_path / "lake" / "t") == data
     folders = sorted(p.parent.relative_to((tmp_path / "lake" / "t").resolve()).as_posix()
                      for p in (tmp_path / "lake" / "t").resolve().rglob("*.parquet"))
@@ -65,14 +72,14 @@ def test_sorted_input_gives_one_folder_per_partition_full_row_groups_and_bounded
 
 def test_null_and_unusual_partition_values_round_trip(tmp_path: Path) -> None:
     data = rows([("a", None), ("a", "2025/01 x%"), ("b c", "2025-01")], per_key=5)
-    Lake(str(tmp_path)).write_table("t", reader(data, batch_rows=4), ["source_name", "invoice_month"], "v1")
+    published(Lake(str(tmp_path)), "t", reader(data, batch_rows=4), ["source_name", "invoice_month"])
     assert read_back(tmp_path / "t") == data
     assert (tmp_path / "t" / "source_name=a" / f"invoice_month={HIVE_NULL}").is_dir()
 
 
 def test_a_partition_seen_again_gets_another_file_not_an_overwrite(tmp_path: Path) -> None:
     data = rows([("a", "m1"), ("b", "m1"), ("a", "m1")], per_key=3)
-    Lake(str(tmp_path)).write_table("t", reader(data, batch_rows=100), ["source_name", "invoice_month"], "v1")
+    published(Lake(str(tmp_path)), "t", reader(data, batch_rows=100), ["source_name", "invoice_month"])
     assert read_back(tmp_path / "t") == data
     assert len(list((tmp_path / "t" / "source_name=a" / "invoice_month=m1").iterdir())) == 2
 
@@ -81,8 +88,9 @@ def test_unpartitioned_table_and_empty_table(tmp_path: Path) -> None:
     data = rows([("a", "m1")], per_key=25)
     lake = Lake(str(tmp_path))
     assert lake.write_table("flat", reader(data, batch_rows=6), [], "v1") == 25
-    assert sorted(ds.dataset(str(tmp_path / "flat")).to_table().to_pylist(), key=lambda r: r["n"]) == data
     assert lake.write_table("empty", reader([], batch_rows=6), ["source_name"], "v1") == 0
+    lake.switch("v1")
+    assert sorted(ds.dataset(str(tmp_path / "flat")).to_table().to_pylist(), key=lambda r: r["n"]) == data
     empty = ds.dataset(str(tmp_path / "empty"), format="parquet")
     assert empty.count_rows() == 0 and empty.schema.field("amount").type == pa.decimal128(18, 4)
 
@@ -103,6 +111,6 @@ def test_memory_is_one_row_group_not_the_table(tmp_path: Path, monkeypatch: pyte
             yield pa.RecordBatch.from_pylist(data[i:i + 3], schema=SCHEMA)
 
     monkeypatch.setattr(lake_module._PartitionFiles, "write", spy)
-    Lake(str(tmp_path)).write_table("t", pa.RecordBatchReader.from_batches(SCHEMA, batches()), ["source_name"], "v1")
+    published(Lake(str(tmp_path)), "t", pa.RecordBatchReader.from_batches(SCHEMA, batches()), ["source_name"])
     assert len(seen) > 100 and max(seen) < 10
     assert read_back(tmp_path / "t", partitioning="hive") == data
