@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -114,3 +115,67 @@ def test_memory_is_one_row_group_not_the_table(tmp_path: Path, monkeypatch: pyte
     published(Lake(str(tmp_path)), "t", pa.RecordBatchReader.from_batches(SCHEMA, batches()), ["source_name"])
     assert len(seen) > 100 and max(seen) < 10
     assert read_back(tmp_path / "t", partitioning="hive") == data
+
+
+# -- versions: one switch for every table, stable paths, clean-up -----------------------------------
+def test_a_version_is_invisible_until_switched_then_every_table_changes_at_once(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    one, two = rows([("a", "m1")], per_key=3), rows([("a", "m1")], per_key=5)
+    for name in ("t", "u", "src/raw"):
+        lake.write_table(name, reader(one, batch_rows=10), [], "v1")
+    lake.switch("v1")
+    for name in ("t", "u", "src/raw"):
+        lake.write_table(name, reader(two, batch_rows=10), [], "v2")
+        # written, not switched: readers of the stable paths still see v1 in full
+        assert all(ds.dataset(str(tmp_path / n)).count_rows() == 3 for n in ("t", "u", "src/raw"))
+    lake.switch("v2")
+    assert all(ds.dataset(str(tmp_path / n)).count_rows() == 5 for n in ("t", "u", "src/raw"))
+    # the stable paths are links into _current, never switched themselves; _current is the one switch
+    assert os.readlink(tmp_path / "t") == "_current/t" and os.readlink(tmp_path / "src") == "_current/src"
+    assert os.readlink(tmp_path / "_current") == "_v/v2" and lake.current() == "v2"
+
+
+def test_previous_version_kept_older_and_unfinished_ones_removed(tmp_path: Path) -> None:
+    lake = Lake(str(tmp_path))
+    for version in ("v1", "v2", "v3"):
+        lake.write_table("t", reader(rows([("a", "m1")], per_key=2), batch_rows=10), [], version)
+        lake.switch(version)
+    assert sorted(p.name for p in (tmp_path / "_v").iterdir()) == ["v2", "v3"]
+    lake.write_table("t", reader(rows([("a", "m1")], per_key=2), batch_rows=10), [], "v4")  # killed before its switch
+    (tmp_path / ".t.link-abc123").symlink_to("_current/t")  # a link left by a kill inside the switch
+    lake.clean_up()
+    assert sorted(p.name for p in (tmp_path / "_v").iterdir()) == ["v2", "v3"]
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_a_table_gone_from_the_new_version_loses_its_stable_path(tmp_path: Path) -> None:
+    """E.g. a dropped source: its folder must not dangle (or be read from an old version)."""
+    lake = Lake(str(tmp_path))
+    for name in ("t", "gone/raw"):
+        lake.write_table(name, reader(rows([("a", "m1")], per_key=2), batch_rows=10), [], "v1")
+    lake.switch("v1")
+    lake.write_table("t", reader(rows([("a", "m1")], per_key=2), batch_rows=10), [], "v2")
+    lake.switch("v2")
+    assert (tmp_path / "t").exists() and not (tmp_path / "gone").is_symlink() and not (tmp_path / "gone").exists()
+
+
+def test_the_layout_of_earlier_releases_is_taken_over(tmp_path: Path) -> None:
+    """Per-table symlinks into .versions/ (and source folders of such links), or plain folders: replaced
+    by stable links into _current at the first switch, the old versions removed."""
+    old = tmp_path / ".versions" / "t" / "v0"
+    old.mkdir(parents=True)
+    (tmp_path / "t").symlink_to(".versions/t/v0", target_is_directory=True)
+    (tmp_path / ".versions" / "src" / "raw" / "v0").mkdir(parents=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "raw").symlink_to("../.versions/src/raw/v0", target_is_directory=True)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "stale.parquet").write_bytes(b"not parquet")
+    lake = Lake(str(tmp_path))
+    data = rows([("a", "m1")], per_key=4)
+    for name in ("t", "src/raw", "plain"):
+        lake.write_table(name, reader(data, batch_rows=10), [], "v1")
+    lake.switch("v1")
+    for name in ("t", "src/raw", "plain"):
+        assert ds.dataset(str(tmp_path / name)).count_rows() == 4, name
+    assert os.readlink(tmp_path / "src") == "_current/src" and os.readlink(tmp_path / "plain") == "_current/plain"
+    assert not (tmp_path / ".versions").exists() and not list(tmp_path.glob(".*"))
