@@ -608,7 +608,9 @@ def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sourc
         _prepare(wh, con)
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = ?", [day])
+            # only the sources being computed: another config's sources (one file per schedule) keep their rows
+            delete_params = {k: v for k, v in params.items() if k != "as_of"}
+            con.execute(f"DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = $snapshot_date {src_filter}", delete_params)
             con.execute(
                 f"""INSERT INTO main.ar_aging_snapshot BY NAME
                 SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,

@@ -44,16 +44,23 @@ ARROW_BATCH = 64 * 1024
 
 
 def refresh_conformed(wh: Warehouse, configured_sources: list[str]) -> dict[str, dict[str, int]]:
-    """Remove rows of sources no longer in the config; return row counts per table and source."""
+    """Row counts per conformed table and source.
+
+    Rows of a source missing from this run's config are kept: one config file per source (or per
+    schedule) is normal, and a source left out of one run keeps its cursor, so deleting its rows
+    would lose them for good. Only `invoice-pipeline drop-source` removes a source (dropping.py).
+    """
     counts: dict[str, dict[str, int]] = {}
     with wh.writer() as con:
         wh.ensure_main(con)
         for table in CONFORMED_TABLES:
-            placeholders = ", ".join("?" for _ in configured_sources) or "NULL"
-            con.execute(f"DELETE FROM main.{table} WHERE source_name NOT IN ({placeholders})", configured_sources)
             counts[table] = dict(
                 con.execute(f"SELECT source_name, count(*) FROM main.{table} GROUP BY 1 ORDER BY 1").fetchall()
             )
+    others = sorted(set(counts["invoices"]) - set(configured_sources))
+    if others:
+        log.info("conformed rows of sources not in this config kept: %s (remove one with "
+                 "'invoice-pipeline drop-source --source NAME')", ", ".join(others))
     return counts
 
 
@@ -154,7 +161,7 @@ def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: lis
 
 
 def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
-    """The flattened tables of each configured source, as sent (text): <source>/<table>/."""
+    """The flattened tables of each source in the warehouse, as sent (text): <source>/<table>/."""
     written: dict[str, int] = {}
     for source, name in _source_tables(con, wh, app):
         reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
@@ -163,15 +170,30 @@ def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: Ap
 
 
 def _source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig) -> list[tuple[str, str]]:
-    """(schema, table) of every flattened table of the configured sources that have loaded anything."""
-    existing = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
-    return [(source, name) for source in app.sources if source in existing
-            for name in wh.source_tables(con, source).values()]
+    """(schema, table) of every flattened table of every source in the warehouse, configured in this
+    config or not: a source another config file loads (or one left out of this run) stays published."""
+    schemas = [s for (s,) in con.execute(
+        "SELECT DISTINCT schema_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name <> 'main' AND table_name = '_tables' ORDER BY 1").fetchall()]
+    return [(source, name) for source in schemas for name in wh.source_tables(con, source).values()]
 
 
 def _discard(path: Path) -> None:
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
+
+
+def _clean_up(final: Path, lake: Lake) -> None:
+    """What a killed publish left (its temporary snapshot file, lake versions never switched to, old
+    versions): safe to remove, since the caller holds the publish lock."""
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        log.info("removing %s, left by an interrupted publish", leftover)
+        try:
+            os.chmod(leftover, stat.S_IRUSR | stat.S_IWUSR)
+        except OSError:
+            pass
+        leftover.unlink(missing_ok=True)
+    lake.clean_up()
 
 
 def publish(app: AppConfig, wh: Warehouse) -> dict:
@@ -190,12 +212,14 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
     tmp = final.with_name(f".{final.name}.tmp-{snapshot_id}")
     # One publish at a time, so a slower, older publish can never swap in after a newer one.
     with FileLock(str(final) + ".publish.lock"):
+        _clean_up(final, lake)
+        switched = False
         try:
             with wh.writer() as con:  # the working database is locked only while it is read
                 wh.ensure_main(con)
                 fingerprint, rows = content_fingerprint(con, wh, app)
                 last = _last_publish(con)
-                if last is not None and last[1] == fingerprint and final.exists():
+                if last is not None and last[1] == fingerprint and final.exists() and lake.current() == last[0]:
                     log.info("published content unchanged since snapshot %s: nothing rewritten", last[0])
                     return {"published_path": str(final), "snapshot_id": last[0], "republished": False,
                             "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
@@ -214,9 +238,16 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
             # exclusive lock (which would lock every other reader out until the next publish).
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             final.with_name(final.name + ".wal").unlink(missing_ok=True)  # never replay a stale WAL onto it
+            # The two switches, back to back: the lake's (every table at once), then the snapshot's.
+            # A crash between them leaves the lake one version ahead until the next publish, which
+            # republishes (this one is not recorded, and lake.current() differs from the last one).
+            lake.switch(snapshot_id)
+            switched = True
             os.replace(tmp, final)
         except BaseException:
             _discard(tmp)
+            if not switched:
+                lake.discard(snapshot_id)
             raise
         _fsync_dir(final.parent)
         # Recorded after the swap: a crash in between costs one needless republish, never a skipped one.
