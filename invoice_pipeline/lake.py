@@ -27,8 +27,6 @@ import json
 import logging
 import os
 import shutil
-import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from invoice_pipeline.testpoints import pause_point
 
 log = logging.getLogger("invoice_pipeline.lake")
 
@@ -53,9 +53,6 @@ ROW_GROUP = 128 * 1024
 ROW_GROUPS_PER_FILE = 16  # files of up to ~2M rows
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # what Hive, Spark, pyarrow and DuckDB read as NULL
 # Tests only (tests/test_lake_switch.py): pause at a named point so a test can SIGKILL a real run there.
-TEST_PAUSE_ENV = "INVOICE_PIPELINE_TEST_PAUSE_AT"
-
-
 def new_version() -> str:
     """Sortable, unique version id: UTC time to the microsecond plus a random suffix."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
@@ -63,16 +60,6 @@ def new_version() -> str:
 
 def is_uri(location: str) -> bool:
     return "://" in location and not location.startswith("file://")
-
-
-def test_pause(point: str) -> None:
-    """Sleep at `point` when the test-only variable names it, after saying so on stderr (the test waits for that line)."""
-    if os.environ.get(TEST_PAUSE_ENV) == point:
-        print(f"{TEST_PAUSE_ENV}: paused at {point}", file=sys.stderr, flush=True)
-        time.sleep(600)
-
-
-test_pause.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
 
 
 @dataclass
@@ -105,7 +92,7 @@ class Lake:
         """Write table `name` into `version` (not yet visible to readers: see switch); returns its row count."""
         rows = self._write_files(self.version_path(version, name), data, partition_by, version)
         self._written.setdefault(version, []).append(name)
-        test_pause(f"lake_write:{name}")
+        pause_point(f"lake_write:{name}")
         return rows
 
     # -- the current version ---------------------------------------------------------------------
@@ -127,7 +114,7 @@ class Lake:
         tables = sorted(self._written.get(version, []))
         top = sorted({name.split("/")[0] for name in tables})
         self._touch(f"{self.version_path(version)}/{COMPLETE}")
-        test_pause("lake_switch")
+        pause_point("lake_switch")
         if self.local:
             root = Path(self.root)
             link = root / f".{CURRENT}.link-{uuid.uuid4().hex[:6]}"
@@ -141,7 +128,7 @@ class Lake:
             with self.fs.open_output_stream(f"{self.root}/{MANIFEST}") as out:  # THE switch: one PUT
                 out.write(json.dumps(manifest, indent=1).encode())
             self._remove_legacy_remote(top)
-        test_pause("lake_switched")
+        pause_point("lake_switched")
         self._prune()
 
     def discard(self, version: str) -> None:

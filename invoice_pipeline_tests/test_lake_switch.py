@@ -5,7 +5,7 @@ kill while writing, just before or just after the switch must leave readers of t
 paths (`<parquet_dir>/<table>`, docs/QUERYING.md) on ONE version, the old or the new, never a mix;
 and the next run must remove what the killed one left (its temporary snapshot file, the version it
 never switched to) and publish lake and snapshot as one version again. The run pauses at a named
-point through INVOICE_PIPELINE_TEST_PAUSE_AT (honoured for tests only), and the test kills it there.
+point through INVOICE_PIPELINE_PAUSE_AT (invoice_pipeline/testpoints.py, honoured for tests only), and the test kills it there.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import duckdb
 import pyarrow.dataset as ds
 import yaml
 
-from invoice_pipeline.lake import TEST_PAUSE_ENV
+from invoice_pipeline.testpoints import PAUSE_ENV as TEST_PAUSE_ENV
 from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
 VERSION_IN_NAME = re.compile(r"part-(\d{8}T\d{12}Z-[0-9a-f]{6})-")
@@ -55,28 +55,7 @@ def killed_run(tmp_path: Path, config: Path, point: str) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL
-    release_killed_runs(tmp_path / "dagster_home")
-
-
-def release_killed_runs(home: Path) -> None:
-    """Mark the killed run failed and free its `duckdb_write` pool slot, as Dagster's run monitoring
-    would: the CLI's in-process instance has no daemon, and a slot held by a dead run makes every
-    later run wait for it (a separate matter of the runner, not what this test is about)."""
-    import dagster as dg
-
-    previous = os.environ.get("DAGSTER_HOME")
-    os.environ["DAGSTER_HOME"] = str(home)
-    try:
-        with dg.DagsterInstance.get() as instance:
-            for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-                instance.report_run_failed(record.dagster_run)
-                instance.event_log_storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-    finally:
-        if previous is None:
-            os.environ.pop("DAGSTER_HOME", None)
-        else:
-            os.environ["DAGSTER_HOME"] = previous
+    assert proc.returncode == -signal.SIGKILL  # the next CLI run marks it failed (runner.fail_dead_cli_runs)
 
 
 def lake_versions(lake: Path) -> dict[str, set[str]]:
