@@ -144,7 +144,7 @@ def test_date_with_time_part_and_iso_fallback():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda r: r.update(InvoiceRecordHeaderDetails=None), "InvoiceRecordHeaderDetails: expected an object"),
+        (lambda r: r.update(InvoiceRecordHeaderDetails=None), "InvoiceRecordHeaderDetails is null: the record has no header"),
         (lambda r: r.update(InvoiceLocation=""), "InvoiceLocation/InvoiceNumber: missing"),
         (lambda r: r.update(InvoiceDate="13/45/2025"), "InvoiceDate: not a valid date"),
         (lambda r: r["InvoiceRecordLineItemDetails"][1].update(LineNumber=1), "LineNumber 1 appears twice"),

@@ -32,6 +32,9 @@ def invoice_key(p: dict[str, Any]) -> str:
 
 def header(p: dict[str, Any], where: str = "") -> dict[str, Any]:
     h = p.get(HEADER)
+    if h is None:
+        raise MappingError(f"{where}{HEADER} is null: the record has no header (customer, totals, due date, "
+                           "LastModifiedUtc), so there is nothing to load")
     if not isinstance(h, dict):
         raise MappingError(f"{where}{HEADER}: expected an object, got {type(h).__name__}")
     return h
