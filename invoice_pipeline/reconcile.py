@@ -95,6 +95,15 @@ RULES: list[Rule] = [
 ]
 
 
+EXCEPTION_COLUMNS = {
+    "rule": "Name of the failed rule (also the Dagster asset check).",
+    "blocking": "true: the rule stops publishing; false: a warning.",
+    "source_name": "Configured source name.",
+    "invoice_id": "The offending invoice (main.invoices).",
+    "detail": "What is wrong, with the amounts involved.",
+}
+
+
 def violations(con: duckdb.DuckDBPyConnection, rule: Rule, limit: int | None = None) -> list[tuple[str, str, str]]:
     sql = f"SELECT * FROM ({rule.sql}) ORDER BY 1, 2, 3" + (f" LIMIT {int(limit)}" if limit else "")
     return con.execute(sql).fetchall()
@@ -122,6 +131,8 @@ def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
         "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing a reconciliation rule: rule name, "
         "whether it blocks publishing, source_name, invoice_id and what is wrong.'"
     )
+    for column, text in EXCEPTION_COLUMNS.items():
+        con.execute(f"COMMENT ON COLUMN main.reconciliation_exceptions.{column} IS '{text}'")
 
 
 def stale_sources(con: duckdb.DuckDBPyConnection, app: AppConfig, now: datetime) -> list[tuple[str, str]]:
