@@ -128,9 +128,9 @@ def _remap_source(con: duckdb.DuckDBPyConnection, source_name: str, source_type:
     # The newest payload of each invoice (as replay.py picks it), only when it is the stored version.
     con.execute(
         f"""CREATE OR REPLACE TEMP TABLE _upgrade_payloads AS
-        SELECT i.invoice_id, r.payload, i.currency_code, i.due_date, row_number() OVER (ORDER BY i.invoice_id) AS n
+        SELECT i.invoice_id, r.payload_sha256, i.currency_code, i.due_date, row_number() OVER (ORDER BY i.invoice_id) AS n
         FROM main.invoices AS i JOIN (
-            SELECT invoice_id, last_modified_at, payload, row_number() OVER (
+            SELECT invoice_id, last_modified_at, payload_sha256, row_number() OVER (
               PARTITION BY invoice_id ORDER BY last_modified_at DESC NULLS LAST, extracted_at DESC, rowid DESC) AS rn
             FROM {s}._raw_invoices) AS r
           ON r.invoice_id = i.invoice_id AND r.rn = 1 AND r.last_modified_at IS NOT DISTINCT FROM i.last_modified_at
@@ -141,7 +141,8 @@ def _remap_source(con: duckdb.DuckDBPyConnection, source_name: str, source_type:
     done = 0
     for offset in range(0, total, BATCH):
         rows = con.execute(
-            "SELECT invoice_id, payload, currency_code, due_date FROM _upgrade_payloads WHERE n > ? AND n <= ? ORDER BY n",
+            f"""SELECT u.invoice_id, r.payload, u.currency_code, u.due_date FROM _upgrade_payloads AS u
+            JOIN {s}._raw_invoices AS r USING (invoice_id, payload_sha256) WHERE u.n > ? AND u.n <= ? ORDER BY u.n""",
             [offset, offset + BATCH],
         ).fetchall()
         headers: list[dict[str, Any]] = []
