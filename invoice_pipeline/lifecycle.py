@@ -213,9 +213,9 @@ def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def _prepare(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
-    """The conformed tables (only if missing: ensure_main rewrites every comment) and ours."""
-    if not _existing_columns(con, "invoices"):
-        wh.ensure_main(con)
+    """The conformed tables (a one-query no-op when they are this release's; otherwise created, or
+    upgraded in place before any history step reads columns an earlier release lacked) and ours."""
+    wh.ensure_main(con)
     ensure_lifecycle_tables(con)
 
 

@@ -88,7 +88,13 @@ def pending(con: duckdb.DuckDBPyConnection) -> int:
 def upgrade_conformed(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """Fill this release's columns on rows an earlier release wrote (see module doc); returns counts."""
     counts = {"remapped": 0, "sql_filled": 0}
-    if not pending(con):
+    history = _has_table(con, "main", "invoice_history")
+    if history:
+        from invoice_pipeline.lifecycle import ensure_lifecycle_tables
+
+        ensure_lifecycle_tables(con)  # its new columns, so its old rows can be found and filled
+        history = con.execute("SELECT count(*) FROM main.invoice_history WHERE document_type IS NULL").fetchone()[0] > 0
+    if not pending(con) and not history:
         return counts
     con.execute("BEGIN TRANSACTION")
     try:
@@ -103,10 +109,9 @@ def upgrade_conformed(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
                 f"""UPDATE main.{table} AS c SET currency_code = i.currency_code FROM main.invoices AS i
                 WHERE c.currency_code IS NULL AND i.source_name = c.source_name AND i.invoice_id = c.invoice_id"""
             )
-        if _has_table(con, "main", "invoice_history"):
-            from invoice_pipeline.lifecycle import ensure_lifecycle_tables, upgrade_history
+        if history:
+            from invoice_pipeline.lifecycle import upgrade_history
 
-            ensure_lifecycle_tables(con)
             counts["history_versions"] = upgrade_history(con)
         con.execute("COMMIT")
     except BaseException:

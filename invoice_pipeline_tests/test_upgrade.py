@@ -158,3 +158,23 @@ def test_release_1_warehouse_upgrades_in_place_on_the_next_run(tmp_path: Path) -
     with wh.reader() as con:
         assert _dump(con) == want
         assert con.execute("SELECT count(*) FROM main.invoice_history").fetchone()[0] == versions_before
+
+
+def test_a_lifecycle_step_first_after_the_release_upgrades_too(tmp_path: Path) -> None:
+    """The daily aging job or a deletion reconciliation may be the first step on the old warehouse."""
+    from invoice_pipeline.lifecycle import build_aging_snapshot, record_history
+
+    app = _load_all(tmp_path)
+    wh = Warehouse(app.warehouse)
+    with wh.writer() as con:
+        _downgrade_to_release_1(con)
+        versions_before = con.execute("SELECT count(*) FROM main.invoice_history").fetchone()[0]
+    assert record_history(wh, "swo") == 0
+    build_aging_snapshot(wh)
+    with wh.reader() as con:
+        assert con.execute(f"SELECT document_type, total_amount FROM main.invoices WHERE {SWO_CREDIT}").fetchone() == (
+            "credit_memo", Decimal("-1140.0000"))
+        assert con.execute("SELECT count(*) FROM main.invoice_history").fetchone()[0] == versions_before
+        credits = dict(con.execute("SELECT source_name, sum(credit_memo_count) FROM main.ar_aging_snapshot "
+                                   "GROUP BY 1").fetchall())
+        assert credits["swo"] == 1 and credits["agv"] == 1 and credits["ora"] == 1
