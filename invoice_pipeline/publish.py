@@ -100,7 +100,7 @@ def _copy_into_snapshot(
     try:
         con.execute("BEGIN TRANSACTION")
         for table in tables:
-            con.execute(f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}")
+            con.execute(_snapshot_table_sql(con, table))
         con.execute("CREATE TABLE snapshot.main._pipeline_cursors AS SELECT * FROM main._pipeline_cursors")
         con.execute(
             f"CREATE TABLE snapshot.main.{SNAPSHOT_INFO} AS SELECT ?::VARCHAR AS snapshot_id, ?::TIMESTAMPTZ AS published_at",
@@ -112,6 +112,27 @@ def _copy_into_snapshot(
     finally:
         con.execute("DETACH snapshot")
     return counts, comments
+
+
+# Keys BI tools read from the snapshot (row identity, joins). Declared only where the blocking checks
+# guarantee them before any publish: the conformed keys (unique_* checks; the mappings require the ids).
+SNAPSHOT_KEYS: dict[str, tuple[str, ...]] = dict(CONFORMED_KEYS)
+
+
+def _snapshot_table_sql(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """CREATE TABLE ... AS for a table without a declared key; with one, its columns as the working
+    database has them plus the PRIMARY KEY, then the rows (same column order)."""
+    key = SNAPSHOT_KEYS.get(table)
+    if key is None:
+        return f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}"
+    columns = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
+    if not {c for c, _ in columns} >= set(key):
+        return f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}"
+    body = ", ".join(f"{quote(c)} {t}" for c, t in columns)
+    return (f"CREATE TABLE snapshot.main.{quote(table)} ({body}, PRIMARY KEY ({', '.join(quote(k) for k in key)})); "
+            f"INSERT INTO snapshot.main.{quote(table)} SELECT * FROM main.{quote(table)}")
 
 
 def _finish_snapshot(snap: duckdb.DuckDBPyConnection, comments: list[Comment]) -> None:

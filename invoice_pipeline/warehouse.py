@@ -154,6 +154,11 @@ class Warehouse:
             "status VARCHAR, invoices_extracted BIGINT, invoices_loaded BIGINT, invoices_stale BIGINT, "
             "quarantined BIGINT, pages BIGINT, api_calls BIGINT, error VARCHAR)"
         )
+        # Rows an earlier release wrote get this release's new columns filled (upgrade.py), before
+        # the key is stored: a run killed half-way upgrades the rest next time.
+        from invoice_pipeline.upgrade import upgrade_conformed
+
+        upgrade_conformed(con)
         con.execute("CREATE OR REPLACE TABLE main._pipeline_schema AS SELECT ?::VARCHAR AS schema_key", [key])
 
     def ensure_source(self, con: duckdb.DuckDBPyConnection, source: str) -> None:
@@ -457,16 +462,20 @@ _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_ro
 def _main_schema_key() -> str:
     """Changes whenever this code would create main's tables, views or comments differently."""
     from invoice_pipeline.reconcile import RULES
-    from invoice_pipeline.views import ANALYST_VIEWS
+    from invoice_pipeline.conformed import TABLE_COMMENTS
+    from invoice_pipeline.views import ANALYST_VIEWS, VIEW_COLUMNS
 
-    spec = (CONFORMED_TABLES, ANALYST_VIEWS, [(r.name, r.blocking, r.sql) for r in RULES])
+    spec = (CONFORMED_TABLES, TABLE_COMMENTS, ANALYST_VIEWS, VIEW_COLUMNS, [(r.name, r.blocking, r.sql) for r in RULES])
     return hashlib.sha256(repr(spec).encode()).hexdigest()
 
 
 def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:
-    """COMMENT ON COLUMN for every conformed column: where it comes from in each source."""
+    """COMMENT ON TABLE and COLUMN for every conformed table and column: where it comes from in each source."""
+    from invoice_pipeline.conformed import TABLE_COMMENTS
+
     prefix = f"{catalog}.main." if catalog else "main."
     for table, columns in CONFORMED_TABLES.items():
+        con.execute(f"COMMENT ON TABLE {prefix}{table} IS {sql_literal(TABLE_COMMENTS[table])}")
         for c, (_, doc) in columns.items():
             con.execute(f"COMMENT ON COLUMN {prefix}{table}.{quote(c)} IS {sql_literal(doc)}")
 
