@@ -1,0 +1,102 @@
+"""JSON in and out without losing a digit: orjson on the hot path, exact parsing where it would not be.
+
+orjson parses every number into a float or a 64-bit int: `1234567890123.4567` would come back as
+`...4568` and a 30-digit integer as `1.2345678901234568e+29`, in the kept raw payload, the flattened
+tables and the money columns alike. It has no Decimal mode, and the stdlib parser costs several
+times as much, so `loads` scans the bytes for number tokens that a float could change (16 or more
+digits, or an exponent of three digits) and, only when one really would change, parses the body
+again with the stdlib parser: non-integral numbers as Decimal (their exact text), integers beyond
+64 bits as Decimal too (orjson cannot write those back). `dumps` writes Decimals back as the same
+number token, so a payload that went through `loads` is written exactly as received.
+
+The stdlib parser is also the fallback for a body orjson refuses but JSON allows (a lone surrogate
+such as "\\ud800", nesting deeper than orjson's limit): the body loads, and the one record that
+cannot be stored as JSON text is quarantined later (batch.py), not the whole page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from decimal import Decimal
+from typing import Any
+
+import orjson
+
+# A number token a double may not hold exactly: 16+ digits (dots allowed among them), or a 3-digit
+# exponent. A superset (digits inside strings match too): every match is checked exactly below.
+_SUSPECT = re.compile(rb"-?[0-9][0-9.]{15,}(?:[eE][-+]?[0-9]+)?|-?[0-9][0-9.]*[eE][-+]?[0-9]{3,}")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes as an int
+
+
+class JsonInvalid(ValueError):
+    """The bytes are not JSON (or use NaN/Infinity, which JSON does not have)."""
+
+
+def _exact_int(text: str) -> int | Decimal:
+    value = int(text)
+    return value if _INT_MIN <= value <= _INT_MAX else Decimal(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise JsonInvalid(f"{name} is not a JSON value")
+
+
+def _exact(content: bytes | str) -> Any:
+    return json.loads(content, parse_float=Decimal, parse_int=_exact_int, parse_constant=_no_constant)
+
+
+def _loses_digits(token: bytes) -> bool:
+    try:
+        if b"." not in token and b"e" not in token and b"E" not in token:
+            return not _INT_MIN <= int(token) <= _INT_MAX
+        exact = Decimal(token.decode())
+        return Decimal(repr(float(exact))) != exact or not exact.is_finite()
+    except (ValueError, ArithmeticError):  # e.g. "1.2.3" inside a string: not a number token
+        return False
+
+
+def loads(content: bytes | str) -> Any:
+    """Parsed JSON; numbers exactly as sent (see the module's docstring). Raises JsonInvalid."""
+    try:
+        value = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        try:
+            return _exact(content)  # lone surrogates, very deep nesting: JSON all the same
+        except (ValueError, RecursionError) as exc:
+            raise JsonInvalid(str(exc)) from None
+    raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass")
+    for match in _SUSPECT.finditer(raw):
+        if _loses_digits(match.group()):
+            return _exact(content)
+    return value
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal) and value.is_finite():
+        return orjson.Fragment(str(value))  # the token as received ("1.50" stays "1.50")
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any, sort_keys: bool = False) -> bytes:
+    """Compact UTF-8 JSON; Decimals as their exact number token. Raises TypeError for what JSON text
+    cannot hold (a lone surrogate) or orjson refuses (nesting deeper than 254 levels)."""
+    return orjson.dumps(value, default=_default, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
+
+
+def unstorable_reason(exc: Exception) -> str:
+    """Why dumps() refused a payload, in words a person can act on."""
+    text = str(exc)
+    if "Recursion limit" in text:
+        return "nested deeper than 254 levels"
+    if "surrogate" in text:
+        return "holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid text"
+    return text
+
+
+def ascii_text(value: Any) -> str:
+    """Best-effort JSON text of a payload dumps() refused, for the quarantine (escapes surrogates)."""
+    try:
+        return json.dumps(value, ensure_ascii=True, sort_keys=True, default=str)
+    except (RecursionError, ValueError, TypeError) as exc:
+        return f"(payload not kept: {type(exc).__name__})"
