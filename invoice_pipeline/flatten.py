@@ -16,8 +16,9 @@ import hashlib
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import pyarrow as pa
+
+from invoice_pipeline.jsonio import dumps
 
 ROOT_TABLE = "invoices"
 SEP = "__"
@@ -225,7 +226,7 @@ def _array(value: list, path: str, paths: _Paths, row: dict, invoice_id: str, ro
         if type(item) is dict or isinstance(item, _NESTED):
             _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
             return
-    row[path] = orjson.dumps(value).decode()
+    row[path] = dumps(value).decode()
 
 
 def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str, tables: dict) -> None:
@@ -241,7 +242,7 @@ def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str,
         if type(item) is dict or isinstance(item, dict):
             _walk(item, paths, row, invoice_id, row_id, tables)
         elif isinstance(item, list):
-            row[_VALUE] = orjson.dumps(item).decode()
+            row[_VALUE] = dumps(item).decode()
         else:
             row[_VALUE] = scalar_text(item)
         append(row)

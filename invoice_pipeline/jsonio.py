@@ -24,8 +24,10 @@ from typing import Any
 import orjson
 
 # A number token a double may not hold exactly: 16+ digits (dots allowed among them), or a 3-digit
-# exponent. A superset (digits inside strings match too): every match is checked exactly below.
-_SUSPECT = re.compile(rb"-?[0-9][0-9.]{15,}(?:[eE][-+]?[0-9]+)?|-?[0-9][0-9.]*[eE][-+]?[0-9]{3,}")
+# exponent, where a JSON value starts and ends (after ':' ',' '[', before ',' ']' '}'). Text inside a
+# string can still match ("a:1e500,"): every match is checked exactly below, and a false alarm only
+# costs an exact parse.
+_SUSPECT = re.compile(rb"[:,\[]\s*(-?[0-9](?:[0-9.]{15,}(?:[eE][-+]?[0-9]+)?|[0-9.]*[eE][-+]?[0-9]{3,}))(?=\s*[,\]}])")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes as an int
 
 
@@ -67,7 +69,7 @@ def loads(content: bytes | str) -> Any:
             raise JsonInvalid(str(exc)) from None
     raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass")
     for match in _SUSPECT.finditer(raw):
-        if _loses_digits(match.group()):
+        if _loses_digits(match.group(1)):
             return _exact(content)
     return value
 
