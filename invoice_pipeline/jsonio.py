@@ -90,7 +90,7 @@ def unstorable_reason(exc: Exception) -> str:
     """Why dumps() refused a payload, in words a person can act on."""
     text = str(exc)
     if "Recursion limit" in text:
-        return "nested deeper than 254 levels"
+        return "is nested deeper than 254 levels"
     if "surrogate" in text:
         return "holds a lone UTF-16 surrogate (e.g. \\ud800), which is not valid text"
     return text
