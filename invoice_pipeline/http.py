@@ -336,7 +336,12 @@ def _not_json(resp: urllib3.BaseHTTPResponse, content: bytes) -> str:
     """What came instead of JSON: cut off, or a page of another kind (a proxy's or login HTML page)."""
     start = content.lstrip()[:1]
     if start in (b"{", b"["):
-        return f"response body is not valid JSON ({len(content)} bytes, cut off?)"
+        try:
+            jsonio.loads(content)
+            why = ""
+        except jsonio.JsonInvalid as exc:  # the parser's own words: where it broke, or nesting too deep
+            why = f": {str(exc)[:120]}"
+        return f"response body is not valid JSON ({len(content)} bytes{why}; cut off?)"
     kind = resp.headers.get("Content-Type") or "no Content-Type"
     sample = " ".join(content[:80].decode("utf-8", "replace").split())
     return f"response is not JSON but {kind} ({len(content)} bytes, starting {sample!r})"
