@@ -29,11 +29,13 @@ import orjson
 # costs an exact parse.
 _SUSPECT = re.compile(rb"[:,\[]\s*(-?[0-9](?:[0-9.]{15,}(?:[eE][-+]?[0-9]+)?|[0-9.]*[eE][-+]?[0-9]{3,}))(?=\s*[,\]}])")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes as an int
-# The cheap pre-check, at C speed (translate + find, ~20x faster than the regex): with digits and
-# dots as "0", e/E as "e", signs as "-", is there a run of 16 digits or a digit with a 3-digit exponent?
-_SHAPE = bytes(ord("0") if c in b"0123456789." else ord("e") if c in b"eE" else ord("-") if c in b"+-" else 32
-               for c in range(256))
-_RUNS = (b"0" * 16, b"0e000", b"0e-000")
+# The cheap pre-check, at C speed (translate + one find: ~7 us per 10 KB payload, the regex alone
+# costs ~80): in the body's shape (whitespace and signs dropped, digits and dots as "0", ":" "," "["
+# as ":", the rest as "x"), does a value start with 16 digits? Hex strings (Oracle's ETags) have digit
+# runs, but inside quotes. Exponents too large for a double make orjson fail (then the exact parse
+# runs); underflow below 1e-300 is not looked for (no invoice amount is that small).
+_SHAPE = bytes(ord("0") if c in b"0123456789." else ord(":") if c in b":,[" else ord("x") for c in range(256))
+_RUN = b":" + b"0" * 16
 
 
 class JsonInvalid(ValueError):
@@ -76,8 +78,7 @@ def loads(content: bytes | str) -> Any:
         except (ValueError, RecursionError) as exc:
             raise JsonInvalid(str(exc)) from None
     raw = content if isinstance(content, bytes) else content.encode("utf-8", "surrogatepass")
-    shape = raw.translate(_SHAPE)
-    if not any(run in shape for run in _RUNS):
+    if _RUN not in raw.translate(_SHAPE, b" \t\r\n+-"):
         return value
     for match in _SUSPECT.finditer(raw):
         if _loses_digits(match.group(1)):
