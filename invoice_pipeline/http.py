@@ -2,16 +2,23 @@
 
 Retries (tenacity) cover connection errors, timeouts, 429 (honouring Retry-After), 5xx and
 bodies cut off mid-JSON. A 401 renews the credential once per call. Errors name the source,
-the endpoint (method and path, never the query string, which may hold a token) and the status.
+the endpoint (method and path, never the query string, which may hold a token) and the status;
+a timeout or a body that is not JSON also names the URL (path and query, credentials masked),
+which says which page or record it was. The source's `timeout` bounds a whole attempt (connect,
+headers, body), however slowly a server drips its answer. Secrets are redacted from every message
+in every form an API may echo them in (URL-encoded, JSON-escaped, inside base64).
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
+import itertools
 import json as jsonlib
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +30,8 @@ import certifi
 import orjson
 import requests
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, MaxRetryError, NewConnectionError, ProtocolError, SSLError
 from urllib3.exceptions import TimeoutError as Urllib3Timeout
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
@@ -221,6 +230,7 @@ class HttpClient:
         if query:
             url += ("&" if raw_query else "?") + query
         deadline = time.monotonic() + self.timeout
+        _deadline.value = deadline  # read by _Watched.getresponse() (the wait for the headers)
         try:
             # Redirects are followed as requests did (Authorization is dropped on a cross-host one);
             # every other failure comes back at once: retrying is tenacity's job, above.
@@ -231,7 +241,7 @@ class HttpClient:
             exc = raised.reason if isinstance(raised, MaxRetryError) and raised.reason is not None else raised
             if isinstance(exc, NewConnectionError):  # first: urllib3 makes it a subclass of its TimeoutError
                 raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
-            if isinstance(exc, Urllib3Timeout | _Deadline):
+            if isinstance(exc, Urllib3Timeout | _Deadline) or time.monotonic() >= deadline:
                 raise _Transient(f"timed out after {self.timeout:g}s (the whole request is bounded by the "
                                  f"source's timeout) at {self._where(url)}", hint=self._reach_hint) from None
             if isinstance(exc, ProtocolError | SSLError | OSError):
@@ -394,8 +404,91 @@ def _pool_for(base_url: str, maxsize: int) -> urllib3.PoolManager:
     ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or certifi.where()
     proxy = requests.utils.get_environ_proxies(base_url).get(urlsplit(base_url).scheme)
     if proxy:
-        return urllib3.ProxyManager(proxy, num_pools=2, maxsize=maxsize, ca_certs=ca_certs)
-    return urllib3.PoolManager(num_pools=2, maxsize=maxsize, ca_certs=ca_certs)
+        manager: urllib3.PoolManager = urllib3.ProxyManager(proxy, num_pools=2, maxsize=maxsize, ca_certs=ca_certs)
+    else:
+        manager = urllib3.PoolManager(num_pools=2, maxsize=maxsize, ca_certs=ca_certs)
+    manager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+    return manager
+
+
+# -- the deadline while the headers arrive ----------------------------------------------------------
+# urllib3's timeouts bound each socket read, so a server dripping its status line and headers a byte
+# at a time could hold a request forever. The connections below register their socket with one
+# watchdog thread while they wait for the headers; past the attempt's deadline it shuts the socket
+# down, and the request fails as a timeout. (The body is bounded by _read_body.)
+_deadline = threading.local()
+
+
+class _Watchdog:
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []  # [deadline, seq, socket or None once done]
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: float, sock: socket.socket) -> list[Any]:
+        entry = [deadline, next(self._seq), sock]
+        with self._cond:
+            heapq.heappush(self._heap, entry)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="http-deadlines", daemon=True)
+                self._thread.start()
+            elif self._heap[0] is entry:
+                self._cond.notify()
+        return entry
+
+    @staticmethod
+    def done(entry: list[Any]) -> None:
+        entry[2] = None  # left in the heap until its deadline comes up: no search, no lock
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                while self._heap and self._heap[0][2] is None:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                left = self._heap[0][0] - time.monotonic()
+                if left > 0:
+                    self._cond.wait(left)
+                    continue
+                sock = heapq.heappop(self._heap)[2]
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # the blocked read returns at once
+                except OSError:
+                    pass
+
+
+_WATCHDOG = _Watchdog()
+
+
+class _Watched:
+    def getresponse(self):  # type: ignore[no-untyped-def]
+        deadline = getattr(_deadline, "value", None)
+        sock = getattr(self, "sock", None)
+        entry = _WATCHDOG.watch(deadline, sock) if deadline is not None and sock is not None else None
+        try:
+            return super().getresponse()  # type: ignore[misc]
+        finally:
+            if entry is not None:
+                _WATCHDOG.done(entry)
+
+
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
 
 
 def _encode_body(json: Any, data: Any) -> tuple[bytes | None, str | None]:

@@ -268,3 +268,37 @@ def test_secrets_echoed_back_in_any_encoding_are_redacted(server: ScriptedServer
         http.request("POST", "/login", data={"password": secret})
     assert "bad request: password=" in str(err.value)
     assert shown not in str(err.value) and secret not in str(err.value), str(err.value)
+
+
+class HeaderDripServer(DripServer):
+    """Drips its status line and headers themselves, a byte every `gap` s (and forever)."""
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 100_000
+                    for i in range(len(head)):
+                        if self.stop.wait(self.gap):
+                            return
+                        conn.sendall(head[i:i + 1])
+                except OSError:
+                    continue
+
+
+def test_a_server_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
+    drip = HeaderDripServer(b"", gap=0.1)
+    try:
+        http = HttpClient("src_drip", drip.base_url, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="timed out after 1s"):
+            http.request("GET", "/api/items/42")
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert elapsed < 2.5, elapsed
