@@ -94,7 +94,8 @@ def prepare_batch(
         try:
             payload_json = dumps(rec.payload, sort_keys=True)  # _payload_json() before decode()
         except TypeError as exc:  # valid JSON that JSON text cannot hold back (see jsonio): this record only
-            quarantine.append((invoice_id, f"payload cannot be stored: it {unstorable_reason(exc)}", ascii_text(rec.payload)))
+            key = invoice_id.encode("utf-8", "backslashreplace").decode()  # the key itself may hold the surrogate
+            quarantine.append((key, f"payload cannot be stored: it {unstorable_reason(exc)}", ascii_text(rec.payload)))
             continue
         raw_ids.append(invoice_id)
         raw_lm.append(rec.last_modified_at)

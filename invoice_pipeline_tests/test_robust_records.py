@@ -167,3 +167,26 @@ def test_a_wide_object_keeps_memory_flat_and_overflows_into_json(tmp_path: Path,
     assert len(kept) == 2500 - len(k_cols) and set(kept) | set(k_cols) == {f"k{i:04d}" for i in range(2500)}
     assert kept["k2499"] == "v2499"
     assert any("source 'wide': table invoices has reached its cap of 1800 columns" in r.getMessage() for r in caplog.records)
+
+
+def test_an_html_page_with_status_200_fails_the_run_naming_source_and_url(tmp_path: Path) -> None:
+    """A proxy's or login page answered with 200 instead of a list page: a clear error, no cursor moved."""
+    from invoice_pipeline.sources.oracle_occ.simulator import SIMULATOR_CLASS as OracleSim
+
+    class HtmlSecondPage(OracleSim):
+        def handle(self, request: SimRequest) -> SimResponse:
+            if request.path.endswith("/invoices") and request.param("offset") not in (None, "0"):
+                return SimResponse(200, b"<!DOCTYPE html><html><title>Proxy login</title></html>", {"Content-Type": "text/html"})
+            return super().handle(request)
+
+    with HtmlSecondPage(size=12) as sim:
+        app = make_app(tmp_path, {"occ": sim.source_config()}, page_size=5, max_retries=1)
+        wh = Warehouse(app.warehouse)
+        with pytest.raises(Exception) as err:
+            run_source(app, "occ", warehouse=wh)
+    text = str(err.value)
+    assert "source 'occ'" in text and "not JSON but text/html" in text and "Proxy login" in text, text
+    assert "/ccstore/v1/selfservice/invoices?" in text and "offset=5" in text, text
+    with wh.reader() as con:
+        assert con.execute("select count(*) from main._pipeline_cursors where source_name = 'occ'").fetchone()[0] == 0
+        assert con.execute("select status from main._pipeline_runs").fetchall() == [("failed",)]
