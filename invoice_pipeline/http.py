@@ -21,7 +21,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
@@ -218,6 +218,7 @@ class HttpClient:
         req_params = dict(params or {})
         if use_auth and self.auth is not None:
             self.auth.apply(req_headers, req_params)
+        masked = {k for k in req_params if k not in (params or {})}  # what the auth added: credentials
         url = self.base_url + path
         if raw_query:
             url += "?" + raw_query
@@ -243,7 +244,7 @@ class HttpClient:
                 raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
             if isinstance(exc, Urllib3Timeout | _Deadline) or time.monotonic() >= deadline:
                 raise _Transient(f"timed out after {self.timeout:g}s (the whole request is bounded by the "
-                                 f"source's timeout) at {self._where(url)}", hint=self._reach_hint) from None
+                                 f"source's timeout) at {self._where(url, masked)}", hint=self._reach_hint) from None
             if isinstance(exc, ProtocolError | SSLError | OSError):
                 raise _Transient(f"connection failed: {type(exc).__name__}", hint=self._reach_hint) from None
             if isinstance(exc, HTTPError):
@@ -261,7 +262,7 @@ class HttpClient:
             if status >= 400:
                 raise self.error(f"{_summary(body, content)}", endpoint=endpoint, status=status)
             if body is _INVALID:
-                raise _Transient(f"{_not_json(resp, content)} at {self._where(url)}", status)
+                raise _Transient(f"{_not_json(resp, content)} at {self._where(url, masked)}", status)
             if validate is not None:
                 validate(status, body)
         except AuthExpired as exc:
@@ -277,11 +278,12 @@ class HttpClient:
             raise _Transient(str(exc), status, exc.retry_after) from None
         return HttpResponse(status, resp.headers, body, len(content))
 
-    def _where(self, url: str) -> str:
-        """Path and query of a URL (which page or record), without credentials: parameters named like
-        one are masked, and known secrets redacted."""
+    def _where(self, url: str, masked: Collection[str] = ()) -> str:
+        """Path and query of a URL (which page or record), without credentials: parameters the auth
+        added or named like a credential are masked, and known secrets redacted."""
         parts = urlsplit(url)
-        pairs = [(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        pairs = [(k, "***" if k in masked or _SECRET_PARAM.search(k) else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
         query = urlencode(pairs, safe="*:/,()'$ ") if pairs else ""
         return self.redact(parts.path + (f"?{query}" if query else ""))
 

@@ -302,3 +302,16 @@ def test_a_server_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
     finally:
         drip.close()
     assert elapsed < 2.5, elapsed
+
+
+def test_the_url_in_an_error_masks_what_the_auth_added(server: ScriptedServer) -> None:
+    class QueryAuth(Auth):
+        def apply(self, headers: dict, params: dict) -> None:
+            params["sid"] = "session-5f5f5f"  # a name that does not look like a credential
+
+    server.script["/api/items"] = deque([SimResponse(200, b"<html>maintenance</html>", {"Content-Type": "text/html"})])
+    http = client(server, max_retries=0)
+    http.auth = QueryAuth()
+    with pytest.raises(SourceError) as err:
+        http.request("GET", "/api/items", params={"offset": 7})
+    assert "/api/items?offset=7&sid=***" in str(err.value) and "session-5f5f5f" not in str(err.value), str(err.value)
