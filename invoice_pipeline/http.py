@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit
 
 import certifi
-import orjson
 import requests
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
