@@ -333,23 +333,21 @@ class Warehouse:
             if path not in known:  # one CREATE with every column: no ALTERs at all
                 meta = [f"{quote(c)} {t}" for c, t in _CHILD_META_TYPES.items()]
                 cols = ", ".join(meta + [f"{quote(n)} VARCHAR" for n in dict.fromkeys(added.values())])
-                con.execute("BEGIN TRANSACTION")
-                con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, table])
-                con.execute(f"CREATE TABLE {s}.{quote(table)} ({cols})")
-                if added:
-                    con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in added.items()])
-                con.execute("COMMIT")
+                with _transaction(con):
+                    con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, table])
+                    con.execute(f"CREATE TABLE {s}.{quote(table)} ({cols})")
+                    if added:
+                        con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in added.items()])
                 known[path] = table
                 registry.committed(tables=1, columns=len(added))
             else:
                 items = list(added.items())
                 for start in range(0, len(items), COLUMNS_PER_SCHEMA_TRANSACTION):
                     chunk = items[start:start + COLUMNS_PER_SCHEMA_TRANSACTION]
-                    con.execute("BEGIN TRANSACTION")
-                    con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in chunk])
-                    for name in dict.fromkeys(n for _, n in chunk):
-                        con.execute(f"ALTER TABLE {s}.{quote(table)} ADD COLUMN {quote(name)} VARCHAR")
-                    con.execute("COMMIT")
+                    with _transaction(con):
+                        con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in chunk])
+                        for name in dict.fromkeys(n for _, n in chunk):
+                            con.execute(f"ALTER TABLE {s}.{quote(table)} ADD COLUMN {quote(name)} VARCHAR")
                     registry.committed(columns=len(chunk))
             registry.columns[table] = assigned = {**assigned, **added}
             columns[path] = {**assigned, **{p: OVERFLOW for p in new if p not in assigned}}
@@ -508,6 +506,17 @@ class _Registry:
         self.tables_count += tables
         self.columns_count += columns
         self.bump(tables, columns)
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 def _fold_overflow(rows: pa.Table, names: dict[str, str]) -> pa.Table:
