@@ -86,6 +86,13 @@ class SourceConfig(BaseModel):
             raise ValueError(f"not a valid cron expression: {value!r}")
         return value
 
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):  # 0 would fail later in the HTTP layer with a bare ValueError
+            raise ValueError(f"must be longer than 0s (got {value.total_seconds():g}s)")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _valid_url(cls, value: str) -> str:
