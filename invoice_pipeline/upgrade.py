@@ -27,9 +27,9 @@ from collections.abc import Callable
 from typing import Any
 
 import duckdb
-import orjson
 import pyarrow as pa
 
+from invoice_pipeline import jsonio  # exact numbers, as the load parsed them
 from invoice_pipeline.conformed import ARROW_SCHEMAS, CONFORMED_TABLES, finalize, to_arrow
 from invoice_pipeline.sources.base import ConformedInvoice
 from invoice_pipeline.sql import quote
@@ -154,7 +154,7 @@ def _remap_source(con: duckdb.DuckDBPyConnection, source_name: str, source_type:
         children: dict[str, list[dict[str, Any]]] = {t: [] for t in CHILD_TABLES}
         for invoice_id, payload, currency, due_date in rows:
             try:
-                mapped = to_conformed(orjson.loads(payload))
+                mapped = to_conformed(jsonio.loads(payload))
                 if mapped.invoice.get("invoice_id") != invoice_id:
                     continue
                 mapped.invoice["currency_code"], mapped.invoice["due_date"] = currency, due_date  # as stored
