@@ -540,6 +540,8 @@ class SoftwareOneSimulator(SimulatorServer):
         self._index: OrderedDict[tuple, list[Invoice]] = OrderedDict()
         # invoice id -> responses left in which its lines are omitted although selected (<0: always)
         self.omit_lines: dict[str, int] = {}
+        # the same for erpData and price (both left out of that invoice, named in its own $meta.omitted)
+        self.omit_erp: dict[str, int] = {}
         self.unauthorized = 0  # 401s answered
 
     def source_config(self) -> dict[str, Any]:
@@ -570,7 +572,9 @@ class SoftwareOneSimulator(SimulatorServer):
             elif tamper == "short":
                 page = page[: self.page_tamper.keep]
             for inv in page:
-                item_omitted = sorted(base | ({"lines"} if self._force_omit(inv.id) else set()))
+                forced = ({"lines"} if self._force_omit(inv.id) else set()) | (
+                    {"erpData", "price"} if self._force_omit(inv.id, self.omit_erp) else set())
+                item_omitted = sorted(base | forced)
                 data.append(self.data.render(inv, item_omitted))
                 omitted.update(item_omitted)
             meta: dict[str, Any] = {"omitted": sorted(omitted)}
@@ -595,10 +599,11 @@ class SoftwareOneSimulator(SimulatorServer):
             self.unauthorized += not ok
         return ok
 
-    def _force_omit(self, invoice_id: str) -> bool:
-        left = self.omit_lines.get(invoice_id, 0)
+    def _force_omit(self, invoice_id: str, table: dict[str, int] | None = None) -> bool:
+        table = self.omit_lines if table is None else table
+        left = table.get(invoice_id, 0)
         if left > 0:
-            self.omit_lines[invoice_id] = left - 1
+            table[invoice_id] = left - 1
         return left != 0
 
     def _rows(self, filters: tuple[str, ...], order: tuple[tuple[str, bool], ...]) -> list[Invoice]:
