@@ -45,13 +45,9 @@ def extract(source: OracleOccSource, since: datetime | None = None) -> dict[str,
 
 def totals(source: OracleOccSource, payloads: dict[str, dict]) -> dict[str, Any]:
     """Map and finalize like the pipeline does, then sum like sim.expected()."""
-    out: dict[str, Any] = dict.fromkeys(
-        ("invoices", "lines", "tax_lines", "installments", "truncated", "void", "credit_memos"), 0)
-    out.update(dict.fromkeys(("total_amount", "line_amount", "tax_amount", "balance_due", "freight_amount"), Decimal(0)))
+    out: dict[str, Any] = dict.fromkeys(("invoices", "lines", "tax_lines", "installments", "truncated", "void"), 0)
+    out.update(dict.fromkeys(("total_amount", "line_amount", "tax_amount", "balance_due"), Decimal(0)))
     for payload in payloads.values():
-        # Taken from the payload: the conformed freight/document type come with the R2 mapping.
-        out["freight_amount"] += Decimal(payload["FreightAmount"] or 0)
-        out["credit_memos"] += payload["TransactionType"] == "Credit Memo"
         c = conformed.finalize(source.to_conformed(payload), derive_installment=False)
         inv = c.invoice
         out["invoices"] += 1

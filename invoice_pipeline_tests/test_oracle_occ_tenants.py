@@ -132,7 +132,7 @@ def _cents(value: Any) -> Decimal:
 def test_r2_documents_freight_and_credit_memos_as_oracle_sends_them():
     with SIMULATOR_CLASS(size=300, knobs=Knobs(seed=3), r2_documents=True) as sim, make_source(sim) as source:
         payloads = run(source)
-        expected = sim.expected()
+        expected = {**sim.expected(), **sim.expected_documents()}
     freight = [p for p in payloads.values() if p["FreightAmount"] is not None]
     credits = [p for p in payloads.values() if p["TransactionType"] == "Credit Memo"]
     assert len(freight) >= 10 and len(credits) == expected["credit_memos"] >= 5

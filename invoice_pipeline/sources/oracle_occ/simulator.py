@@ -719,14 +719,15 @@ class OracleOccSimulator(SimulatorServer):
         """Truth over invoices last updated at or after `since` (all if None), as a client sees it.
 
         Collections cut at 25 items count only the 25 that come back; `truncated` counts invoices
-        with any such collection. Keys: invoices, lines, tax_lines, installments, truncated, void,
-        credit_memos (counts) and total_amount, line_amount, tax_amount, balance_due, freight_amount
-        (Decimal sums, signed as sent: credit memos negative).
+        with any such collection. Keys: invoices, lines, tax_lines, installments, truncated, void
+        (counts) and total_amount, line_amount, tax_amount, balance_due (Decimal sums, signed as
+        sent: credit memos negative; total_amount includes freight). expected_documents() has the
+        R2 counts (kept apart: tests compare every key here with the conformed model).
         """
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
-        out = dict.fromkeys(("invoices", "lines", "tax_lines", "installments", "truncated", "void", "credit_memos"), 0)
-        cents = dict.fromkeys(("total_amount", "line_amount", "tax_amount", "balance_due", "freight_amount"), 0)
+        out = dict.fromkeys(("invoices", "lines", "tax_lines", "installments", "truncated", "void"), 0)
+        cents = dict.fromkeys(("total_amount", "line_amount", "tax_amount", "balance_due"), 0)
         with self._data_lock:
             for inv in self._invoices.values():
                 if since is not None and inv.updated < since:
@@ -737,17 +738,22 @@ class OracleOccSimulator(SimulatorServer):
                 out["tax_lines"] += sum(min(len(ln.taxes), CAP) for ln in shown)
                 out["installments"] += min(len(inv.installments), CAP)
                 out["void"] += inv.status == "Void"
-                out["credit_memos"] += inv.sign < 0
                 out["truncated"] += (
                     len(inv.lines) > CAP or len(inv.installments) > CAP or any(len(ln.taxes) > CAP for ln in shown)
                 )
                 sign = inv.sign  # amounts as sent: a credit memo's are negative
                 cents["total_amount"] += sign * inv.entered
                 cents["balance_due"] += sign * inv.balance
-                cents["freight_amount"] += sign * inv.freight
                 cents["line_amount"] += sign * sum(ln.cents for ln in shown)
                 cents["tax_amount"] += sign * sum(t.cents for ln in shown for t in ln.taxes[:CAP])
         return {**out, **{k: Decimal(v).scaleb(-2) for k, v in cents.items()}}
+
+    def expected_documents(self, since: datetime | None = None) -> dict[str, Any]:
+        """R2 truth over the same invoices as expected(): credit_memos (count), freight_amount (signed sum)."""
+        with self._data_lock:
+            chosen = [inv for inv in self._invoices.values() if since is None or inv.updated >= since]
+            return {"credit_memos": sum(inv.sign < 0 for inv in chosen),
+                    "freight_amount": Decimal(sum(inv.sign * inv.freight for inv in chosen)).scaleb(-2)}
 
     def mutate(
         self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, payments: int = 0, seed: int = 1,
