@@ -190,7 +190,9 @@ def run_source(
     return summary
 
 
-def stored_fields(turns: WriterTurns | SessionTurns, source_name: str, ids: Sequence[str], fields: Sequence[str]) -> dict[str, dict]:
+def stored_fields(
+    turns: WriterTurns | SessionTurns, source_name: str, ids: Sequence[str], fields: Sequence[str]
+) -> dict[str, dict]:
     """Source.stored_fields for this warehouse: top-level raw fields of the stored (current) version
     of these invoices, read from the source's flattened root table (values as the API sent them)."""
     s = quote(source_name)
@@ -200,8 +202,9 @@ def stored_fields(turns: WriterTurns | SessionTurns, source_name: str, ids: Sequ
             [ROOT_TABLE, [FIELD + f for f in fields]]).fetchall())
         known = [f for f in fields if FIELD + f in columns]
         select = "".join(f", {quote(columns[FIELD + f])}" for f in known)
-        rows = con.execute(f"SELECT _invoice_id{select} FROM {s}.{quote(ROOT_TABLE)} WHERE list_contains(?, _invoice_id)",
-                           [list(ids)]).fetchall()
+        rows = con.execute(
+            f"SELECT _invoice_id{select} FROM {s}.{quote(ROOT_TABLE)} WHERE list_contains(?, _invoice_id)", [list(ids)]
+        ).fetchall()
     return {row[0]: dict(zip(known, row[1:])) for row in rows}
 
 

@@ -142,7 +142,8 @@ def test_r2_documents_freight_and_credit_memos_as_oracle_sends_them():
         if lines["hasMore"]:
             continue
         line_sum = sum(_cents(ln["LineAmount"]) for ln in lines["items"])
-        tax_sum = sum(_cents(t["TaxAmount"]) for ln in lines["items"] for t in ln["receivablesInvoiceLineTaxLines"]["items"])
+        taxes = [t for ln in lines["items"] for t in ln["receivablesInvoiceLineTaxLines"]["items"]]
+        tax_sum = sum(_cents(t["TaxAmount"]) for t in taxes)
         assert _cents(p["EnteredAmount"]) == line_sum + tax_sum + _cents(p["FreightAmount"]), p["CustomerTransactionId"]
         installments = p["receivablesInvoiceInstallments"]["items"]
         assert sum(_cents(i["InstallmentFreightAmountOriginal"]) for i in installments) == _cents(p["FreightAmount"])

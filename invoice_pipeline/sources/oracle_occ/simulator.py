@@ -432,7 +432,8 @@ class OracleOccSimulator(SimulatorServer):
             lo = line_total // n if k < n - 1 else line_total - line_total // n * (n - 1)
             to = tax_total // n if k < n - 1 else tax_total - tax_total // n * (n - 1)
             fo = inv.freight if k == 0 else 0  # freight is billed with the first installment
-            inv.installments.append(Installment(keys[k], inv.due_date + timedelta(days=30 * k), lo, to, lo, to, 0, fo, fo))
+            due = inv.due_date + timedelta(days=30 * k)
+            inv.installments.append(Installment(keys[k], due, lo, to, lo, to, 0, fo, fo))
         self._pay(inv, min(paid, inv.balance))
 
     @staticmethod

@@ -114,7 +114,9 @@ class SoftwareOneSource(Source):
         total = cls._pagination(body).get("total")
         return total if isinstance(total, int) and not isinstance(total, bool) else None
 
-    def _full_page(self, rql: str, select: str, offset: int, limit: int, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _full_page(
+        self, rql: str, select: str, offset: int, limit: int, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The page at `offset`, holding as many invoices as its own `total` says it must.
 
         A page that comes back short or empty (fewer than min(limit, total - offset) items) is
@@ -258,8 +260,8 @@ class SoftwareOneSource(Source):
             yield from fresh
             self.stats.progress(self.name)
         extra = self.stats.extra
-        log.info("source '%s': %d pages, %d ids listed, %d new, %d re-requested for omitted fields, %d pages re-requested",
-                 self.name, self.stats.pages, extra.get("ids_listed", 0), len(seen), extra.get("omitted_refetched", 0),
+        log.info("source '%s': %d pages, %d ids listed, %d new, %d re-requested for omitted fields, "
+                 "%d pages re-requested", self.name, self.stats.pages, extra.get("ids_listed", 0), len(seen), extra.get("omitted_refetched", 0),
                  extra.get("pages_rerequested", 0))
 
     def _refetch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

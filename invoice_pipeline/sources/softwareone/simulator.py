@@ -530,7 +530,8 @@ class SoftwareOneSimulator(SimulatorServer):
         super().__init__(knobs, host, port)
         self.created_at = datetime.now(UTC).replace(microsecond=0)
         r2 = R2_DOCUMENTS_DEFAULT if r2_documents is None else r2_documents
-        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, self.created_at - timedelta(hours=1), r2)
+        end = self.created_at - timedelta(hours=1)
+        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, end, r2)
         self.page_tamper = page_tamper  # misbehaving list pages (tests of the client's paging guards)
         self.pagination_meta = pagination_meta  # False: no $meta.pagination (a tenant that sends none)
         digest = hashlib.sha256(b"swo-simulator-token").hexdigest()  # fixed: `simulate` asks a throwaway instance
