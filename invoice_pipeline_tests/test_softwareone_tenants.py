@@ -130,13 +130,13 @@ def test_r2_credit_documents_come_with_positive_amounts_as_sent():
     assert signed == expected["total_amount"]
 
 
-def test_r2_credit_documents_are_off_by_default_until_the_r2_mapping_lands():
+def test_r2_credit_documents_are_served_by_default_and_signed_by_the_mapping():
     with SIMULATOR_CLASS(size=200) as s:
         records = extract(make_source(s))
         src = make_source(s)
         total = sum(conformed.finalize(src.to_conformed(r.payload), derive_installment=True).invoice["total_amount"]
                     for r in records)
-        assert {r.payload["type"] for r in records} == {"Debit"} and total == s.expected()["total_amount"]
+        assert {r.payload["type"] for r in records} == {"Debit", "Credit"} and total == s.expected()["total_amount"]
 
 
 def test_window_filter_still_matches_with_the_new_select():

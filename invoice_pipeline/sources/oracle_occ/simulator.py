@@ -27,9 +27,9 @@ from invoice_pipeline.simulation import Knobs, PageTamper, SimRequest, SimRespon
 from invoice_pipeline.timeutil import parse_timestamp
 
 API = "/ccstore/v1"
-# R2 documents (freight on some invoices, some credit memos) need the R2 conformed mapping
-# (freight_amount, document_type); off by default until that mapping is merged, then flip to True.
-R2_DOCUMENTS_DEFAULT = False
+# R2 documents, served by default as the vendor's documents show real tenants send them: freight on
+# some invoices (invoice 891371 of the list example) and some credit memos with negative amounts.
+R2_DOCUMENTS_DEFAULT = True
 Q_MODES = ("honour", "refuse", "ignore")  # how the list treats its filter `q` (tenants differ)
 LIST_PATH = API + "/selfservice/invoices"
 CAP = 25  # list pages and every nested collection hold at most this many items

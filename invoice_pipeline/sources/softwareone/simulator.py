@@ -31,9 +31,9 @@ DEFAULT_LIMIT = 10
 FIELDS = ("id", "status", "audit.created.at", "audit.updated.at")
 # Left out unless selected, then listed in $meta.omitted (erpData and price: SoftwareOne's OpenAPI).
 OPTIONAL = ("audit", "lines", "erpData", "price")
-# R2 documents (`type: "Credit"`, sent with positive amounts) need the R2 conformed mapping, which
-# negates them; off by default until that mapping is merged, then flip to True.
-R2_DOCUMENTS_DEFAULT = False
+# R2 documents, served by default as the vendor's OpenAPI shows them: `type: "Credit"` documents sent
+# with positive amounts (the conformed model negates them).
+R2_DOCUMENTS_DEFAULT = True
 GENERATED_DAYS = 2  # an invoice this young is still "Generated" (not yet issued)
 CENT = Decimal("0.01")
 FIRST = datetime(2024, 1, 2, tzinfo=UTC)
