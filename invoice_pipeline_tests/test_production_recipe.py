@@ -157,21 +157,33 @@ class Deployment:
         # Automation off, so the conformed refresh does not compete for the pool slot under test.
         (home / "dagster.yaml").write_text(shipped_instance_yaml_on_sqlite()
                                            + "auto_materialize:\n  enabled: false\n  use_sensors: false\n")
-        self.port = _free_port()
-        self.gql = GraphQL(f"http://127.0.0.1:{self.port}")
         env = {**os.environ, "DAGSTER_HOME": str(home), "INVOICE_PIPELINE_CONFIG": str(config_path),
                "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
         bin_dir = Path(sys.executable).parent
         self.logs = {"webserver": tmp / "webserver.log", "daemon": tmp / "daemon.log"}
-        commands = {"webserver": [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
-                                  "-p", str(self.port)],
-                    "daemon": [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"]}
-        self.procs = {}
-        for name, command in commands.items():
+        self.procs: dict[str, subprocess.Popen] = {}
+
+        def start(name: str, command: list[str]) -> None:
             with self.logs[name].open("wb") as log:
                 self.procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                     start_new_session=True)
             stack.callback(self._stop, self.procs[name])
+
+        start("daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"])
+        for _ in range(3):  # a free port can be taken by another process before the webserver binds it
+            self.port = _free_port()
+            start("webserver", [str(bin_dir / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1",
+                                "-p", str(self.port)])
+            serving = f"Serving dagster-webserver on http://127.0.0.1:{self.port}"
+            _wait("the webserver to listen", lambda: self.procs["webserver"].poll() is not None
+                  or serving in self.logs["webserver"].read_text(errors="replace"), 120, context=self.log_tail)
+            if self.procs["webserver"].poll() is None:
+                break
+        assert self.procs["webserver"].poll() is None, self.log_tail()
+        self.gql = GraphQL(f"http://127.0.0.1:{self.port}")
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self.procs.values()]
 
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
@@ -242,7 +254,7 @@ def test_killed_run_is_failed_and_its_pool_slot_freed(deployment) -> None:
     monitoring = yaml.safe_load(DEPLOY_YAML.read_text())["run_monitoring"]
     delay = monitoring["free_slots_after_run_end_seconds"]
 
-    first = launch_run(server.gql, "swo_incremental", timeout=150)
+    first = launch_run(server.gql, "swo_incremental", timeout=150, pids=server.pids())
     worker = _wait("the first run's step to be running", lambda: server.run_worker_pid(first, "swo__invoices"), 120,
                    context=server.log_tail)
     slots = [s for s in server.claimed_slots() if s["runId"] == first]
@@ -256,7 +268,7 @@ def test_killed_run_is_failed_and_its_pool_slot_freed(deployment) -> None:
         process.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
 
-    second = launch_run(server.gql, "agvance_main_incremental", timeout=30)
+    second = launch_run(server.gql, "agvance_main_incremental", timeout=30, pids=server.pids())
     _wait(f"the killed run {first} to be marked failed", lambda: run_status(server.gql, first) == "FAILURE",
           30, context=server.log_tail)
     ended = server.end_time(first)

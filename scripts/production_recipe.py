@@ -10,6 +10,7 @@ to finish; it prints the run id and exits 0 only if the run succeeded.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -97,8 +98,21 @@ LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $pa
   ... on PipelineNotFoundError { message } } }"""
 
 
-def launch_run(gql: GraphQL, job: str, timeout: float) -> str:
-    location, repository = _wait("the webserver to load the code location", lambda: _location(gql), timeout)
+def _pids_alive(pids: list[int]) -> None:
+    """Fail at once if a service died (e.g. its port was taken: then another server would answer)."""
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            raise SystemExit(f"service pid {pid} exited (see its log)") from None
+
+
+def launch_run(gql: GraphQL, job: str, timeout: float, pids: list[int] = ()) -> str:
+    def ready():
+        _pids_alive(list(pids))
+        return _location(gql)
+
+    location, repository = _wait("the webserver to load the code location", ready, timeout)
     params = {"selector": {"repositoryLocationName": location, "repositoryName": repository, "jobName": job},
               "runConfigData": {}}
     result = gql(LAUNCH, params=params)["launchRun"]
@@ -122,7 +136,7 @@ def failure_messages(gql: GraphQL, run_id: str) -> list[str]:
 def cmd_launch(args: argparse.Namespace) -> int:
     gql = GraphQL(args.url)
     started = time.monotonic()
-    run_id = launch_run(gql, args.job, args.timeout)
+    run_id = launch_run(gql, args.job, args.timeout, args.pid or [])
     print(f"launched run {run_id} of job {args.job}", file=sys.stderr, flush=True)
     status = _wait(f"run {run_id} to finish", lambda: (s := run_status(gql, run_id)) in TERMINAL and s,
                    max(args.timeout - (time.monotonic() - started), 1), interval=1.0)
@@ -150,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     launch.add_argument("--url", required=True)
     launch.add_argument("--job", required=True)
     launch.add_argument("--timeout", type=float, default=300)
+    launch.add_argument("--pid", type=int, action="append", help="a service that must stay alive (repeatable)")
     launch.set_defaults(func=cmd_launch)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -8,7 +8,8 @@
 #   5. dagster-webserver and dagster-daemon against workspace.yaml, as two services would run;
 #   6. one run launched through GraphQL (launchRun), queued, started by the daemon, waited for;
 #   7. that run looked up in Postgres' `runs` table with psql;
-#   8. everything it started stopped (services, simulators, the Postgres cluster if it was down).
+#   8. everything it started stopped (services, simulators, the Postgres cluster if it was down
+#      or installed by this run).
 # Exit 0 only if the run succeeded and Postgres holds it as SUCCESS. Needs root or sudo (apt-get,
 # the postgres system user). Knobs (environment):
 #   RECIPE_WORK_DIR          work dir (DAGSTER_HOME, config, warehouse, logs); default: a new temp dir
@@ -66,7 +67,7 @@ SELECT format('DROP ROLE IF EXISTS %I', :'user') \gexec
 SQL
   fi
   if [ -n "$PG_STARTED" ]; then
-    log "stopping the PostgreSQL cluster $PG_STARTED (it was down before)"
+    log "stopping the PostgreSQL cluster $PG_STARTED (this script started it)"
     # shellcheck disable=SC2086
     $SUDO pg_ctlcluster $PG_STARTED stop || true
   fi
@@ -88,6 +89,7 @@ if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql/
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  PG_INSTALLED=1   # its cluster, if the package's install started it, is stopped at the end too
 fi
 read -r PG_VERSION PG_CLUSTER PG_PORT PG_STATUS _ < <(pg_lsclusters -h | head -n 1) || true
 if [ -z "${PG_VERSION:-}" ]; then
@@ -99,6 +101,8 @@ fi
 if [ "$PG_STATUS" != "online" ]; then
   log "starting PostgreSQL cluster $PG_VERSION $PG_CLUSTER (port $PG_PORT)"
   $SUDO pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
+  PG_STARTED="$PG_VERSION $PG_CLUSTER"
+elif [ -n "${PG_INSTALLED:-}" ]; then
   PG_STARTED="$PG_VERSION $PG_CLUSTER"
 fi
 export DAGSTER_PG_PORT=$PG_PORT
@@ -146,8 +150,9 @@ start webserver "$BIN/dagster-webserver" -w workspace.yaml -h 127.0.0.1 -p "$WEB
 start daemon "$BIN/dagster-daemon" run -w workspace.yaml
 
 # 6. A run through GraphQL: queued by the webserver, started by the daemon.
+PID_ARGS=(); for pid in "${PIDS[@]}"; do PID_ARGS+=(--pid "$pid"); done
 RUN_ID=$("$PY" "$REPO/scripts/production_recipe.py" launch --url "http://127.0.0.1:$WEB_PORT" --job "$JOB" \
-  --timeout "$TIMEOUT") || { alive || true; log "the run did not succeed; daemon log tail:"; tail -n 40 "$WORK/daemon.log" >&2; exit 1; }
+  --timeout "$TIMEOUT" "${PID_ARGS[@]}") || { alive || true; log "the run did not succeed; daemon log tail:"; tail -n 40 "$WORK/daemon.log" >&2; exit 1; }
 alive
 
 # 7. The run, as Postgres holds it.
