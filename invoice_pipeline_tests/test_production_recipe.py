@@ -55,13 +55,6 @@ def _wait(what: str, condition: Callable[[], Any], timeout: float, interval: flo
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n{context()}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_docs_show_the_shipped_dagster_yaml_verbatim() -> None:
     docs = (REPO / "docs" / "OPERATIONS.md").read_text()
     blocks = [b for b in re.findall(r"^```yaml\n(.*?)^```", docs, flags=re.S | re.M) if "postgres_db:" in b]
@@ -95,12 +88,22 @@ def _require_root_or_sudo() -> None:
     pytest.skip(reason)
 
 
+def _clusters() -> str | None:
+    """`pg_lsclusters` as it stands (None when PostgreSQL is not installed)."""
+    if not shutil.which("pg_lsclusters"):
+        return None
+    return subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True).stdout
+
+
 def test_production_recipe_end_to_end(tmp_path: Path) -> None:
     _require_root_or_sudo()
     name = f"recipe_{uuid.uuid4().hex[:8]}"
     work = tmp_path / "recipe"
+    clusters_before = _clusters()
     env = {**os.environ, "RECIPE_WORK_DIR": str(work), "DAGSTER_WEBSERVER_PORT": str(_free_port()),
            "SIM_PORTS": "0", "SIM_SIZE": "25", "DAGSTER_PG_DB": name, "DAGSTER_PG_USER": name,
+           # quotes, a backslash, URL delimiters: the password reaches psql and the Dagster URL intact
+           "DAGSTER_PG_PASSWORD": f"it's a \\ p@ss:{uuid.uuid4().hex[:6]}",
            "RECIPE_DROP_DB": "1", "RECIPE_TIMEOUT": "200"}
     env.pop("DAGSTER_HOME", None)
     env.pop("INVOICE_PIPELINE_CONFIG", None)
@@ -124,6 +127,17 @@ def test_production_recipe_end_to_end(tmp_path: Path) -> None:
     assert len(pids) == 3, proc.stderr
     leftovers = [p.pid for p in psutil.process_iter() if _safe_pgid(p.pid) in pids]
     assert not leftovers, f"processes left running: {leftovers}"
+    assert env["DAGSTER_PG_PASSWORD"] not in output
+    # The cluster is as it was (stopped again if the recipe started it), the throw-away database gone.
+    if clusters_before is not None:
+        assert _clusters() == clusters_before
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
 def _safe_pgid(pid: int) -> int | None:
@@ -163,13 +177,16 @@ class Deployment:
         bin_dir = Path(sys.executable).parent
         self.logs = {"webserver": tmp / "webserver.log", "daemon": tmp / "daemon.log"}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.replaced: list[subprocess.Popen] = []  # webservers that could not bind their port
 
         def start(name: str, command: list[str]) -> None:
+            if name in self.procs:
+                self.replaced.append(self.procs[name])
             with self.logs[name].open("wb") as log:
                 self.procs[name] = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                     start_new_session=True)
-            stack.callback(self._stop, self.procs[name])
 
+        stack.callback(self._stop_all)
         start("daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", "workspace.yaml"])
         for _ in range(3):  # a free port can be taken by another process before the webserver binds it
             self.port = _free_port()
@@ -186,21 +203,20 @@ class Deployment:
     def pids(self) -> list[int]:
         return [proc.pid for proc in self.procs.values()]
 
-    @staticmethod
-    def _stop(proc: subprocess.Popen) -> None:
-        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+    def _stop_all(self) -> None:
+        """SIGTERM to every service's process group at once; SIGKILL to what is left after 10 s."""
+        procs = list(self.procs.values()) + self.replaced
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs:
             try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(grace)
+                proc.wait(max(deadline - time.monotonic(), 0.1))
             except subprocess.TimeoutExpired:
-                continue
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # children of a leader that exited cleanly
-        except ProcessLookupError:
-            pass
+                pass
+        for proc in procs:
+            _signal_group(proc.pid, signal.SIGKILL)  # also children of a leader that exited cleanly
+            proc.wait()
 
     def log_tail(self, chars: int = 3000) -> str:
         return "\n".join(f"--- {n}:\n{p.read_text(errors='replace')[-chars:]}" for n, p in self.logs.items())

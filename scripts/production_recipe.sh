@@ -25,6 +25,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 PY="$REPO/.venv/bin/python"
 BIN="$REPO/.venv/bin"
 log() { echo "[recipe] $*" >&2; }
+[ -x "$PY" ] || bash "$REPO/scripts/setup.sh"   # .venv with the project (and its postgres extra)
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then
@@ -108,13 +109,17 @@ fi
 export DAGSTER_PG_PORT=$PG_PORT
 for _ in $(seq 1 60); do as_postgres pg_isready -q -p "$PG_PORT" && break; sleep 0.5; done
 
-# The role and database (idempotent; the role's password is set to DAGSTER_PG_PASSWORD).
-as_postgres psql -q -p "$PG_PORT" -v ON_ERROR_STOP=1 -v db="$DAGSTER_PG_DB" -v user="$DAGSTER_PG_USER" \
-  -v pw="$DAGSTER_PG_PASSWORD" >/dev/null <<'SQL'
+# The role and database (idempotent; the role's password is set to DAGSTER_PG_PASSWORD, which goes
+# to psql on stdin, never on a command line other users could read).
+pw=${DAGSTER_PG_PASSWORD//\\/\\\\}
+pw=${pw//\'/\'\'}
+{ printf "\\set pw '%s'\n" "$pw"; cat <<'SQL'; } | as_postgres psql -q -p "$PG_PORT" -v ON_ERROR_STOP=1 \
+  -v db="$DAGSTER_PG_DB" -v user="$DAGSTER_PG_USER" >/dev/null
 SELECT format('CREATE ROLE %I LOGIN', :'user') WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'user') \gexec
 SELECT format('ALTER ROLE %I PASSWORD %L', :'user', :'pw') \gexec
 SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'user') WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
 SQL
+unset pw
 DB_READY=1
 log "PostgreSQL $PG_VERSION on port $PG_PORT: database $DAGSTER_PG_DB, role $DAGSTER_PG_USER"
 
