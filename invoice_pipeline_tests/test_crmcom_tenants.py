@@ -1,5 +1,5 @@
 """CRM.COM client against tampered simulators: page caps, pre-R13 paging, glitches, refused
-filters, tax-only items and the repeated hour at the end of DST (docs/SOURCES_crm_agv.md)."""
+filters, tax-only items and the repeated hour at the end of DST (docs/SOURCES.md)."""
 
 from __future__ import annotations
 
