@@ -120,7 +120,7 @@ class Lake:
             link = root / f".{CURRENT}.link-{uuid.uuid4().hex[:6]}"
             os.symlink(f"{VERSIONS_DIR}/{version}", link, target_is_directory=True)
             os.replace(link, root / CURRENT)  # THE switch: every table at once
-            _fsync_dir(root)
+            fsync_dir(root)
             self._stable_links(top)
         else:
             manifest = {"version": version, "published_at": datetime.now(UTC).isoformat(),
@@ -245,8 +245,8 @@ class Lake:
         return files.rows
 
 
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (a crash right after must not bring the old link back)."""
+def fsync_dir(path: Path) -> None:
+    """Make a rename in this folder durable (a crash right after must not bring the old name back)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

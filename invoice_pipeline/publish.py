@@ -25,7 +25,7 @@ from invoice_pipeline import __version__
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
-from invoice_pipeline.lake import Lake, new_version
+from invoice_pipeline.lake import Lake, fsync_dir, new_version
 from invoice_pipeline.reconcile import create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
@@ -270,7 +270,7 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
             if not switched:
                 lake.discard(snapshot_id)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         # Recorded after the swap: a crash in between costs one needless republish, never a skipped one.
         with wh.writer() as con:
             con.execute(f"INSERT INTO main.{PUBLISHES} VALUES (?, ?, ?)", [snapshot_id, fingerprint, published_at])
@@ -311,17 +311,3 @@ def _last_publish(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
     con.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLISHES} (snapshot_id VARCHAR, fingerprint VARCHAR, published_at TIMESTAMPTZ)")
     row = con.execute(f"SELECT snapshot_id, fingerprint FROM main.{PUBLISHES} ORDER BY published_at DESC LIMIT 1").fetchone()
     return (row[0], row[1]) if row else None
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable (a crash right after publish must not resurrect the old file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
