@@ -82,6 +82,19 @@ def test_silent_payments_converge_through_the_cli_for_every_source(tmp_path: Pat
         stale = {k: (before[k], main[k], truth[k]) for k in truth if main[k] != truth[k]}
         assert not stale, f"paid invoices kept their old balance in main.invoices (before, now, truth): {stale}"
         assert {k: published[k] for k in truth} == truth
+
+        # What each re-poll cost, as its materialization records it.
+        import dagster as dg
+
+        with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+            meta = {}
+            for t in SOURCES:
+                event = instance.get_latest_materialization_event(dg.AssetKey([t, "open_invoices_repoll"]))
+                meta[t] = {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
+        assert meta["crmcom"]["api_calls"] == 0 and meta["crmcom"]["skipped_compared_by_load"] > 0  # its load compared
+        assert meta["oracle_occ"]["detail_calls"] == 5 and meta["oracle_occ"]["pages"] >= 1  # the paid ones only
+        for t in ("softwareone", "agvance"):
+            assert meta[t]["api_calls"] >= 1 and meta[t]["open_invoices"] > 0
     finally:
         for sim in sims.values():
             sim.__exit__(None, None, None)
