@@ -5,8 +5,10 @@ Plain Python, like pipeline.py; defs/lifecycle.py wires it into Dagster.
 - Re-poll: balances move when a payment is applied, often without the invoice's last-modified
   time moving, so a modification window never sees it. `repoll_open_invoices` re-reads the
   invoices still open in the warehouse (balance due <> 0, not void, not deleted, due or invoice
-  date within `repoll_horizon`) with each source's cheapest read of specific invoices
-  (`fetch_by_ids`) and merges them like any load (the merge accepts an equal last-modified time).
+  date within `repoll_horizon`) with each source's cheapest read (`repoll` where a client has one,
+  e.g. Oracle's list comparison; else `fetch_by_ids`) and merges them like any load (the merge
+  accepts an equal last-modified time). After a load in the same job run that compared every
+  balance (CRM.COM; Oracle list-only) it reads nothing.
 - Deletions: an invoice can vanish from a source without a change event. `reconcile_deletions`
   compares the source's ids (`list_ids`) with the warehouse, confirms each missing one with
   `fetch_by_ids`, and marks the rest `is_deleted` with `deleted_detected_at` (never erased). A
