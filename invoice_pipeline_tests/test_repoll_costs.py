@@ -137,3 +137,15 @@ def test_oracle_list_item_without_id_is_quarantined_and_the_rest_loads(tmp_path:
         # An id listing with a hole must not mark anything deleted: deletion reconciliation fails loudly.
         with pytest.raises(SourceError, match="no CustomerTransactionId"):
             lifecycle.reconcile_deletions(app, "occ")
+
+
+def test_oracle_repoll_ranges_skip_long_gaps_and_split_for_parallel_walks() -> None:
+    from invoice_pipeline.sources.oracle_occ.client import _id_ranges
+
+    ids = [str(n) for n in range(1000, 1100)] + [str(n) for n in range(5000, 5010)]
+    assert _id_ranges(ids, 25) == [(1000, 1099), (5000, 5009)]  # the 3,900-id gap is not listed
+    dense = [str(n) for n in range(0, 4000, 2)]  # 2,000 ids, no gap: halved into 4 parallel walks
+    ranges = _id_ranges(dense, 25, 4)
+    assert len(ranges) == 4 and ranges[0][0] == 0 and ranges[-1][1] == 3998
+    assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))  # disjoint, in order
+    assert _id_ranges(["12", "A-7"], 25) is None  # not numeric: the whole list instead

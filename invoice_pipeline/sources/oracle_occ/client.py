@@ -37,6 +37,7 @@ PROBE_Q = "LastUpdateDate>='2999-01-01T00:00:00Z'"  # matches nothing on a tenan
 # Fields list items carry that change when an invoice does (compared with the stored version).
 LIST_FIELDS = ("InvoiceBalanceAmount", "EnteredAmount", "InvoiceStatus", "DueDate")
 RANGE_SPLIT_PAGES = 2  # re-poll: open ids further apart than this many pages of ids are listed apart
+COMPARE_CHUNK = 500  # re-poll: listed invoices compared with the warehouse per query
 
 
 class OracleOccConfig(SourceConfig):
@@ -111,6 +112,7 @@ class OracleOccSource(Source):
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())
         self._mode: str | None = None  # list mode, probed once per source instance (one run)
         self._changed: set[str] = set()  # listed ids whose list fields differ from the stored version
+        self._pages_lock = threading.Lock()
 
     # -- extraction --------------------------------------------------------------------------
     def _page(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -122,7 +124,9 @@ class OracleOccSource(Source):
             if not isinstance(item, dict):
                 raise self.http.error(f"list item at offset {params['offset']} is not an object: {item!r}"[:300],
                                       endpoint=f"GET {LIST_PATH}")
-        self.stats.pages += count
+        if count:
+            with self._pages_lock:  # re-poll walks run in parallel
+                self.stats.pages += 1
         return body, items
 
     @staticmethod
@@ -376,14 +380,20 @@ class OracleOccSource(Source):
         for key in ("repoll_listed", "repoll_changed", "repoll_unchanged", "repoll_not_listed"):
             extra.setdefault(key, 0)
         lookup = self.stored_fields
-        ranges = _id_ranges(wanted, self.page_size) if self._filter_mode() == FILTER else None
+        workers = self.config.concurrency
+        ranges = _id_ranges(wanted, self.page_size, workers) if self._filter_mode() == FILTER else None
         extra["repoll_list_walks"] = len(ranges) if ranges is not None else 1
         walks = ([f"CustomerTransactionId>={lo};CustomerTransactionId<={hi}" for lo, hi in ranges]
                  if ranges is not None else [None])
         left = set(wanted)
-        for q in walks:
-            for page in self._walk(q):
-                items = [item for item in page if _item_id(item) in left]
+
+        def listed(q: str | None) -> list[dict[str, Any]]:
+            """The list items of the wanted invoices in one walk (walks run in parallel)."""
+            return [item for page in self._walk(q) for item in page if _item_id(item) in wanted]
+
+        for found in ordered_map(listed, walks, workers, workers * 2, f"{self.name}-repoll-list"):
+            for start in range(0, len(found), COMPARE_CHUNK):
+                items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
                 if not items:
                     continue
                 page_ids = [_item_id(item) for item in items]
@@ -435,21 +445,30 @@ def _query(params: dict[str, Any]) -> str:
     return "&".join(f"{key}={value}" for key, value in params.items())
 
 
-def _id_ranges(ids: Collection[str], page_size: int) -> list[tuple[int, int]] | None:
+def _id_ranges(ids: Collection[str], page_size: int, pieces: int = 1) -> list[tuple[int, int]] | None:
     """Numeric id ranges that cover these ids, split where two neighbours lie more than a few pages
     of ids apart (a gap of n ids holds at most n invoices: splitting there costs at most one page
-    and saves the gap's pages). None: an id is not numeric (list everything instead)."""
+    and saves the gap's pages), then the ranges holding the most ids halved until there are
+    `pieces` (walked in parallel; each split costs at most one partial page) while a range holds
+    more than a few pages of ids. None: an id is not numeric (list everything instead)."""
     if not ids or not all(i.isdigit() for i in ids):
         return None
     numbers = sorted(int(i) for i in ids)
     gap = RANGE_SPLIT_PAGES * page_size
-    ranges = [[numbers[0], numbers[0]]]
+    groups = [[numbers[0]]]
     for n in numbers[1:]:
-        if n - ranges[-1][1] > gap:
-            ranges.append([n, n])
+        if n - groups[-1][-1] > gap:
+            groups.append([n])
         else:
-            ranges[-1][1] = n
-    return [(lo, hi) for lo, hi in ranges]
+            groups[-1].append(n)
+    while len(groups) < pieces:
+        biggest = max(range(len(groups)), key=lambda k: len(groups[k]))
+        group = groups[biggest]
+        if len(group) < 4 * page_size:
+            break
+        half = len(group) // 2
+        groups[biggest:biggest + 1] = [group[:half], group[half:]]
+    return [(g[0], g[-1]) for g in groups]
 
 
 def _item_id(item: dict[str, Any]) -> str:
