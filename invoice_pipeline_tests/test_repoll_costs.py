@@ -149,3 +149,32 @@ def test_oracle_repoll_ranges_skip_long_gaps_and_split_for_parallel_walks() -> N
     assert len(ranges) == 4 and ranges[0][0] == 0 and ranges[-1][1] == 3998
     assert all(a[1] < b[0] for a, b in zip(ranges, ranges[1:]))  # disjoint, in order
     assert _id_ranges(["12", "A-7"], 25) is None  # not numeric: the whole list instead
+
+
+def test_agvance_repoll_reads_open_invoices_by_number_ranges(tmp_path: Path) -> None:
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS as AgvSim
+
+    with AgvSim(size=300) as sim:
+        app = make_app(tmp_path, {"agv": sim.source_config()})
+        run_source(app, "agv")
+        sim.mutate(payments=3, seed=2)
+        n_open = _open_count(app)
+        sim.requests.clear()
+        result = lifecycle.repoll_open_invoices(app, "agv")
+        assert result.open_invoices == n_open > 20 and result.changed == 3
+        assert result.api_calls == sum(sim.requests.values()) <= 3  # a few calls, not one per invoice
+
+
+def test_crmcom_backfill_that_leaves_newer_versions_does_not_claim_every_balance_compared(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from invoice_pipeline.sources.base import Window
+    from invoice_pipeline.timeutil import utc_now
+
+    with CrmSim(size=60) as sim:
+        app = make_app(tmp_path, {"crm": sim.source_config()})
+        run_source(app, "crm")
+        sim.mutate(updates=2, seed=4)  # two invoices modified now: after the backfill's window
+        start = app.sources["crm"].start_date
+        backfill = run_source(app, "crm", window=Window(start, utc_now() - timedelta(days=1)))
+        assert backfill.extra["invoices_after_window"] >= 2 and "balances_compared" not in backfill.extra

@@ -194,6 +194,7 @@ class _AccountResult:
     undated: int = 0
     records: list[SourceRecord] = field(default_factory=list)
     older: list[SourceRecord] = field(default_factory=list)  # outside the window, last modified before it
+    newer: int = 0  # outside the window, last modified after it (not compared)
 
 
 class CrmcomSource(Source):
@@ -418,6 +419,8 @@ class CrmcomSource(Source):
                         result.outside += 1
                         if record.last_modified_at < window.start:
                             result.older.append(record)  # compared with the stored version (see _changed_older)
+                        else:
+                            result.newer += 1  # a newer version than the window: the next run's
                         continue
                     result.records.append(record)
         finally:
@@ -434,6 +437,7 @@ class CrmcomSource(Source):
         extra["invoice_pages"] = extra.get("invoice_pages", 0) + result.pages
         extra["invoices_scanned"] = extra.get("invoices_scanned", 0) + result.scanned
         extra["invoices_outside_window"] = extra.get("invoices_outside_window", 0) + result.outside
+        extra["invoices_after_window"] = extra.get("invoices_after_window", 0) + result.newer
         if result.undated:
             extra["invoices_without_updated_date"] = extra.get("invoices_without_updated_date", 0) + result.undated
         fresh = []
@@ -523,9 +527,10 @@ class CrmcomSource(Source):
                 for future in inflight:
                     future.cancel()
                 raise
-        if self.stored_fields is not None:
+        if self.stored_fields is not None and not self.stats.extra.get("invoices_after_window"):
             # Every invoice of every AR was read and each one outside the window compared with its
-            # stored balance and state: lifecycle.repoll_open_invoices skips the re-poll after this load.
+            # stored balance and state: lifecycle.repoll_open_invoices skips the re-poll after this
+            # load. (Not after a backfill that left newer versions unread.)
             self.stats.extra["balances_compared"] = "all"
 
     # -- per-record ------------------------------------------------------------------------

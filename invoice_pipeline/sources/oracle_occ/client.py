@@ -113,6 +113,8 @@ class OracleOccSource(Source):
         self._mode: str | None = None  # list mode, probed once per source instance (one run)
         self._changed: set[str] = set()  # listed ids whose list fields differ from the stored version
         self._pages_lock = threading.Lock()
+        self._changed_unwritten = False  # a changed invoice was left out (newer than the window)
+        self._compared_all = False  # list-only mode compared every listed invoice with the warehouse
 
     # -- extraction --------------------------------------------------------------------------
     def _page(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -273,11 +275,7 @@ class OracleOccSource(Source):
                     extra["ids_unchanged"] += 1
                     continue
                 yield invoice_id
-        if lookup is not None:
-            # Every listed invoice's balance and status was compared with the stored version and the
-            # changed ones are loaded (even when their LastUpdateDate did not move): a re-poll right
-            # after this load has nothing left to read (lifecycle.repoll_open_invoices).
-            extra["balances_compared"] = "all"
+        self._compared_all = lookup is not None  # see _window_records
 
     def _without_id(self, item: dict[str, Any]) -> dict[str, Any]:
         log.warning("source '%s': a list item has no CustomerTransactionId; quarantining it: %s", self.name,
@@ -333,10 +331,17 @@ class OracleOccSource(Source):
                     yield record
                 elif modified is not None and not window.start <= modified <= window.end:
                     self.stats.extra["outside_window"] += 1
+                    if modified > window.end and record.invoice_id in self._changed:
+                        self._changed_unwritten = True  # a newer version than the window: the re-poll's
                 else:
                     self.stats.kept += 1
                     yield record
             self.stats.progress(self.name)
+        if self._compared_all and not self._changed_unwritten:
+            # Every listed invoice's balance and status was compared with the stored version and the
+            # changed ones are loaded (even when their LastUpdateDate did not move): a re-poll right
+            # after this load has nothing left to read (lifecycle.repoll_open_invoices).
+            self.stats.extra["balances_compared"] = "all"
 
     # -- per-record ------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
