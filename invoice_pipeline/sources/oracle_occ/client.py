@@ -3,6 +3,8 @@
 The list filter `q` is our reading of Fusion's REST conventions (docs/SOURCES.md): a tenant may
 refuse it or ignore it. The client probes once per run and, without a working filter, works from
 the list alone (details only of invoices new to the warehouse or whose list fields changed).
+The re-poll of open invoices (`repoll`) compares list pages with the warehouse the same way, so it
+costs list pages, not a detail call per open invoice.
 """
 
 from __future__ import annotations
