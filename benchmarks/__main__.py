@@ -325,13 +325,40 @@ def bench_ui_vs_cli(size: int, report: dict) -> str:
                  ["run", "process wall s", "Dagster run s", "CPU s", "peak RSS MB"], rows_out)
 
 
+def bench_repoll(size: int, report: dict) -> str:
+    """7. Re-poll of every open Oracle invoice (nothing changed since the load): the client's list
+    comparison vs one detail call per invoice (what the re-poll cost before issue 21)."""
+    pages = ensure_pages(OUT, size)
+    work = _workdir(f"repoll_{size}")
+    rows_out, figures = [], {}
+    with simulator("oracle_indexed", size, pages=pages) as block:
+        config = json.dumps(block)
+        load = measure([PY, "-m", "benchmarks.children", "first_load", config, str(work)])
+        for how in ("list", "details"):
+            r = measure([PY, "-m", "benchmarks.children", "repoll", config, str(work), how])
+            inner = r["inner"]
+            figures[how] = {"wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "peak_rss_mb": r["peak_rss_mb"],
+                            **{k: inner.get(k) for k in ("open_invoices", "api_calls", "pages", "detail_calls",
+                                                         "changed", "seconds")}}
+            rows_out.append([how, inner.get("open_invoices"), inner.get("api_calls"), inner.get("pages"),
+                             inner.get("detail_calls"), inner.get("seconds"), r["cpu_s"], r["peak_rss_mb"]])
+    report["repoll"] = {"invoices": size, "first_load_s": load["inner"].get("seconds"), "runs": figures}
+    return table(f"7. Re-poll of every open Oracle invoice ({size:,} invoices, indexed simulator, q honoured, "
+                 "nothing changed since the load)",
+                 ["re-poll", "open invoices", "API calls", "list pages", "detail calls", "re-poll s", "CPU s",
+                  "peak RSS MB"], rows_out)
+
+
 def versions() -> dict[str, str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
     info = {"python": platform.python_version(), "platform": platform.platform(), "cpus": str(os.cpu_count()),
             "memory_gb": f"{psutil.virtual_memory().total / 2**30:.0f}"}
     for pkg in ("invoice-pipeline", "duckdb", "pyarrow", "orjson", "dlt", "dagster", "requests"):
-        info[pkg] = version(pkg)
+        try:
+            info[pkg] = version(pkg)
+        except PackageNotFoundError:  # e.g. dlt: only benchmark 5 needs it
+            info[pkg] = "not installed"
     info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return info
 
@@ -340,7 +367,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="add the 200k-invoice runs (benchmarks 1 and 3)")
-    parser.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated benchmark numbers")
+    parser.add_argument("--only", default="1,2,3,4,5,6,7", help="comma-separated benchmark numbers")
+    parser.add_argument("--repoll-invoices", type=int, default=50000,
+                        help="benchmark 7 size (default 50000: ~10,000 of them open)")
     parser.add_argument("--invoices", type=int, default=20000, help="benchmark 1 size (default 20000)")
     args = parser.parse_args(argv)
     only = {int(x) for x in args.only.split(",")}
@@ -364,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
         texts.append(bench_end_to_end(10000, runs.get(10000), report))
     if 6 in only:
         texts.append(bench_ui_vs_cli(500, report))
+    if 7 in only:
+        texts.append(bench_repoll(args.repoll_invoices, report))
     report["total_s"] = round(time.perf_counter() - started, 1)
     report["load_average_at_end"] = os.getloadavg()
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -5,8 +5,10 @@ Plain Python, like pipeline.py; defs/lifecycle.py wires it into Dagster.
 - Re-poll: balances move when a payment is applied, often without the invoice's last-modified
   time moving, so a modification window never sees it. `repoll_open_invoices` re-reads the
   invoices still open in the warehouse (balance due <> 0, not void, not deleted, due or invoice
-  date within `repoll_horizon`) with each source's cheapest read of specific invoices
-  (`fetch_by_ids`) and merges them like any load (the merge accepts an equal last-modified time).
+  date within `repoll_horizon`) with each source's cheapest read (`repoll` where a client has one,
+  e.g. Oracle's list comparison; else `fetch_by_ids`) and merges them like any load (the merge
+  accepts an equal last-modified time). After a load in the same job run that compared every
+  balance (CRM.COM; Oracle list-only) it reads nothing.
 - Deletions: an invoice can vanish from a source without a change event. `reconcile_deletions`
   compares the source's ids (`list_ids`) with the warehouse, confirms each missing one with
   `fetch_by_ids`, and marks the rest `is_deleted` with `deleted_detected_at` (never erased). A
@@ -416,6 +418,14 @@ class _GivenInvoices:
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
         return self._batches()
 
+    @property
+    def stored_fields(self) -> Any:
+        return self._inner.stored_fields
+
+    @stored_fields.setter
+    def stored_fields(self, value: Any) -> None:  # run_source sets it: the inner client compares with it
+        self._inner.stored_fields = value
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
@@ -462,19 +472,32 @@ def _not_written_by(rows: list[tuple], run_id: str | None) -> list[tuple[str, st
     return [(i, c) for i, c, written_by in rows if run_id is None or written_by != run_id]
 
 
+def _repoll_reader(src: Source, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[list[SourceRecord]]:
+    """The source's re-poll read: `repoll` where a client has a cheaper way than reading each
+    invoice (Oracle: list pages, details only of the changed), else `fetch_by_ids`."""
+    repoll = getattr(src, "repoll", None)
+    if repoll is not None:
+        return repoll(ids, customer_ids=customer_ids)
+    return _fetch_by_ids(src, ids, customer_ids)
+
+
 @dataclass
 class RepollResult:
     source_name: str
     open_invoices: int = 0  # selected for the re-poll
     skipped_just_loaded: int = 0  # open, but just read by the load this re-poll follows
+    skipped_compared_by_load: int = 0  # open, and the load this re-poll follows compared its balance already
     found: int = 0  # returned by the source
     changed: int = 0  # of which a new version (balance, status, ...)
+    api_calls: int = 0  # what the re-poll cost (0 when there was nothing to read)
+    pages: int = 0
+    detail_calls: int = 0
     summary: RunSummary | None = None
 
     def as_metadata(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: v for k, v in self.__dict__.items() if k != "summary"}
         if self.summary is not None:
-            out.update(run_id=self.summary.run_id, api_calls=self.summary.api_calls, duration_s=self.summary.duration_s,
+            out.update(run_id=self.summary.run_id, duration_s=self.summary.duration_s,
                        quarantined=self.summary.quarantined)
         return out
 
@@ -482,13 +505,17 @@ class RepollResult:
 def repoll_open_invoices(
     app: AppConfig, source_name: str, *, warehouse: Warehouse | None = None, source: Source | None = None,
     today: date | None = None, horizon: timedelta | None = _FROM_SETTINGS, after_run_id: str | None = None,
+    load_compared_all: bool = False,
 ) -> RepollResult:
     """Re-read the still-open invoices of one source and merge what changed (see module doc).
 
     after_run_id: the pipeline run of the load this re-poll follows (same job run): the invoices
     it just wrote were read from the API moments ago, so re-reading them would only repeat those
-    calls (after a first load of 200k invoices, ~11k calls). horizon overrides the source's
-    `repoll_horizon` (None: every open invoice); today is for tests (default: UTC today)."""
+    calls (after a first load of 200k invoices, ~11k calls). load_compared_all: that load compared
+    the balance and status of every invoice it listed with the stored version and loaded the
+    changed ones (its extract stats say `balances_compared: all`: CRM.COM always, Oracle in
+    list-only mode), so nothing is left to read. horizon overrides the source's `repoll_horizon`
+    (None: every open invoice); today is for tests (default: UTC today)."""
     wh = warehouse or Warehouse(app.warehouse)
     if horizon is _FROM_SETTINGS:
         horizon = lifecycle_settings(app.sources[source_name]).repoll_horizon
@@ -499,24 +526,32 @@ def repoll_open_invoices(
         every = _open_invoices(con, source_name, horizon, today)
     rows = _not_written_by(every, after_run_id)
     skipped = len(every) - len(rows)
-    result = RepollResult(source_name, open_invoices=len(rows), skipped_just_loaded=skipped)
+    compared = 0
+    if after_run_id is not None and load_compared_all:
+        rows, compared = [], len(rows)
+    result = RepollResult(source_name, open_invoices=len(rows), skipped_just_loaded=skipped,
+                          skipped_compared_by_load=compared)
     if not rows:
         if source is not None:
             source.close()
-        log.info("source '%s': no open invoice to re-poll (%d skipped: just loaded by this run)", source_name, skipped)
+        log.info("source '%s': no open invoice to re-poll (%d skipped: just loaded by this run; %d skipped: their "
+                 "balances compared by this run's load)", source_name, skipped, compared)
         return result
     ids = [i for i, _ in rows]
     customers = sorted({c for _, c in rows if c})
     src = source or build_source(app, source_name)
-    result.summary = _load_given(app, source_name, wh, src, lambda: _fetch_by_ids(src, ids, customers), "repoll")
+    result.summary = _load_given(app, source_name, wh, src, lambda: _repoll_reader(src, ids, customers), "repoll")
     result.found = result.summary.invoices_extracted
+    result.api_calls, result.pages = result.summary.api_calls, result.summary.pages
+    result.detail_calls = int(result.summary.extra.get("detail_calls", 0))
     with wh.writer() as con:
         result.changed = con.execute(
             "SELECT count(*) FROM main.invoice_history WHERE source_name = ? AND run_id = ?",
             [source_name, result.summary.run_id],
         ).fetchall()[0][0]
-    log.info("source '%s': re-polled %d open invoices (%d just loaded skipped), %d found, %d changed", source_name,
-             result.open_invoices, result.skipped_just_loaded, result.found, result.changed)
+    log.info("source '%s': re-polled %d open invoices (%d just loaded skipped), %d found, %d changed; %d API calls "
+             "(%d list pages, %d detail calls)", source_name, result.open_invoices, result.skipped_just_loaded,
+             result.found, result.changed, result.api_calls, result.pages, result.detail_calls)
     return result
 
 

@@ -69,6 +69,12 @@ def test_list_only_mode_in_the_pipeline_reads_details_only_of_changed_invoices(t
         details = sum(n for p, n in sim.requests.items() if p.startswith(LIST_PATH + "/"))
         assert second.extra["ids_new"] == 1 and second.extra["ids_changed"] == 3
         assert second.extra["ids_unchanged"] == 117 and details == 4
-        # The payment kept its LastUpdateDate (before this window): left to the re-poll, not written here.
-        assert second.invoices_loaded == 3 and second.extra["outside_window"] == 1
+        # The payment kept its LastUpdateDate (before this window), but its detail was read because its
+        # balance changed: it is the current version, so it is written too (no re-poll call needed).
+        assert second.invoices_loaded == 4 and second.extra["outside_window"] == 0
+        assert second.extra["changed_before_window"] == 1 and second.extra["balances_compared"] == "all"
         assert set(touched["payments"]).isdisjoint(touched["updated"] + touched["new"])
+        with duckdb.connect(str(app.warehouse.duckdb_path), read_only=True) as con:
+            written = {r[0] for r in con.execute(
+                "SELECT invoice_id FROM main.invoices WHERE _run_id = ?", [second.run_id]).fetchall()}
+        assert set(touched["payments"]) <= written

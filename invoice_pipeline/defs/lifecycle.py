@@ -48,13 +48,18 @@ def _metadata(values: dict[str, Any]) -> dict[str, Any]:
             for k, v in values.items() if v is not None}
 
 
-def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> str | None:
-    """The pipeline run id of the source's load, if this same job run materialized it."""
+def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> tuple[str | None, bool]:
+    """The pipeline run id of the source's load, if this same job run materialized it, and whether
+    that load compared every listed invoice's balance with the stored one (source_stats
+    `balances_compared: all`), which leaves its re-poll nothing to read."""
     event = context.instance.get_latest_materialization_event(source_asset_key(name))
     if event is None or event.run_id != context.run_id or event.asset_materialization is None:
-        return None
-    run_id = event.asset_materialization.metadata.get("run_id")
-    return getattr(run_id, "value", run_id)
+        return None, False
+    metadata = event.asset_materialization.metadata
+    run_id = metadata.get("run_id")
+    stats = metadata.get("source_stats")
+    stats = getattr(stats, "value", stats) or {}
+    return getattr(run_id, "value", run_id), isinstance(stats, dict) and stats.get("balances_compared") == "all"
 
 
 def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
@@ -77,12 +82,15 @@ def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE
             f"deleted{horizon}) with the "
             "API's cheapest read of specific invoices, so payments that do not move the modification time "
             f"converge. Runs {when}; never moves the cursor. In a job run that also loads the source, the "
-            "invoices that load just wrote are not read again (metadata: skipped_just_loaded)."
+            "invoices that load just wrote are not read again (metadata: skipped_just_loaded), nor, when that load "
+            "compared every listed balance with the stored one (CRM.COM; Oracle in list-only mode), any other "
+            "(skipped_compared_by_load). Metadata api_calls, pages, detail_calls: what the re-poll cost."
         ),
     )
     def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        after_run_id, compared = _load_in_this_run(context, name)
         result = lifecycle.repoll_open_invoices(pipeline.app, name, warehouse=pipeline.warehouse,
-                                                after_run_id=_load_in_this_run(context, name))
+                                                after_run_id=after_run_id, load_compared_all=compared)
         return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
 
     return _repoll

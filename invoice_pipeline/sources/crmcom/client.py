@@ -22,6 +22,7 @@ from collections.abc import Collection, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -42,6 +43,10 @@ INVOICES_PATH = "/invoices/list"
 MAX_PAGE = 500  # a page size we never ask beyond in normal paging (servers cap silently anyway)
 MAX_WHOLE_LIST = 100_000  # the largest number_of_results asked of a server that ignores offset
 AR_STATES = ("ACTIVE", "SUSPENDED", "TERMINATED")  # documented life_cycle_state values of an AR
+# Compared with the stored version for invoices read outside the window (a payment moves them
+# without moving updated_date); COMPARE_CHUNK of them per warehouse query.
+BALANCE_FIELDS = ("outstanding_amount", "life_cycle_state")
+COMPARE_CHUNK = 2000
 # Wider than any zone's DST shift (2 h at most): only timestamps this close to the window's edges
 # can have a second reading inside it, so only they are read twice.
 DST_MARGIN = timedelta(hours=3)
@@ -188,6 +193,8 @@ class _AccountResult:
     outside: int = 0
     undated: int = 0
     records: list[SourceRecord] = field(default_factory=list)
+    older: list[SourceRecord] = field(default_factory=list)  # outside the window, last modified before it
+    newer: int = 0  # outside the window, last modified after it (not compared)
 
 
 class CrmcomSource(Source):
@@ -410,6 +417,10 @@ class CrmcomSource(Source):
                         result.undated += 1  # cannot be placed in time: pass it on (mapping decides)
                     elif not self._in_window(record, window):
                         result.outside += 1
+                        if record.last_modified_at < window.start:
+                            result.older.append(record)  # compared with the stored version (see _changed_older)
+                        else:
+                            result.newer += 1  # a newer version than the window: the next run's
                         continue
                     result.records.append(record)
         finally:
@@ -426,6 +437,7 @@ class CrmcomSource(Source):
         extra["invoice_pages"] = extra.get("invoice_pages", 0) + result.pages
         extra["invoices_scanned"] = extra.get("invoices_scanned", 0) + result.scanned
         extra["invoices_outside_window"] = extra.get("invoices_outside_window", 0) + result.outside
+        extra["invoices_after_window"] = extra.get("invoices_after_window", 0) + result.newer
         if result.undated:
             extra["invoices_without_updated_date"] = extra.get("invoices_without_updated_date", 0) + result.undated
         fresh = []
@@ -462,26 +474,64 @@ class CrmcomSource(Source):
             w.empty_not_end, w.offset_ignored, self._server_cap or "none",
         )
 
+    def _changed_older(self, older: list[SourceRecord], seen: set[str]) -> list[SourceRecord]:
+        """Of invoices read but last modified before the window, those whose outstanding_amount or
+        life_cycle_state differs from the stored version: a payment that did not move updated_date.
+        They were read anyway (the API lists every invoice of every AR), so loading them costs no
+        call and the re-poll after this load has nothing left to read."""
+        lookup = self.stored_fields
+        if lookup is None or not older:
+            return []
+        stored = lookup([r.invoice_id for r in older], BALANCE_FIELDS)
+        extra = self.stats.extra
+        changed = []
+        for record in older:
+            before = stored.get(record.invoice_id)
+            if before is None or record.invoice_id in seen:
+                continue  # not in the warehouse: older than its start or never loaded; not ours to add here
+            if any(not _same(record.payload.get(f), before.get(f)) for f in BALANCE_FIELDS):
+                seen.add(record.invoice_id)
+                changed.append(record)
+        extra["invoices_changed_before_window"] = extra.get("invoices_changed_before_window", 0) + len(changed)
+        self.stats.kept += len(changed)
+        extra["invoices_kept"] = self.stats.kept
+        return changed
+
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         workers = self.config.concurrency
         stop = threading.Event()
         seen: set[str] = set()
+        older: list[SourceRecord] = []  # compared with the warehouse in chunks (one query per chunk)
+
+        def merge(result: _AccountResult) -> Iterator[SourceRecord]:
+            yield from self._merge(result, seen)
+            older.extend(result.older)
+            if len(older) >= COMPARE_CHUNK:
+                yield from self._changed_older(older, seen)
+                older.clear()
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-ar") as pool:
             inflight: deque[Future[_AccountResult]] = deque()
             try:
                 for ar_id in self._accounts():
                     inflight.append(pool.submit(self._account_invoices, ar_id, window, stop))
                     while len(inflight) >= workers * 2:  # bounded queue, results in AR order
-                        yield from self._merge(inflight.popleft().result(), seen)
+                        yield from merge(inflight.popleft().result())
                     self.stats.progress(self.name)
                 while inflight:
-                    yield from self._merge(inflight.popleft().result(), seen)
+                    yield from merge(inflight.popleft().result())
                     self.stats.progress(self.name)
+                yield from self._changed_older(older, seen)
             except BaseException:  # also GeneratorExit: the consumer stopped early
                 stop.set()
                 for future in inflight:
                     future.cancel()
                 raise
+        if self.stored_fields is not None and not self.stats.extra.get("invoices_after_window"):
+            # Every invoice of every AR was read and each one outside the window compared with its
+            # stored balance and state: lifecycle.repoll_open_invoices skips the re-poll after this
+            # load. (Not after a backfill that left newer versions unread.)
+            self.stats.extra["balances_compared"] = "all"
 
     # -- per-record ------------------------------------------------------------------------
 
@@ -567,3 +617,12 @@ class CrmcomSource(Source):
             self._log_walks()
         return found
 
+
+def _same(read: Any, stored: Any) -> bool:
+    """A field read now equals its stored value: amounts as numbers (12.5 == "12.50"), else as text."""
+    if read is None or stored is None:
+        return read is None and stored is None
+    try:
+        return Decimal(str(read)) == Decimal(str(stored))
+    except InvalidOperation:
+        return str(read) == str(stored)

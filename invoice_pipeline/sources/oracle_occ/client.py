@@ -3,6 +3,8 @@
 The list filter `q` is our reading of Fusion's REST conventions (docs/SOURCES.md): a tenant may
 refuse it or ignore it. The client probes once per run and, without a working filter, works from
 the list alone (details only of invoices new to the warehouse or whose list fields changed).
+The re-poll of open invoices (`repoll`) compares list pages with the warehouse the same way, so it
+costs list pages, not a detail call per open invoice.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ LIST_ONLY_IGNORED = "list-only (q ignored)"
 PROBE_Q = "LastUpdateDate>='2999-01-01T00:00:00Z'"  # matches nothing on a tenant that honours q
 # Fields list items carry that change when an invoice does (compared with the stored version).
 LIST_FIELDS = ("InvoiceBalanceAmount", "EnteredAmount", "InvoiceStatus", "DueDate")
+RANGE_SPLIT_PAGES = 2  # re-poll: open ids further apart than this many pages of ids are listed apart
+COMPARE_CHUNK = 500  # re-poll: listed invoices compared with the warehouse per query
 
 
 class OracleOccConfig(SourceConfig):
@@ -109,6 +113,10 @@ class OracleOccSource(Source):
         super().__init__(name, config, http)
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())
         self._mode: str | None = None  # list mode, probed once per source instance (one run)
+        self._changed: set[str] = set()  # listed ids whose list fields differ from the stored version
+        self._pages_lock = threading.Lock()
+        self._changed_unwritten = False  # a changed invoice was left out (newer than the window)
+        self._compared_all = False  # list-only mode compared every listed invoice with the warehouse
 
     # -- extraction --------------------------------------------------------------------------
     def _page(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -117,11 +125,12 @@ class OracleOccSource(Source):
             raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
         items = body["items"]
         for item in items:
-            if not isinstance(item, dict) or item.get("CustomerTransactionId") in (None, ""):
-                raise self.http.error(
-                    f"list item without CustomerTransactionId at offset {params['offset']}", endpoint=f"GET {LIST_PATH}"
-                )
-        self.stats.pages += count
+            if not isinstance(item, dict):
+                raise self.http.error(f"list item at offset {params['offset']} is not an object: {item!r}"[:300],
+                                      endpoint=f"GET {LIST_PATH}")
+        if count:
+            with self._pages_lock:  # re-poll walks run in parallel
+                self.stats.pages += 1
         return body, items
 
     @staticmethod
@@ -170,7 +179,7 @@ class OracleOccSource(Source):
                 body, items = self._page(params)
             fresh = []
             for item in items:
-                invoice_id = str(item["CustomerTransactionId"])
+                invoice_id = _item_id(item) or "#" + repr(sorted(item.items()))  # no id: keyed by its content
                 if invoice_id not in seen:
                     seen.add(invoice_id)
                     fresh.append(item)
@@ -225,16 +234,17 @@ class OracleOccSource(Source):
         log.info("source '%s': list mode: %s", self.name, self._mode)
         return self._mode
 
-    def _ids_to_fetch(self, window: Window) -> Iterator[str]:
+    def _ids_to_fetch(self, window: Window) -> Iterator[str | dict[str, Any]]:
         """Ids whose detail this window needs: from the filtered list, or (list-only mode) the
-        listed ids that are new to the warehouse or whose list fields changed since stored."""
+        listed ids that are new to the warehouse or whose list fields changed since stored. A list
+        item without an id is passed on as it is (it becomes a quarantined record, the rest loads)."""
         extra = self.stats.extra
         if self._filter_mode() == FILTER:
             q = f"LastUpdateDate>='{iso_utc(window.start)}';LastUpdateDate<='{iso_utc(window.end)}'"
             for page in self._walk(q):
                 extra["ids_new"] = extra.get("ids_new", 0) + len(page)
                 for item in page:
-                    yield str(item["CustomerTransactionId"])
+                    yield _item_id(item) or self._without_id(item)
             return
         lookup = self.stored_fields
         if lookup is None:
@@ -246,13 +256,15 @@ class OracleOccSource(Source):
             candidates = []
             for item in page:
                 created = _timestamp_or_none(item.get("CreationDate"))
-                if created is not None and created > window.end:  # cannot have been modified inside it
+                if not _item_id(item):
+                    yield self._without_id(item)
+                elif created is not None and created > window.end:  # cannot have been modified inside it
                     extra["ids_created_after_window"] += 1
                 else:
                     candidates.append(item)
             if not candidates:
                 continue
-            ids = [str(item["CustomerTransactionId"]) for item in candidates]
+            ids = [_item_id(item) for item in candidates]
             stored = lookup(ids, LIST_FIELDS) if lookup is not None else {}
             for invoice_id, item in zip(ids, candidates):
                 before = stored.get(invoice_id)
@@ -260,12 +272,22 @@ class OracleOccSource(Source):
                     extra["ids_new"] += 1
                 elif any(not _same(item.get(f), before.get(f)) for f in LIST_FIELDS):
                     extra["ids_changed"] += 1
+                    self._changed.add(invoice_id)
                 else:
                     extra["ids_unchanged"] += 1
                     continue
                 yield invoice_id
+        self._compared_all = lookup is not None  # see _window_records
 
-    def _detail(self, invoice_id: str) -> dict[str, Any] | None:
+    def _without_id(self, item: dict[str, Any]) -> dict[str, Any]:
+        log.warning("source '%s': a list item has no CustomerTransactionId; quarantining it: %s", self.name,
+                    repr(item)[:300])
+        self.stats.extra["items_without_id"] = self.stats.extra.get("items_without_id", 0) + 1
+        return item
+
+    def _detail(self, invoice_id: str | dict[str, Any]) -> dict[str, Any] | None:
+        if isinstance(invoice_id, dict):  # a list item without an id: no detail to ask for, quarantined as it is
+            return invoice_id
         path = f"{LIST_PATH}/{invoice_id}"
         try:
             body = self.http.request("GET", path).body
@@ -293,7 +315,9 @@ class OracleOccSource(Source):
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         """Details of the window's invoices; only versions last updated inside the window are kept
-        (a backfill must not write newer or older versions; the next incremental run reads the newer)."""
+        (a backfill must not write newer versions; the next incremental run reads them), except an
+        older version whose list fields changed since stored (list-only mode): that is the current
+        version, changed by a receipt that did not move LastUpdateDate, and the merge takes it."""
         workers = self.config.concurrency
         self.stats.extra.setdefault("outside_window", 0)
         # A few rounds queued so list paging never starves the detail workers.
@@ -303,12 +327,23 @@ class OracleOccSource(Source):
             if payload is not None:
                 record = self.record_or_raw(payload)
                 modified = record.last_modified_at
-                if modified is not None and not window.start <= modified <= window.end:
+                if modified is not None and modified < window.start and record.invoice_id in self._changed:
+                    self.stats.extra["changed_before_window"] = self.stats.extra.get("changed_before_window", 0) + 1
+                    self.stats.kept += 1
+                    yield record
+                elif modified is not None and not window.start <= modified <= window.end:
                     self.stats.extra["outside_window"] += 1
+                    if modified > window.end and record.invoice_id in self._changed:
+                        self._changed_unwritten = True  # a newer version than the window: the re-poll's
                 else:
                     self.stats.kept += 1
                     yield record
             self.stats.progress(self.name)
+        if self._compared_all and not self._changed_unwritten:
+            # Every listed invoice's balance and status was compared with the stored version and the
+            # changed ones are loaded (even when their LastUpdateDate did not move): a re-poll right
+            # after this load has nothing left to read (lifecycle.repoll_open_invoices).
+            self.stats.extra["balances_compared"] = "all"
 
     # -- per-record ------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
@@ -339,18 +374,114 @@ class OracleOccSource(Source):
             self.stats.kept += 1
             yield record
 
+    def repoll(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Re-poll of open invoices at the cost of list pages: list items carry InvoiceBalanceAmount
+        and InvoiceStatus, so the list is read (filtered to the id ranges of these invoices, or whole
+        in list-only mode) and the detail is fetched only of those whose list fields differ from the
+        stored version (all of them when run without a warehouse), plus any not listed (a 404
+        there is skipped: deletion reconciliation decides). customer_ids is not needed here."""
+        yield from batched(self._repoll_records(ids), self.config.batch_size)
+
+    def _repoll_ids(self, wanted: set[str]) -> Iterator[str]:
+        extra = self.stats.extra
+        for key in ("repoll_listed", "repoll_changed", "repoll_unchanged", "repoll_not_listed"):
+            extra.setdefault(key, 0)
+        lookup = self.stored_fields
+        workers = self.config.concurrency
+        ranges = _id_ranges(wanted, self.page_size, workers) if self._filter_mode() == FILTER else None
+        extra["repoll_list_walks"] = len(ranges) if ranges is not None else 1
+        walks = ([f"CustomerTransactionId>={lo};CustomerTransactionId<={hi}" for lo, hi in ranges]
+                 if ranges is not None else [None])
+        left = set(wanted)
+
+        def listed(q: str | None) -> list[dict[str, Any]]:
+            """The list items of the wanted invoices in one walk (walks run in parallel)."""
+            return [item for page in self._walk(q) for item in page if _item_id(item) in wanted]
+
+        for found in ordered_map(listed, walks, workers, workers * 2, f"{self.name}-repoll-list"):
+            for start in range(0, len(found), COMPARE_CHUNK):
+                items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
+                if not items:
+                    continue
+                page_ids = [_item_id(item) for item in items]
+                left.difference_update(page_ids)
+                extra["repoll_listed"] += len(items)
+                stored = lookup(page_ids, LIST_FIELDS) if lookup is not None else {}
+                for invoice_id, item in zip(page_ids, items):
+                    before = stored.get(invoice_id)
+                    if before is not None and all(_same(item.get(f), before.get(f)) for f in LIST_FIELDS):
+                        extra["repoll_unchanged"] += 1
+                        continue
+                    extra["repoll_changed"] += 1
+                    yield invoice_id
+        extra["repoll_not_listed"] += len(left)
+        if left:
+            log.info("source '%s': %d open invoices were not in the list; reading them directly", self.name, len(left))
+        yield from sorted(left)
+
+    def _repoll_records(self, ids: Collection[str]) -> Iterator[SourceRecord]:
+        workers = self.config.concurrency
+        wanted = {str(i) for i in ids}
+        for payload in ordered_map(self._detail, self._repoll_ids(wanted), workers, workers * 4, f"{self.name}-repoll"):
+            if payload is None:
+                continue
+            self.stats.scanned += 1
+            self.stats.kept += 1
+            yield self.record_or_raw(payload)
+
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id last updated at or after `since` (default start_date): list pages only,
         no detail calls. Deletion reconciliation compares it with the warehouse. Without a working
         filter it is every id the list holds (a superset, which reconciliation allows)."""
         start = since or self.config.start_date
         q = f"LastUpdateDate>='{iso_utc(start)}'" if self._filter_mode() == FILTER else None
-        return {str(item["CustomerTransactionId"]) for page in self._walk(q) for item in page}
+        ids: set[str] = set()
+        for page in self._walk(q):
+            for item in page:
+                invoice_id = _item_id(item)
+                if not invoice_id:  # an id listing with holes must not mark anything deleted
+                    raise self.http.error(f"a list item has no CustomerTransactionId: {item!r}"[:300] + "; the id "
+                                          "listing is incomplete, so no invoice is marked deleted",
+                                          endpoint=f"GET {LIST_PATH}")
+                ids.add(invoice_id)
+        return ids
 
 
 def _query(params: dict[str, Any]) -> str:
     """The query string as a person reads it (no percent-encoding; it holds no secret)."""
     return "&".join(f"{key}={value}" for key, value in params.items())
+
+
+def _id_ranges(ids: Collection[str], page_size: int, pieces: int = 1) -> list[tuple[int, int]] | None:
+    """Numeric id ranges that cover these ids, split where two neighbours lie more than a few pages
+    of ids apart (a gap of n ids holds at most n invoices: splitting there costs at most one page
+    and saves the gap's pages), then the ranges holding the most ids halved until there are
+    `pieces` (walked in parallel; each split costs at most one partial page) while a range holds
+    more than a few pages of ids. None: an id is not numeric (list everything instead)."""
+    if not ids or not all(i.isdigit() for i in ids):
+        return None
+    numbers = sorted(int(i) for i in ids)
+    gap = RANGE_SPLIT_PAGES * page_size
+    groups = [[numbers[0]]]
+    for n in numbers[1:]:
+        if n - groups[-1][-1] > gap:
+            groups.append([n])
+        else:
+            groups[-1].append(n)
+    while len(groups) < pieces:
+        biggest = max(range(len(groups)), key=lambda k: len(groups[k]))
+        group = groups[biggest]
+        if len(group) < 4 * page_size:
+            break
+        half = len(group) // 2
+        groups[biggest:biggest + 1] = [group[:half], group[half:]]
+    return [(g[0], g[-1]) for g in groups]
+
+
+def _item_id(item: dict[str, Any]) -> str:
+    """A list item's CustomerTransactionId as text ("" when it has none)."""
+    value = item.get("CustomerTransactionId")
+    return "" if value in (None, "") else str(value)
 
 
 def _timestamp_or_none(value: Any) -> datetime | None:

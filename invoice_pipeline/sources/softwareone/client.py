@@ -29,7 +29,7 @@ SELECT = "select=audit,+lines,+erpData,+price"
 # Immutable sort keys: invoices joining the result set mid-run (updated meanwhile) shift later
 # pages by one, which repeats a record but never skips one.
 ORDER = "order=+audit.created.at,+id"
-REFETCH_CHUNK = 20  # ids per or(eq(id,..),...) re-request
+REFETCH_CHUNK = 50  # ids per or(eq(id,..),...) re-request: half the page cap (100), a URL of ~1.5 KB
 PAGE_RETRIES = 2  # re-requests of a page short of its own total, before failing the run
 MAX_RESTARTS = 2  # walks again of a list that shrank while paging
 
