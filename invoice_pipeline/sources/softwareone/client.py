@@ -107,6 +107,7 @@ class SoftwareOneSource(Source):
         pag = self._pagination(first)
         step = pag.get("limit") if isinstance(pag.get("limit"), int) and pag.get("limit") > 0 else len(first["data"])
         total = pag.get("total") if isinstance(pag.get("total"), int) else None
+        self.stats.expected_total = total  # progress lines show % done and an ETA
         if not first["data"] or step <= 0:
             return
         if total is None:  # no pagination block: walk sequentially until a short or empty page
