@@ -203,6 +203,7 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
     from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+    from invoice_pipeline.defs.catalog import plain_value
     from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys, reconcile_asset_key
 
     ensure_dagster_home(Path(app.warehouse.duckdb_path))
@@ -245,9 +246,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             mat = event.event_specific_data.materialization
             key = mat.asset_key.path
             if len(key) == 2 and key[1] == "invoices" and key[0] in app.sources:
-                report.sources[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+                report.sources[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
             if len(key) == 2 and key[1] == "deletion_reconciliation" and key[0] in app.sources:
-                report.reconciled[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+                report.reconciled[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
             if key == ["published", "warehouse"]:
                 report.published = True
         elif event.is_step_failure:
