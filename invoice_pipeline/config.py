@@ -121,11 +121,24 @@ class WarehouseConfig(BaseModel):
     memory_limit: str = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 
 
+class AlertsConfig(BaseModel):
+    """Optional top-level `alerts:` (docs/TOOLING.md, "Alerts"): a Slack-compatible webhook whose URL
+    is read from the environment variable named here (the URL holds a token: never in the file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    webhook_url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    on_run_failure: bool = True
+    on_blocking_check_failure: bool = True
+    timeout: Duration = timedelta(seconds=10)
+
+
 class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     warehouse: WarehouseConfig = WarehouseConfig()
     sources: dict[str, SourceConfig]
+    alerts: AlertsConfig | None = None
 
     def secrets(self) -> list[str]:
         return [s for src in self.sources.values() for s in src.secrets()]
@@ -164,9 +177,9 @@ def parse_config(raw: Any) -> AppConfig:
 
     if not isinstance(raw, dict):
         raise ConfigError("config: the file must be a YAML mapping with 'warehouse' and 'sources'")
-    unknown = set(raw) - {"warehouse", "sources"}
+    unknown = set(raw) - {"warehouse", "sources", "alerts"}
     if unknown:
-        raise ConfigError(f"config key '{sorted(unknown)[0]}': unknown key (expected 'warehouse', 'sources')")
+        raise ConfigError(f"config key '{sorted(unknown)[0]}': unknown key (expected 'warehouse', 'sources', 'alerts')")
     raw = expand_env(raw)
     sources_raw = raw.get("sources")
     if not isinstance(sources_raw, dict) or not sources_raw:
@@ -200,7 +213,11 @@ def parse_config(raw: Any) -> AppConfig:
             f"config key 'sources.{catalog}': a source may not be named like the warehouse file "
             f"({warehouse.duckdb_path}): DuckDB could not tell the schema from the database"
         )
-    return AppConfig(warehouse=warehouse, sources=sources)
+    try:
+        alerts = AlertsConfig.model_validate(raw["alerts"]) if raw.get("alerts") is not None else None
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "alerts")) from None
+    return AppConfig(warehouse=warehouse, sources=sources, alerts=alerts)
 
 
 def _check_duplicate_keys(text: str, path: Path) -> None:
