@@ -9,7 +9,7 @@ import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -73,6 +73,8 @@ class SourceConfig(BaseModel):
     repoll_schedule: str | None = None  # cron; unset: re-poll after every incremental run
     reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation, or "always" (every run)
     reconcile_max_deleted_share: float = Field(default=0.5, gt=0, le=1)  # refuse to mark more as deleted
+    # Schema drift (docs/TOOLING.md): "freeze" makes fields new in a payload fail the blocking schema_drift check.
+    schema_contract: Literal["evolve", "freeze"] = "evolve"
 
     @field_validator("schedule", "repoll_schedule", "reconcile_schedule")
     @classmethod

@@ -9,7 +9,9 @@ from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs.catalog import (ROW_COUNT, COLUMN_SCHEMA, conformed_catalog, conformed_definition_schema,
                                            counts_table, source_catalog)
+from invoice_pipeline.defs.drift_check import drift_check_result, drift_check_spec, drift_metadata, registry_before
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.drift import detect_drift
 from invoice_pipeline.defs.schedules import CONFORMED_CONDITION, PUBLISH_CONDITION
 from invoice_pipeline.pipeline import RunSummary, run_source
 from invoice_pipeline.publish import publish, refresh_conformed
@@ -95,6 +97,7 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
         pool=pool,
+        check_specs=[drift_check_spec(name, config)],
         description=(
             f"Grain: one row per {config.type} invoice of source '{name}' (latest version), in schema "
             f"{name} with one child table per nested array and the raw payloads in {name}._raw_invoices; "
@@ -106,13 +109,16 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         context: dg.AssetExecutionContext, config: SourceRunConfig, pipeline: PipelineResource
     ) -> dg.MaterializeResult:
         # A backfill re-reads a past window; it never moves the cursor and never regresses newer rows.
+        before = registry_before(pipeline.warehouse, name)
         summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse, window=backfill_window(config))
-        with pipeline.warehouse.reader() as con:  # row count and columns for the catalog
+        with pipeline.warehouse.writer() as con:  # schema drift; row count and columns for the catalog
+            drift = detect_drift(con, name, summary.run_id, before, pipeline.app.sources[name].schema_contract)
             catalog = source_catalog(con, name)
         # The pipeline's run id (main._pipeline_runs, the rows' _run_id) as a tag of the Dagster run:
         # the UI's run list finds the Dagster run of a warehouse row by it (docs/OPERATIONS.md).
         context.instance.add_run_tags(context.run_id, {f"{RUN_ID_TAG_PREFIX}{name}": summary.run_id})
-        return dg.MaterializeResult(metadata={**summary_metadata(summary), **catalog})
+        return dg.MaterializeResult(metadata={**summary_metadata(summary), **catalog, **drift_metadata(drift)},
+                                    check_results=[drift_check_result(name, drift)])
 
     return _source_asset
 
