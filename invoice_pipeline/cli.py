@@ -113,6 +113,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 1 if attention else 0
 
 
+def cmd_dbt_sources(args: argparse.Namespace) -> int:
+    from invoice_pipeline.dbt_sources import write_sources
+
+    app = load_config(resolve_config_path(args.config))
+    written = write_sources(Path(app.warehouse.published_path), Path(args.output), args.name, args.database)
+    print(f"dbt sources for {app.warehouse.published_path} written to {written}")
+    return 0
+
+
 def cmd_dictionary(args: argparse.Namespace) -> int:
     from invoice_pipeline.dictionary import write_dictionary
 
@@ -169,6 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
     replay.add_argument("--source", required=True, help="the source to rebuild")
     replay.set_defaults(func=cmd_replay)
+    dbt = sub.add_parser("dbt-sources", help="write a dbt sources.yml for the published snapshot (columns, "
+                         "descriptions from its comments, not_null/unique tests on the keys)")
+    dbt.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    dbt.add_argument("--output", default="models/sources.yml", help="file to write (default models/sources.yml)")
+    dbt.add_argument("--name", default="invoice_pipeline",
+                     help="the dbt source name, as in {{ source('invoice_pipeline', 'invoices') }} (default invoice_pipeline)")
+    dbt.add_argument("--database", default="published",
+                     help="the alias the dbt profile attaches the snapshot under (dbt-duckdb `attach:`; default published)")
+    dbt.set_defaults(func=cmd_dbt_sources)
     dictionary = sub.add_parser("dictionary", help="regenerate the data dictionary from the warehouse's comments")
     dictionary.add_argument("--output", default="docs/DATA_DICTIONARY.md",
                             help="file to write (default docs/DATA_DICTIONARY.md)")
