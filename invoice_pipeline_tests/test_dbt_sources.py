@@ -50,8 +50,8 @@ def test_sources_yaml_matches_the_snapshot(project: Path) -> None:
     with duckdb.connect(str(project / "p" / "w.duckdb"), read_only=True) as con:
         real = {}
         for table, column, comment in con.execute(
-                "SELECT table_name, column_name, comment FROM duckdb_columns() WHERE schema_name = 'main' "
-                "AND NOT starts_with(table_name, '_') ORDER BY table_name, column_index").fetchall():
+                "SELECT table_name, column_name, comment FROM duckdb_columns() WHERE schema_name = 'main' AND NOT internal "
+                "AND database_name = current_database() AND NOT starts_with(table_name, '_') ORDER BY table_name, column_index").fetchall():
             real.setdefault(table, []).append((column, comment))
     assert set(tables) == set(real)
     for table, columns in real.items():
@@ -74,7 +74,7 @@ def test_dbt_build_runs_against_the_snapshot(project: Path) -> None:
         "type": "duckdb", "path": str(project / "dbt.duckdb"), "threads": 1,
         "attach": [{"path": str(project / "p" / "w.duckdb"), "alias": "published", "read_only": True}]}}}}))
     (proj / "models" / "open_balance_by_source.sql").write_text(
-        "select source_name, sum(balance_due) as open_balance\n"
+        "{{ config(materialized='table') }}\nselect source_name, sum(balance_due) as open_balance\n"
         "from {{ source('invoice_pipeline', 'invoices') }}\nwhere not is_deleted\ngroup by 1\n")
     env = {**os.environ, "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1"}
     dbt = Path(sys.executable).with_name("dbt")
@@ -88,3 +88,13 @@ def test_dbt_build_runs_against_the_snapshot(project: Path) -> None:
     with duckdb.connect(str(project / "dbt.duckdb"), read_only=True) as con:
         rows = con.execute("SELECT source_name FROM main.open_balance_by_source").fetchall()
     assert rows == [("agv",)]
+
+
+@pytest.mark.skipif(not Path(sys.executable).with_name("duckdb").exists(),
+                    reason="duckdb CLI not installed (pip install -e '.[analyst]')")
+def test_the_readmes_duckdb_cli_command_reads_the_snapshot(project: Path) -> None:
+    proc = subprocess.run([str(Path(sys.executable).with_name("duckdb")), "-readonly", str(project / "p" / "w.duckdb"),
+                           "-csv", "-c", "SELECT source_name, count(*) AS n FROM invoices GROUP BY 1"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["source_name,n", "agv,25"]
