@@ -50,7 +50,8 @@ def describe_calls(config: SourceConfig, window: Window) -> str:
     if kind == "agvance":
         size = getattr(config, "window_size", None)
         slices = math.ceil((window.end - window.start) / size) if size else 1
-        return (f"login (ApiKey + SessionID), then GetInvoicesList per lastModified slice of {size}: "
+        span = f"{size.total_seconds() / 86400:g} days" if size else "the whole window"
+        return (f"login (ApiKey + SessionID), then GetInvoicesList per lastModified slice of {span}: "
                 f"{max(slices, 1)} slice(s), {config.concurrency} at a time, a slice the API refuses as too "
                 "large halved until it fits; then the invoices' details")
     if kind == "crmcom":

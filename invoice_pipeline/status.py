@@ -47,7 +47,7 @@ class SourceStatus:
     source: str
     source_type: str
     cursor_at: datetime | None = None
-    last_run: LastRun | None = None
+    last_run: LastRun | None = None  # the last load (incremental or backfill; re-polls and reconciliations aside)
     last_success_at: datetime | None = None
     failing_checks: dict[str, int] = field(default_factory=dict)  # rule -> invoices of this source failing it
     blocking_failing: list[str] = field(default_factory=list)  # of which the rules that stop a publish
@@ -103,12 +103,13 @@ def read_working(con: duckdb.DuckDBPyConnection, app: AppConfig, status: Status)
         for row in con.execute(
             """SELECT source_name, run_id, mode, status, started_at, finished_at, window_start, window_end,
                       invoices_extracted, invoices_loaded, invoices_stale, quarantined, api_calls, error
-               FROM main._pipeline_runs
+               FROM main._pipeline_runs WHERE mode IN ('incremental', 'backfill')
                QUALIFY row_number() OVER (PARTITION BY source_name ORDER BY finished_at DESC NULLS LAST) = 1"""
         ).fetchall():
             runs[row[0]] = LastRun(*row[1:])
         successes = dict(con.execute(
-            "SELECT source_name, max(finished_at) FROM main._pipeline_runs WHERE status = 'success' GROUP BY 1"
+            "SELECT source_name, max(finished_at) FROM main._pipeline_runs WHERE status = 'success' "
+            "AND mode IN ('incremental', 'backfill') GROUP BY 1"
         ).fetchall())
     failing: dict[str, dict[str, tuple[int, bool]]] = {}
     if _has_view(con, "main", "reconciliation_exceptions"):

@@ -88,3 +88,19 @@ def test_status_reads_the_published_snapshot_while_a_run_holds_the_lock(loaded: 
     assert doc["last_publish_id"]
     (agv,) = doc["sources"]
     assert agv["cursor_at"] is not None and agv["last_run"] is None and agv["quarantined"] is None
+
+
+def test_a_failed_last_run_shows_its_error_and_exits_1(loaded: Path) -> None:
+    """Last in this file: it leaves a failed run behind in the shared warehouse."""
+    doc = yaml.safe_load((loaded / "c.yaml").read_text())
+    doc["sources"]["agv"].update(base_url="http://127.0.0.1:9", max_retries=0, timeout="2s")  # the API is down
+    (loaded / "c.yaml").write_text(yaml.safe_dump(doc))
+    failed = _cli(loaded, "run")
+    assert failed.returncode == 1
+    proc = _cli(loaded, "status", "--json")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    (agv,) = json.loads(proc.stdout)["sources"]
+    assert agv["last_run"]["status"] == "failed" and "127.0.0.1:9" in agv["last_run"]["error"]
+    assert agv["last_success_at"] is not None and agv["cursor_at"] is not None  # the cursor stayed
+    text = _cli(loaded, "status").stdout
+    assert "last run:     failed" in text and "error:" in text and "last success:" in text, text
