@@ -122,6 +122,23 @@ def cmd_dbt_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drop_source(args: argparse.Namespace) -> int:
+    from invoice_pipeline.dropping import drop_source
+
+    path = resolve_config_path(args.config)
+    app = load_config(path)
+    summary = drop_source(app, args.source, apply=args.yes)
+    for line in summary.describe():
+        print(line)
+    if not args.yes:
+        print(f"nothing removed: pass --yes to drop source '{args.source}' from {app.warehouse.duckdb_path}")
+        return 1
+    print(f"source '{args.source}' dropped; the published snapshot and lake lose it at the next publish")
+    if args.source in app.sources:
+        print(f"note: '{args.source}' is still in {path}: its next run loads it again from start_date")
+    return 0
+
+
 def cmd_dictionary(args: argparse.Namespace) -> int:
     from invoice_pipeline.dictionary import write_dictionary
 
@@ -187,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     dbt.add_argument("--database", default="published",
                      help="the alias the dbt profile attaches the snapshot under (dbt-duckdb `attach:`; default published)")
     dbt.set_defaults(func=cmd_dbt_sources)
+    drop = sub.add_parser("drop-source", help="remove a source's rows, schema and cursor from the warehouse "
+                          "(a run never does: a source left out of a config keeps its data)")
+    drop.add_argument("--config", help="config file naming the warehouse (the source need not be in it)")
+    drop.add_argument("--source", required=True, help="the source to remove")
+    drop.add_argument("--yes", action="store_true", help="really remove (without it: only list what would go)")
+    drop.set_defaults(func=cmd_drop_source)
     dictionary = sub.add_parser("dictionary", help="regenerate the data dictionary from the warehouse's comments")
     dictionary.add_argument("--output", default="docs/DATA_DICTIONARY.md",
                             help="file to write (default docs/DATA_DICTIONARY.md)")

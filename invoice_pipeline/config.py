@@ -88,6 +88,13 @@ class SourceConfig(BaseModel):
             raise ValueError(f"not a valid cron expression: {value!r}")
         return value
 
+    @field_validator("timeout")
+    @classmethod
+    def _positive_timeout(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):  # 0 would fail later in the HTTP layer with a bare ValueError
+            raise ValueError(f"must be longer than 0s (got {value.total_seconds():g}s)")
+        return value
+
     @field_validator("base_url")
     @classmethod
     def _valid_url(cls, value: str) -> str:
@@ -209,6 +216,7 @@ def parse_config(raw: Any) -> AppConfig:
         warehouse = WarehouseConfig.model_validate(raw.get("warehouse") or {})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "warehouse")) from None
+    check_warehouse_paths(warehouse)
     catalog = Path(warehouse.duckdb_path).stem  # DuckDB names the database after its file
     if catalog in sources:
         raise ConfigError(
@@ -220,6 +228,47 @@ def parse_config(raw: Any) -> AppConfig:
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, "alerts")) from None
     return AppConfig(warehouse=warehouse, sources=sources, alerts=alerts)
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    """Absolute, with symlinks, '..' and '~' resolved (as far as the path exists): two spellings of one file compare equal."""
+    return Path(os.path.expanduser(str(path).removeprefix("file://"))).resolve()
+
+
+def _file_family(path: Path) -> set[Path]:
+    """A database file and the names written beside it: DuckDB's WAL and spill folder, our lock files."""
+    return {path, path.with_name(path.name + ".wal"), path.with_name(path.name + ".tmp"),
+            path.with_name(path.name + ".lock"), path.with_name(path.name + ".publish.lock")}
+
+
+def check_warehouse_paths(warehouse: WarehouseConfig) -> None:
+    """Refuse paths that overlap: a publish would overwrite the working database (its raw payloads,
+    flattened tables, quarantine and run log) or the lake would write into or over a database file."""
+    work, published = _resolved(warehouse.duckdb_path), _resolved(warehouse.published_path)
+    if work == published:
+        raise ConfigError(
+            f"config keys 'warehouse.duckdb_path' and 'warehouse.published_path' name the same file ({work}): "
+            "publishing would overwrite the working database; give the published snapshot its own path"
+        )
+    for a, a_key, b, b_key in ((work, "duckdb_path", published, "published_path"),
+                               (published, "published_path", work, "duckdb_path")):
+        if (b in _file_family(a) or b.is_relative_to(a.with_name(a.name + ".tmp"))
+                or (b.parent == a.parent and b.name.startswith(f".{a.name}.tmp-"))):  # publish's temporary file
+            raise ConfigError(
+                f"config keys 'warehouse.{a_key}' and 'warehouse.{b_key}': {b} is a file the database at {a} "
+                "writes beside itself (WAL, temporary or lock file); give each its own path"
+            )
+    if "://" in warehouse.parquet_dir and not warehouse.parquet_dir.startswith("file://"):
+        return  # an object store (lake.is_uri): cannot overlap a local file
+    lake = _resolved(warehouse.parquet_dir)
+    for path, key in ((work, "duckdb_path"), (published, "published_path")):
+        for member in _file_family(path):
+            if lake == member or lake.is_relative_to(member) or member.is_relative_to(lake):
+                raise ConfigError(
+                    f"config keys 'warehouse.parquet_dir' and 'warehouse.{key}' overlap ({lake} and {path}): "
+                    "the lake's folder must neither be, lie inside, nor contain a database file; "
+                    "give parquet_dir a folder of its own"
+                )
 
 
 def _check_duplicate_keys(text: str, path: Path) -> None:

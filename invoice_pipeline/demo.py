@@ -31,16 +31,16 @@ MUTATIONS = {"updates": 5, "new": 3, "voids": 2, "delete_lines": 2}
 # The kinds of change, as every simulator's mutate() reports them and as the warehouse shows them.
 CHANGE_KINDS = ("updated", "new", "voided", "lines_deleted")
 EXAMPLE_QUERIES = [
-    ("Open receivables by source and currency",
-     "SELECT source_name, currency_code, count(*) AS open_invoices, sum(balance_due) AS owed\n"
-     "FROM invoices WHERE NOT is_void AND balance_due <> 0 GROUP BY ALL ORDER BY owed DESC;"),
-    ("Top customers by amount owed (never adding currencies, void invoices left out)",
-     "SELECT customer_name, currency_code, sum(balance_due) AS owed FROM invoices WHERE NOT is_void\n"
-     "GROUP BY ALL ORDER BY owed DESC LIMIT 10;"),
+    ("Open receivables by source and currency (credit memos netted in, drafts and voids left out)",
+     "SELECT source_name, currency_code, count(*) AS open_documents, sum(balance_due) AS owed\n"
+     "FROM invoices WHERE status_category = 'open' AND NOT is_deleted GROUP BY ALL ORDER BY ALL;"),
+    ("Top customers by amount owed, per currency",
+     "SELECT currency_code, customer_name, sum(balance_due) AS owed FROM ar_open_items\n"
+     "GROUP BY ALL ORDER BY currency_code, owed DESC LIMIT 10;"),
     ("Tax collected by code and currency",
-     "SELECT i.source_name, t.tax_code, i.currency_code, sum(t.tax_amount) AS tax\n"
-     "FROM invoice_tax_lines t JOIN invoices i USING (source_name, invoice_id) WHERE NOT i.is_void\n"
-     "GROUP BY ALL ORDER BY tax DESC;"),
+     "SELECT t.source_name, t.currency_code, t.tax_code, sum(t.tax_amount) AS tax FROM invoice_tax_lines t\n"
+     "JOIN invoices i USING (source_name, invoice_id) WHERE i.status_category IN ('open', 'paid') AND NOT i.is_deleted\n"
+     "GROUP BY ALL ORDER BY ALL;"),
 ]
 
 Counts = dict[tuple[str, str], int]  # (source, schema.table) -> rows

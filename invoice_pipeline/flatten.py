@@ -8,16 +8,24 @@
   so a field that changes type between records can never break a load.
 Column and table names are only decided later (see `Naming`): here they are raw JSON paths,
 prefixed with FIELD ("."), so a JSON key can never collide with the pipeline's own `_meta` columns.
+
+Paths are injective: a key that could be mistaken for a nesting once joined with SEP ("Meta__x" beside
+{"Meta": {"x": ..}}, a key starting or ending with "_", an empty key) is written escaped in its path
+(`escape_key`), so two different places in a payload never share a column or a child table. Its SQL
+name still reads as the key (`Naming` unescapes it); if that name is taken, the newcomer gets the
+usual "__2" suffix. Names already assigned never change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import pyarrow as pa
+
+from invoice_pipeline.jsonio import dumps
 
 ROOT_TABLE = "invoices"
 SEP = "__"
@@ -25,6 +33,7 @@ FIELD = "."
 ROOT_META = ("_invoice_id", "_last_modified_at", "_loaded_at", "_run_id")
 CHILD_META = ("_invoice_id", "_row_id", "_parent_row_id", "_position")
 MAX_IDENTIFIER = 120
+ESC = "\x1f"  # brackets an escaped key inside a path (see escape_key); never in a SQL name
 TS = pa.timestamp("us", tz="UTC")
 META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string(),
               "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
@@ -105,6 +114,27 @@ def scalar_text(value: Any) -> str | None:
     return str(value)
 
 
+def _ambiguous(key: str, top: bool) -> bool:
+    """Would this key, joined with SEP to its neighbours, read as a different nesting?"""
+    return (not key or SEP in key or key.endswith("_") or (key.startswith("_") and not top)
+            or key.startswith(ESC))
+
+
+def escape_key(key: str) -> str:
+    """ESC + key with "%", "_" and ESC percent-encoded + ESC: holds no "_", so no SEP can form across it."""
+    return ESC + key.replace("%", "%25").replace("_", "%5F").replace(ESC, "%1F") + ESC
+
+
+_ESCAPED = re.compile(ESC + "([^" + ESC + "]*)" + ESC)
+
+
+def readable(path: str) -> str:
+    """A path with its escaped keys written as the keys themselves (for SQL names)."""
+    if ESC not in path:
+        return path
+    return _ESCAPED.sub(lambda m: m.group(1).replace("%1F", ESC).replace("%5F", "_").replace("%25", "%"), path)
+
+
 class _Paths:
     """The column paths under one prefix of one table, built on first use.
 
@@ -126,11 +156,12 @@ class _Paths:
 
     def path(self, key: Any) -> str:
         """The path of a key not cached yet (only exact str keys are cached: what JSON has)."""
+        text = key if type(key) is str else str(key)
+        path = self.prefix + (escape_key(text) if _ambiguous(text, self.prefix == FIELD) else text)
         if type(key) is str:
-            path = self.of[key] = self.prefix + key
+            self.of[key] = path
             _count_cached()
-            return path
-        return self.prefix + str(key)
+        return path
 
     def nested_paths(self, path: str) -> _Paths:
         paths = self.nested[path] = _Paths(self.table, path + SEP)
@@ -225,7 +256,7 @@ def _array(value: list, path: str, paths: _Paths, row: dict, invoice_id: str, ro
         if type(item) is dict or isinstance(item, _NESTED):
             _child_rows(value, paths.children.get(path) or paths.child_paths(path), invoice_id, row_id, tables)
             return
-    row[path] = orjson.dumps(value).decode()
+    row[path] = dumps(value).decode()
 
 
 def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str, tables: dict) -> None:
@@ -241,7 +272,7 @@ def _child_rows(items: list, paths: _Paths, invoice_id: str, parent_row_id: str,
         if type(item) is dict or isinstance(item, dict):
             _walk(item, paths, row, invoice_id, row_id, tables)
         elif isinstance(item, list):
-            row[_VALUE] = orjson.dumps(item).decode()
+            row[_VALUE] = dumps(item).decode()
         else:
             row[_VALUE] = scalar_text(item)
         append(row)
@@ -269,8 +300,9 @@ class Naming:
     def assign(self, paths: Iterable[str]) -> dict[str, str]:
         """Name the new paths; returns only the newly assigned ones."""
         new: dict[str, str] = {}
-        for path in sorted(p for p in set(paths) if p not in self.assigned):
-            label = path[len(FIELD):] if path.startswith(FIELD) else path
+        # Plain paths first: when an escaped key reads like a nesting, the nesting keeps the plain name.
+        for path in sorted((p for p in set(paths) if p not in self.assigned), key=lambda p: (ESC in p, p)):
+            label = readable(path[len(FIELD):] if path.startswith(FIELD) else path)
             base = _shorten(label)
             name, n = base, 2
             while name.lower() in self._taken:

@@ -1,22 +1,30 @@
-"""The Parquet lake: one folder per table, hive-partitioned, replaced atomically, local or on an object store.
+"""The Parquet lake: hive-partitioned tables, each publish a whole new version switched in one step.
 
 `parquet_dir` is a local path or a URI pyarrow understands (`s3://bucket/prefix`, `gs://...`,
 `hdfs://...`; S3 endpoint and credentials come from the usual AWS_* environment variables, e.g.
 AWS_ENDPOINT_URL for MinIO or any S3-compatible server). Files are written by pyarrow from Arrow
 streams, so DECIMAL stays Parquet DECIMAL and TIMESTAMPTZ stays a UTC-adjusted timestamp.
 
-Atomic replacement, so a reader never sees a half-written file or a mix of two versions:
-- local: each version is written under `<root>/.versions/<table>/<version>/` and `<root>/<table>`
-  is a relative symlink switched with one `os.replace`. The previous version is kept until the
-  next publish, so a reader that listed it just before the switch can still read its files.
-- object stores: every object appears atomically when its upload completes (a half-written object
-  is never listed); the new version's files are written under new names first, then the previous
-  version's files are deleted. A listing taken in between sees both versions: engines that need
-  snapshot isolation on S3 should read the DuckDB snapshot or a table format (Iceberg/Delta).
+Layout: every publish writes all its tables under `<root>/_v/<version>/<table>/` (the version is
+the snapshot's snapshot_id), then makes that version current in ONE step, so a reader never sees
+some tables of one publish and some of another, and a crash at any point leaves the old or the new
+lake whole:
+- local: `<root>/_current` is a relative symlink to `_v/<version>`, replaced with one `os.replace`.
+  The paths analysts use, `<root>/<table>` and `<root>/<source>` (docs/QUERYING.md), are symlinks
+  into `_current/`, created once and never switched: they always read the current version. A
+  reader that reads several tables and must not straddle a publish resolves `_current` once.
+- object stores (no symlinks, no atomic rename of a prefix): `<root>/_current.json`, one object
+  written last (a single PUT is atomic), names the current version and each table's prefix.
+  Readers follow it; objects under `_v/<version>/` never change once the manifest names them.
+The current version and the one before it are kept (a reader that resolved the previous one just
+before a switch can still read it); older versions, versions never switched to (a crashed or failed
+publish) and leftovers of earlier layouts are removed by `clean_up` at the start of each publish.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 import uuid
@@ -31,12 +39,20 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-VERSIONS_DIR = ".versions"  # '.'-prefixed: skipped by pyarrow, Spark and Hive discovery
+from invoice_pipeline.testpoints import pause_point
+
+log = logging.getLogger("invoice_pipeline.lake")
+
+VERSIONS_DIR = "_v"  # '_'-prefixed: skipped by pyarrow, Spark and Hive discovery, and no source or table name
+CURRENT = "_current"  # local: the symlink to the current version
+MANIFEST = "_current.json"  # object stores: the current version, written last
+COMPLETE = "_COMPLETE"  # written into a version once all its tables are: only such versions are kept as previous
+LEGACY_VERSIONS_DIR = ".versions"  # per-table versions of earlier releases (each table switched on its own)
+KEEP_VERSIONS = 2  # the current one and the one before it
 ROW_GROUP = 128 * 1024
 ROW_GROUPS_PER_FILE = 16  # files of up to ~2M rows
 HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # what Hive, Spark, pyarrow and DuckDB read as NULL
-
-
+# Tests only (tests/test_lake_switch.py): pause at a named point so a test can SIGKILL a real run there.
 def new_version() -> str:
     """Sortable, unique version id: UTC time to the microsecond plus a random suffix."""
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") + "-" + uuid.uuid4().hex[:6]
@@ -48,7 +64,7 @@ def is_uri(location: str) -> bool:
 
 @dataclass
 class Lake:
-    """Where the Parquet tables live and how one is replaced."""
+    """Where the Parquet tables live, how a version is written, switched to and cleaned up."""
 
     location: str
 
@@ -63,16 +79,144 @@ class Lake:
             self.fs = pafs.LocalFileSystem()
             self.root = str(Path(path).absolute())
             self.local = True
+        self._written: dict[str, list[str]] = {}  # version -> tables written into it by this object
 
     def table_path(self, name: str) -> str:
-        """Where readers find table `name` ('invoices', 'agv/invoices'): a folder of the lake."""
+        """Where readers find table `name` ('invoices', 'agv/invoices') locally: a stable path into the current version."""
         return f"{self.root}/{name}"
 
+    def version_path(self, version: str, name: str = "") -> str:
+        return f"{self.root}/{VERSIONS_DIR}/{version}" + (f"/{name}" if name else "")
+
     def write_table(self, name: str, data: pa.RecordBatchReader, partition_by: list[str], version: str) -> int:
-        """Write one table version and make it the current one; returns its row count."""
+        """Write table `name` into `version` (not yet visible to readers: see switch); returns its row count."""
+        rows = self._write_files(self.version_path(version, name), data, partition_by, version)
+        self._written.setdefault(version, []).append(name)
+        pause_point(f"lake_write:{name}")
+        return rows
+
+    # -- the current version ---------------------------------------------------------------------
+    def current(self) -> str | None:
+        """The version readers see now (None: nothing published in this layout yet)."""
         if self.local:
-            return self._write_local(name, data, partition_by, version)
-        return self._write_remote(name, data, partition_by, version)
+            try:
+                return Path(os.readlink(Path(self.root) / CURRENT)).name
+            except OSError:
+                return None
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{MANIFEST}") as f:
+                return json.loads(f.read())["version"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def switch(self, version: str) -> None:
+        """Make `version` (every table this object wrote into it) what readers see, in one step."""
+        tables = sorted(self._written.get(version, []))
+        top = sorted({name.split("/")[0] for name in tables})
+        self._touch(f"{self.version_path(version)}/{COMPLETE}")
+        pause_point("lake_switch")
+        if self.local:
+            root = Path(self.root)
+            link = root / f".{CURRENT}.link-{uuid.uuid4().hex[:6]}"
+            os.symlink(f"{VERSIONS_DIR}/{version}", link, target_is_directory=True)
+            os.replace(link, root / CURRENT)  # THE switch: every table at once
+            fsync_dir(root)
+            self._stable_links(top)
+        else:
+            manifest = {"version": version, "published_at": datetime.now(UTC).isoformat(),
+                        "tables": {name: f"{VERSIONS_DIR}/{version}/{name}" for name in tables}}
+            with self.fs.open_output_stream(f"{self.root}/{MANIFEST}") as out:  # THE switch: one PUT
+                out.write(json.dumps(manifest, indent=1).encode())
+            self._remove_legacy_remote(top)
+        pause_point("lake_switched")
+        self._prune()
+
+    def discard(self, version: str) -> None:
+        """Remove a version that was never switched to (a failed publish)."""
+        if version != self.current():
+            self._delete_dir(self.version_path(version))
+
+    def clean_up(self) -> None:
+        """Remove what a killed or failed publish left: versions never switched to, temporary links,
+        and versions older than the previous one. Call only while no other publish writes (publish's lock)."""
+        if self.local:
+            root = Path(self.root)
+            for leftover in [*root.glob(".*.link-*"), *root.glob(".*.old-*")]:
+                if leftover.is_symlink() or leftover.is_file():
+                    leftover.unlink(missing_ok=True)
+                else:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            if (root / CURRENT).is_symlink():
+                self._stable_links(sorted(self._entries(self.version_path(self.current() or "-"))))
+        self._prune()
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _entries(self, base: str) -> list[str]:
+        """Names directly under `base` (tables and source folders of a version), markers aside."""
+        infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        return [i.base_name for i in infos if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", "."))]
+
+    def _touch(self, path: str) -> None:
+        with self.fs.open_output_stream(path) as out:
+            out.write(b"")
+
+    def _delete_dir(self, path: str) -> None:
+        try:
+            if self.local:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                self.fs.delete_dir(path)
+        except (OSError, FileNotFoundError):
+            log.warning("lake: could not remove %s (removed at the next publish)", path, exc_info=True)
+
+    def _versions(self) -> list[tuple[str, bool]]:
+        """(version, complete) of every version folder, oldest first."""
+        base = f"{self.root}/{VERSIONS_DIR}"
+        infos = self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        names = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+        return [(n, self.fs.get_file_info(f"{base}/{n}/{COMPLETE}").type == pafs.FileType.File) for n in names]
+
+    def _prune(self) -> None:
+        """Keep the current version and the newest complete one before it; remove the rest."""
+        current = self.current()
+        versions = self._versions()
+        keep = {current} if current else set()
+        if current:
+            older = [v for v, complete in versions if complete and v < current]
+            keep |= set(older[-(KEEP_VERSIONS - 1):]) if KEEP_VERSIONS > 1 else set()
+        for version, _ in versions:
+            if version not in keep:
+                self._delete_dir(self.version_path(version))
+
+    def _stable_links(self, names: list[str]) -> None:
+        """`<root>/<name>` -> `_current/<name>` for every top-level entry of the current version (created
+        once, never switched), replacing what earlier layouts left there; links to names the current
+        version no longer has (a dropped source) are removed."""
+        root = Path(self.root)
+        for name in names:
+            path, target = root / name, f"{CURRENT}/{name}"
+            if path.is_symlink() and os.readlink(path) == target:
+                continue
+            link = root / f".{name}.link-{uuid.uuid4().hex[:6]}"
+            os.symlink(target, link, target_is_directory=True)
+            if path.is_dir() and not path.is_symlink():  # a real folder of an earlier release: moved aside first
+                aside = root / f".{name}.old-{uuid.uuid4().hex[:6]}"
+                os.rename(path, aside)
+                os.replace(link, path)
+                shutil.rmtree(aside, ignore_errors=True)
+            else:
+                os.replace(link, path)  # a symlink of an earlier release: switched in one rename
+        for path in root.iterdir():
+            if path.is_symlink() and os.readlink(path).startswith(f"{CURRENT}/") and not path.exists():
+                path.unlink()
+        if (root / LEGACY_VERSIONS_DIR).is_dir():
+            shutil.rmtree(root / LEGACY_VERSIONS_DIR, ignore_errors=True)
+
+    def _remove_legacy_remote(self, names: list[str]) -> None:
+        """Objects an earlier release wrote straight under `<root>/<table>/`: stale once the manifest exists."""
+        for name in names:
+            if self.fs.get_file_info(f"{self.root}/{name}").type == pafs.FileType.Directory:
+                self._delete_dir(f"{self.root}/{name}")
 
     # -- writing ---------------------------------------------------------------------------------
     def _write_files(self, base: str, data: pa.RecordBatchReader, partition_by: list[str], version: str) -> int:
@@ -90,7 +234,7 @@ class Lake:
                 for partition, rows in _partition_runs(batch, partition_by):
                     files.write(partition, rows)
         except BaseException:
-            files.abandon()  # the version is never switched to; its files are pruned or deleted later
+            files.abandon()  # the version is never switched to; clean_up removes it
             raise
         files.close()
         if not files.rows:
@@ -100,44 +244,19 @@ class Lake:
                 pq.write_table(files.schema.empty_table(), out)
         return files.rows
 
-    def _write_local(self, name: str, data: pa.RecordBatchReader, partition_by: list[str], version: str) -> int:
-        root = Path(self.root)
-        versions = root / VERSIONS_DIR / name
-        target = versions / version
-        rows = self._write_files(str(target), data, partition_by, version)
-        final = root / name
-        final.parent.mkdir(parents=True, exist_ok=True)
-        link = final.with_name(f".{final.name}.link-{uuid.uuid4().hex[:6]}")
-        os.symlink(os.path.relpath(target, final.parent), link, target_is_directory=True)
-        if final.exists() and not final.is_symlink():  # a folder written by an older release: once
-            shutil.rmtree(final)
-        os.replace(link, final)  # the switch: readers resolve the old or the new version
-        _prune(versions, keep={target.name, _previous(versions, target.name)})
-        return rows
 
-    def _write_remote(self, name: str, data: pa.RecordBatchReader, partition_by: list[str], version: str) -> int:
-        base = self.table_path(name)
-        old = [
-            info.path for info in self.fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=True))
-            if info.type == pafs.FileType.File
-        ]
-        rows = self._write_files(base, data, partition_by, version)
-        stale = [p for p in old if f"part-{version}-" not in p.rsplit("/", 1)[-1]]
-        for path in stale:
-            self.fs.delete_file(path)
-        return rows
-
-
-def _previous(versions: Path, current: str) -> str:
-    """The newest version older than `current` (kept for readers that listed it just before the switch)."""
-    older = sorted(p.name for p in versions.iterdir() if p.name < current)
-    return older[-1] if older else ""
-
-
-def _prune(versions: Path, keep: set[str]) -> None:
-    for entry in versions.iterdir():
-        if entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
+def fsync_dir(path: Path) -> None:
+    """Make a rename in this folder durable (a crash right after must not bring the old name back)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _partition_runs(batch: pa.RecordBatch, partition_by: list[str]) -> Iterator[tuple[str, pa.RecordBatch]]:

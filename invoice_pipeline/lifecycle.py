@@ -58,7 +58,9 @@ HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
     "valid_to": ("TIMESTAMPTZ", "Until here (exclusive) = the next version's valid_from; NULL for the current version."),
     "invoice_number": ("VARCHAR", "As in main.invoices."),
     "status": ("VARCHAR", "Source status of this version."),
-    "is_void": ("BOOLEAN", "Voided/cancelled at the source in this version."),
+    "document_type": ("VARCHAR", "As in main.invoices: invoice, credit_memo, debit_memo or other."),
+    "status_category": ("VARCHAR", "draft, open, paid or void in this version (as in main.invoices)."),
+    "is_void": ("BOOLEAN", "status_category = 'void' in this version."),
     "is_deleted": ("BOOLEAN", "Gone from the source (found by deletion reconciliation) in this version."),
     "deleted_detected_at": ("TIMESTAMPTZ", "When the pipeline found the invoice missing (deleted versions only)."),
     "customer_id": ("VARCHAR", "As in main.invoices."),
@@ -68,7 +70,8 @@ HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
     "currency_code": ("VARCHAR", "As in main.invoices."),
     "net_amount": (MONEY_T, "As in main.invoices."),
     "tax_amount": (MONEY_T, "As in main.invoices."),
-    "total_amount": (MONEY_T, "Header total of this version."),
+    "freight_amount": (MONEY_T, "As in main.invoices."),
+    "total_amount": (MONEY_T, "Header total of this version (<= 0 for a credit memo)."),
     "balance_due": (MONEY_T, "What was owed while this version held."),
     "last_modified_at": ("TIMESTAMPTZ", "The source's last-modified time of this version."),
     "observed_at": ("TIMESTAMPTZ", "When the pipeline loaded this version (main.invoices._loaded_at)."),
@@ -86,9 +89,11 @@ AGING_COLUMNS: dict[str, tuple[str, str]] = {
     "customer_name": ("VARCHAR", "Customer name (the latest seen among the aged invoices)."),
     "currency_code": ("VARCHAR", "Currency of the balances (never mixed)."),
     "aging_bucket": ("VARCHAR", "Days past due at snapshot_date: current (not yet due), 1-30, 31-60, 61-90, 90+, no_due_date."),
-    "invoice_count": ("BIGINT", "Open invoices in the bucket."),
-    "balance_due": (MONEY_T, "Sum of their balance due."),
+    "invoice_count": ("BIGINT", "Open documents in the bucket (credit memos included; drafts, voids, deleted left out)."),
+    "balance_due": (MONEY_T, "Sum of their balance due, credit memos netted in (negative)."),
     "total_amount": (MONEY_T, "Sum of their invoice totals."),
+    "credit_memo_count": ("BIGINT", "Of invoice_count, how many are credit memos (null: computed by an earlier release)."),
+    "credit_balance": (MONEY_T, "Of balance_due, what the open credit memos contribute (<= 0; null: computed by an earlier release)."),
     "as_of": ("TIMESTAMPTZ", "The instant whose history versions were aged (the end of snapshot_date, UTC)."),
     "computed_at": ("TIMESTAMPTZ", "When this snapshot row was computed."),
 }
@@ -136,7 +141,8 @@ TABLE_COMMENTS = {
                        "(NULL = current). Owed at instant T: the versions with valid_from <= T < coalesce(valid_to, "
                        "infinity), not void, not deleted.",
     "ar_aging_snapshot": "Open balances per source, customer, currency and aging bucket at the end of snapshot_date "
-                         "(UTC), from main.invoice_history; one set of rows per day.",
+                         "(UTC), from main.invoice_history: drafts, voids and deleted documents left out, credit memos "
+                         "netted in (negative); one set of rows per day.",
 }
 
 
@@ -162,10 +168,55 @@ def ensure_lifecycle_tables(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {sql_literal(doc)}")
 
 
+def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
+    """Fill document_type, status_category and freight_amount on versions an earlier release recorded,
+    and bring their amounts to the signs and tax of the upgraded main.invoices (upgrade.py), so the
+    upgrade itself adds no version. Returns the versions filled.
+
+    document_type and freight come from the invoice's current row; status_category from the version's
+    own status and balance; a SoftwareOne credit's versions are negated (the release before sent them
+    as the source does, positive); the version of the current source version takes the current net
+    and tax (e.g. a CRM.COM tax now read from the item's own tax_amount). The hash is recomputed.
+    """
+    from invoice_pipeline.upgrade import status_category_sql
+
+    con.execute("""CREATE OR REPLACE TEMP TABLE _history_upgrade AS SELECT source_name, invoice_id, valid_from
+                   FROM main.invoice_history WHERE document_type IS NULL""")
+    n = con.execute("SELECT count(*) FROM _history_upgrade").fetchone()[0]
+    if n:
+        credit = "i.source_type = 'softwareone' AND i.document_type = 'credit_memo'"  # sent positive before
+        same = "h.last_modified_at IS NOT DISTINCT FROM i.last_modified_at"  # the current source version
+        con.execute(
+            f"""UPDATE main.invoice_history AS h SET
+                document_type = i.document_type,
+                status_category = {status_category_sql('i.source_type', 'h.status', 'CASE WHEN ' + credit + ' THEN -h.balance_due ELSE h.balance_due END', 'h.is_void')},
+                freight_amount = i.freight_amount,
+                net_amount = CASE WHEN {same} THEN i.net_amount WHEN {credit} THEN -h.net_amount ELSE h.net_amount END,
+                tax_amount = CASE WHEN {same} THEN i.tax_amount WHEN {credit} THEN -h.tax_amount ELSE h.tax_amount END,
+                total_amount = CASE WHEN {credit} THEN -h.total_amount ELSE h.total_amount END,
+                balance_due = CASE WHEN {credit} THEN -h.balance_due ELSE h.balance_due END
+            FROM main.invoices AS i
+            WHERE h.document_type IS NULL AND i.source_name = h.source_name AND i.invoice_id = h.invoice_id"""
+        )
+        # Versions of invoices no longer in main.invoices: what their own columns say.
+        con.execute(
+            f"""UPDATE main.invoice_history SET document_type = CASE WHEN total_amount < 0 THEN 'credit_memo' ELSE 'invoice' END,
+                status_category = CASE WHEN coalesce(is_void, false) THEN 'void' WHEN balance_due = 0 THEN 'paid' ELSE 'open' END,
+                freight_amount = 0
+            WHERE document_type IS NULL"""
+        )
+        scope = """FROM _history_upgrade AS u WHERE u.source_name = h.source_name AND u.invoice_id = h.invoice_id
+                   AND u.valid_from = h.valid_from"""
+        con.execute(f"UPDATE main.invoice_history AS h SET is_void = (h.status_category = 'void') {scope}")
+        con.execute(f"UPDATE main.invoice_history AS h SET version_hash = {version_hash_sql('h')} {scope}")
+    con.execute("DROP TABLE _history_upgrade")
+    return n
+
+
 def _prepare(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
-    """The conformed tables (only if missing: ensure_main rewrites every comment) and ours."""
-    if not _existing_columns(con, "invoices"):
-        wh.ensure_main(con)
+    """The conformed tables (a one-query no-op when they are this release's; otherwise created, or
+    upgraded in place before any history step reads columns an earlier release lacked) and ours."""
+    wh.ensure_main(con)
     ensure_lifecycle_tables(con)
 
 
@@ -608,17 +659,22 @@ def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sourc
         _prepare(wh, con)
         con.execute("BEGIN TRANSACTION")
         try:
-            con.execute("DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = ?", [day])
+            # only the sources being computed: another config's sources (one file per schedule) keep their rows
+            delete_params = {k: v for k, v in params.items() if k != "as_of"}
+            con.execute(f"DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = $snapshot_date {src_filter}", delete_params)
             con.execute(
                 f"""INSERT INTO main.ar_aging_snapshot BY NAME
                 SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,
                        arg_max(customer_name, valid_from) AS customer_name, currency_code,
                        {AGING_BUCKET_SQL} AS aging_bucket, count(*) AS invoice_count,
                        sum(balance_due) AS balance_due, sum(total_amount) AS total_amount,
+                       count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_count,
+                       coalesce(sum(balance_due) FILTER (WHERE document_type = 'credit_memo'), 0) AS credit_balance,
                        $as_of::TIMESTAMPTZ AS as_of, now() AS computed_at
                 FROM main.invoice_history
                 WHERE valid_from < $as_of AND (valid_to IS NULL OR valid_to >= $as_of)
-                  AND NOT coalesce(is_void, false) AND NOT coalesce(is_deleted, false) AND balance_due <> 0 {src_filter}
+                  AND NOT coalesce(is_void, false) AND status_category IS DISTINCT FROM 'draft'
+                  AND NOT coalesce(is_deleted, false) AND balance_due <> 0 {src_filter}
                 GROUP BY source_name, customer_id, currency_code, aging_bucket""",
                 params,
             )

@@ -68,11 +68,21 @@ def to_decimal(value: Any, field: str, scale: Scale = MONEY, *, required: bool =
     return dec
 
 
+def _plain_number_text(value: str) -> bool:
+    """Decimal() and int() also read "1_0" as 10 and non-ASCII digits ("١٢" as 12): an amount
+    written like that is doubtful, so it is the record's error, never reinterpreted."""
+    return value.isascii() and "_" not in value
+
+
 def _convert(value: Any, field: str, scale: Scale, required: bool) -> Decimal | None:
     cls = type(value)
     try:
         if cls is str and value:
+            if not _plain_number_text(value):
+                raise MappingError(f"{field}: not a number: {value!r}")
             dec = Decimal(value)  # surrounding whitespace is ignored
+        elif cls is Decimal:  # a JSON number too precise for a float (see jsonio): exact as sent
+            dec = value
         elif cls is float:
             dec = Decimal(repr(value))
         elif cls is int:
@@ -102,6 +112,8 @@ def to_int(value: Any, field: str) -> int | None:
     """Text or number to an INTEGER; out of its range is the record's error, not the batch's."""
     if type(value) is str and value:  # the usual JSON text: straight to int()
         try:
+            if not _plain_number_text(value):
+                raise ValueError
             number = int(value)
         except ValueError:
             raise MappingError(f"{field}: not an integer: {value!r}") from None
@@ -112,6 +124,8 @@ def to_int(value: Any, field: str) -> int | None:
             if isinstance(value, bool):
                 raise ValueError
             if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, Decimal) and not (value.is_finite() and value == value.to_integral_value()):
                 raise ValueError
             number = int(value)
         except (TypeError, ValueError, OverflowError):

@@ -5,12 +5,13 @@ This is what the Dagster assets call; tests call it directly too.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ from datetime import datetime
 from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.config import AppConfig, SourceConfig
+from invoice_pipeline.flatten import FIELD, ROOT_TABLE
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
 from invoice_pipeline.sources.base import Source, Window
+from invoice_pipeline.sql import quote
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import SessionTurns, Warehouse, WriterTurns
 
@@ -124,6 +127,7 @@ def run_source(
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{source_name}-writer")
     writing: Future | None = None
     turns = wh.turns()
+    src.stored_fields = functools.partial(stored_fields, turns, source_name)
     try:
         preparing: deque[Future[tuple[LoadBatch, int]]] = deque()
         pending: LoadBatch | None = None
@@ -186,6 +190,24 @@ def run_source(
         summary.invoices_stale, summary.quarantined, summary.api_calls, summary.duration_s,
     )
     return summary
+
+
+def stored_fields(
+    turns: WriterTurns | SessionTurns, source_name: str, ids: Sequence[str], fields: Sequence[str]
+) -> dict[str, dict]:
+    """Source.stored_fields for this warehouse: top-level raw fields of the stored (current) version
+    of these invoices, read from the source's flattened root table (values as the API sent them)."""
+    s = quote(source_name)
+    with turns.connection() as con:  # the run's own turn: no second lock on the file
+        columns = dict(con.execute(
+            f"SELECT field_path, column_name FROM {s}._columns WHERE table_name = ? AND list_contains(?, field_path)",
+            [ROOT_TABLE, [FIELD + f for f in fields]]).fetchall())
+        known = [f for f in fields if FIELD + f in columns]
+        select = "".join(f", {quote(columns[FIELD + f])}" for f in known)
+        rows = con.execute(
+            f"SELECT _invoice_id{select} FROM {s}.{quote(ROOT_TABLE)} WHERE list_contains(?, _invoice_id)", [list(ids)]
+        ).fetchall()
+    return {row[0]: dict(zip(known, row[1:])) for row in rows}
 
 
 def _write(turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:

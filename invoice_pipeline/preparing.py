@@ -26,15 +26,14 @@ from concurrent.futures import Future
 from datetime import datetime
 from typing import Any, BinaryIO
 
-import orjson
-
 from invoice_pipeline.errors import PipelineError
+from invoice_pipeline.jsonio import dumps, loads
 from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 
-Packed = list[tuple[str, datetime | None, bytes]]
+Packed = list[tuple[str, datetime | None, Any]]  # the payload as JSON bytes, or itself if JSON cannot hold it
 
 
 class BatchPreparer:
@@ -63,7 +62,7 @@ class BatchPreparer:
             self._workers = [_Worker(self.source.mapper()) for _ in range(self.processes)]
             self._started = len(self._workers)
             self._next = itertools.cycle(self._workers)
-        packed: Packed = [(r.invoice_id, r.last_modified_at, orjson.dumps(r.payload)) for r in records]
+        packed: Packed = [(r.invoice_id, r.last_modified_at, _pack(r.payload)) for r in records]
         return next(self._next).submit((packed, self.args))
 
     @property
@@ -81,6 +80,15 @@ class BatchPreparer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pack(payload: Any) -> Any:
+    """Compact JSON bytes (cheap to pickle); a payload JSON text cannot hold (too deep, a lone
+    surrogate) travels as itself, to be quarantined by prepare_batch like in-process."""
+    try:
+        return dumps(payload)
+    except TypeError:
+        return payload
 
 
 def _rebuild_args(source: Source) -> tuple[type[Source], str, Any]:
@@ -182,7 +190,8 @@ def _serve(requests: BinaryIO, results: BinaryIO) -> None:
         try:
             if broken is not None:
                 raise broken
-            records = [SourceRecord(key, modified, orjson.loads(payload)) for key, modified, payload in packed]
+            records = [SourceRecord(key, modified, loads(payload) if type(payload) is bytes else payload)
+                       for key, modified, payload in packed]
             del packed
             prepared = prepare_batch(source, records, *args)
         except Exception as exc:  # noqa: BLE001 - raised again in the parent, by run_source

@@ -25,7 +25,7 @@ from invoice_pipeline import __version__
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
-from invoice_pipeline.lake import Lake, new_version
+from invoice_pipeline.lake import Lake, fsync_dir, new_version
 from invoice_pipeline.reconcile import create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
@@ -44,16 +44,23 @@ ARROW_BATCH = 64 * 1024
 
 
 def refresh_conformed(wh: Warehouse, configured_sources: list[str]) -> dict[str, dict[str, int]]:
-    """Remove rows of sources no longer in the config; return row counts per table and source."""
+    """Row counts per conformed table and source.
+
+    Rows of a source missing from this run's config are kept: one config file per source (or per
+    schedule) is normal, and a source left out of one run keeps its cursor, so deleting its rows
+    would lose them for good. Only `invoice-pipeline drop-source` removes a source (dropping.py).
+    """
     counts: dict[str, dict[str, int]] = {}
     with wh.writer() as con:
         wh.ensure_main(con)
         for table in CONFORMED_TABLES:
-            placeholders = ", ".join("?" for _ in configured_sources) or "NULL"
-            con.execute(f"DELETE FROM main.{table} WHERE source_name NOT IN ({placeholders})", configured_sources)
             counts[table] = dict(
                 con.execute(f"SELECT source_name, count(*) FROM main.{table} GROUP BY 1 ORDER BY 1").fetchall()
             )
+    others = sorted(set(counts["invoices"]) - set(configured_sources))
+    if others:
+        log.info("conformed rows of sources not in this config kept: %s (remove one with "
+                 "'invoice-pipeline drop-source --source NAME')", ", ".join(others))
     return counts
 
 
@@ -93,7 +100,7 @@ def _copy_into_snapshot(
     try:
         con.execute("BEGIN TRANSACTION")
         for table in tables:
-            con.execute(f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}")
+            con.execute(_snapshot_table_sql(con, table))
         con.execute("CREATE TABLE snapshot.main._pipeline_cursors AS SELECT * FROM main._pipeline_cursors")
         con.execute(
             f"CREATE TABLE snapshot.main.{SNAPSHOT_INFO} AS SELECT ?::VARCHAR AS snapshot_id, ?::TIMESTAMPTZ AS published_at",
@@ -105,6 +112,27 @@ def _copy_into_snapshot(
     finally:
         con.execute("DETACH snapshot")
     return counts, comments
+
+
+# Keys BI tools read from the snapshot (row identity, joins). Declared only where the blocking checks
+# guarantee them before any publish: the conformed keys (unique_* checks; the mappings require the ids).
+SNAPSHOT_KEYS: dict[str, tuple[str, ...]] = dict(CONFORMED_KEYS)
+
+
+def _snapshot_table_sql(con: duckdb.DuckDBPyConnection, table: str) -> str:
+    """CREATE TABLE ... AS for a table without a declared key; with one, its columns as the working
+    database has them plus the PRIMARY KEY, then the rows (same column order)."""
+    key = SNAPSHOT_KEYS.get(table)
+    if key is None:
+        return f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}"
+    columns = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = ? ORDER BY column_index", [table]).fetchall()
+    if not {c for c, _ in columns} >= set(key):
+        return f"CREATE TABLE snapshot.main.{quote(table)} AS SELECT * FROM main.{quote(table)}"
+    body = ", ".join(f"{quote(c)} {t}" for c, t in columns)
+    return (f"CREATE TABLE snapshot.main.{quote(table)} ({body}, PRIMARY KEY ({', '.join(quote(k) for k in key)})); "
+            f"INSERT INTO snapshot.main.{quote(table)} SELECT * FROM main.{quote(table)}")
 
 
 def _finish_snapshot(snap: duckdb.DuckDBPyConnection, comments: list[Comment]) -> None:
@@ -154,7 +182,7 @@ def _export_main_tables(snap: duckdb.DuckDBPyConnection, lake: Lake, tables: lis
 
 
 def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig, lake: Lake, version: str) -> dict[str, int]:
-    """The flattened tables of each configured source, as sent (text): <source>/<table>/."""
+    """The flattened tables of each source in the warehouse, as sent (text): <source>/<table>/."""
     written: dict[str, int] = {}
     for source, name in _source_tables(con, wh, app):
         reader = con.sql(f"SELECT * FROM {quote(source)}.{quote(name)}").to_arrow_reader(ARROW_BATCH)
@@ -163,15 +191,30 @@ def _export_source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: Ap
 
 
 def _source_tables(con: duckdb.DuckDBPyConnection, wh: Warehouse, app: AppConfig) -> list[tuple[str, str]]:
-    """(schema, table) of every flattened table of the configured sources that have loaded anything."""
-    existing = {r[0] for r in con.execute("SELECT schema_name FROM information_schema.schemata").fetchall()}
-    return [(source, name) for source in app.sources if source in existing
-            for name in wh.source_tables(con, source).values()]
+    """(schema, table) of every flattened table of every source in the warehouse, configured in this
+    config or not: a source another config file loads (or one left out of this run) stays published."""
+    schemas = [s for (s,) in con.execute(
+        "SELECT DISTINCT schema_name FROM duckdb_tables() WHERE database_name = current_database() "
+        "AND schema_name <> 'main' AND table_name = '_tables' ORDER BY 1").fetchall()]
+    return [(source, name) for source in schemas for name in wh.source_tables(con, source).values()]
 
 
 def _discard(path: Path) -> None:
     for p in (path, path.with_name(path.name + ".wal")):
         p.unlink(missing_ok=True)
+
+
+def _clean_up(final: Path, lake: Lake) -> None:
+    """What a killed publish left (its temporary snapshot file, lake versions never switched to, old
+    versions): safe to remove, since the caller holds the publish lock."""
+    for leftover in final.parent.glob(f".{final.name}.tmp-*"):
+        log.info("removing %s, left by an interrupted publish", leftover)
+        try:
+            os.chmod(leftover, stat.S_IRUSR | stat.S_IWUSR)
+        except OSError:
+            pass
+        leftover.unlink(missing_ok=True)
+    lake.clean_up()
 
 
 def publish(app: AppConfig, wh: Warehouse) -> dict:
@@ -190,12 +233,14 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
     tmp = final.with_name(f".{final.name}.tmp-{snapshot_id}")
     # One publish at a time, so a slower, older publish can never swap in after a newer one.
     with FileLock(str(final) + ".publish.lock"):
+        _clean_up(final, lake)
+        switched = False
         try:
             with wh.writer() as con:  # the working database is locked only while it is read
                 wh.ensure_main(con)
                 fingerprint, rows = content_fingerprint(con, wh, app)
                 last = _last_publish(con)
-                if last is not None and last[1] == fingerprint and final.exists():
+                if last is not None and last[1] == fingerprint and final.exists() and lake.current() == last[0]:
                     log.info("published content unchanged since snapshot %s: nothing rewritten", last[0])
                     return {"published_path": str(final), "snapshot_id": last[0], "republished": False,
                             "snapshot_rows": rows, "parquet_dir": str(app.warehouse.parquet_dir), "parquet_rows": {}}
@@ -214,11 +259,18 @@ def publish(app: AppConfig, wh: Warehouse) -> dict:
             # exclusive lock (which would lock every other reader out until the next publish).
             os.chmod(tmp, stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)
             final.with_name(final.name + ".wal").unlink(missing_ok=True)  # never replay a stale WAL onto it
+            # The two switches, back to back: the lake's (every table at once), then the snapshot's.
+            # A crash between them leaves the lake one version ahead until the next publish, which
+            # republishes (this one is not recorded, and lake.current() differs from the last one).
+            lake.switch(snapshot_id)
+            switched = True
             os.replace(tmp, final)
         except BaseException:
             _discard(tmp)
+            if not switched:
+                lake.discard(snapshot_id)
             raise
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         # Recorded after the swap: a crash in between costs one needless republish, never a skipped one.
         with wh.writer() as con:
             con.execute(f"INSERT INTO main.{PUBLISHES} VALUES (?, ?, ?)", [snapshot_id, fingerprint, published_at])
@@ -259,17 +311,3 @@ def _last_publish(con: duckdb.DuckDBPyConnection) -> tuple[str, str] | None:
     con.execute(f"CREATE TABLE IF NOT EXISTS main.{PUBLISHES} (snapshot_id VARCHAR, fingerprint VARCHAR, published_at TIMESTAMPTZ)")
     row = con.execute(f"SELECT snapshot_id, fingerprint FROM main.{PUBLISHES} ORDER BY published_at DESC LIMIT 1").fetchone()
     return (row[0], row[1]) if row else None
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable (a crash right after publish must not resurrect the old file)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -47,14 +47,17 @@ RULES: list[Rule] = [
     *(_orphan_rule(t) for t in ("invoice_lines", "invoice_tax_lines", "invoice_installments")),
     Rule(
         "lines_plus_tax_equal_total",
-        "sum(line_amount) + sum(tax_amount) = total_amount per invoice, within 0.01 per line (truncated invoices exempt)",
+        "sum(line_amount) + sum(tax_amount) + freight_amount = total_amount per invoice, within 0.01 per line "
+        "(truncated invoices exempt)",
         """SELECT i.source_name, i.invoice_id,
-               'lines ' || i.net_amount || ' + tax ' || i.tax_amount || ' <> total ' || i.total_amount AS detail
+               'lines ' || i.net_amount || ' + tax ' || i.tax_amount || ' + freight ' || coalesce(i.freight_amount, 0)
+               || ' <> total ' || i.total_amount AS detail
            FROM main.invoices i
            LEFT JOIN (SELECT source_name, invoice_id, count(*) AS n FROM main.invoice_lines GROUP BY ALL) l
              USING (source_name, invoice_id)
            WHERE NOT i.is_truncated
-             AND abs(i.net_amount + i.tax_amount - i.total_amount) > 0.01 * greatest(coalesce(l.n, 0), 1)""",
+             AND abs(i.net_amount + i.tax_amount + coalesce(i.freight_amount, 0) - i.total_amount)
+                 > 0.01 * greatest(coalesce(l.n, 0), 1)""",
     ),
     Rule(
         "installments_equal_total",
@@ -68,9 +71,19 @@ RULES: list[Rule] = [
     ),
     Rule(
         "balance_not_above_total",
-        "balance_due <= total_amount for invoices with a non-negative total",
-        """SELECT source_name, invoice_id, 'balance ' || balance_due || ' > total ' || total_amount AS detail
-           FROM main.invoices WHERE total_amount >= 0 AND balance_due > total_amount""",
+        "balance_due <= total_amount for invoices with a non-negative total; for a credit (negative total) the "
+        "balance is no further below zero than the total",
+        """SELECT source_name, invoice_id, 'balance ' || balance_due || ' beyond total ' || total_amount AS detail
+           FROM main.invoices
+           WHERE (total_amount >= 0 AND balance_due > total_amount) OR (total_amount < 0 AND balance_due < total_amount)""",
+    ),
+    Rule(
+        "credit_memo_signs",
+        "a credit memo's total_amount and balance_due are <= 0 (the conformed model holds what the customer owes)",
+        """SELECT source_name, invoice_id,
+               'credit memo with total ' || total_amount || ', balance ' || coalesce(balance_due::VARCHAR, 'null') AS detail
+           FROM main.invoices WHERE document_type = 'credit_memo' AND (total_amount > 0 OR balance_due > 0)""",
+        blocking=False,
     ),
     Rule(
         "truncated_invoices",
@@ -80,6 +93,15 @@ RULES: list[Rule] = [
         blocking=False,
     ),
 ]
+
+
+EXCEPTION_COLUMNS = {
+    "rule": "Name of the failed rule (also the Dagster asset check).",
+    "blocking": "true: the rule stops publishing; false: a warning.",
+    "source_name": "Configured source name.",
+    "invoice_id": "The offending invoice (main.invoices).",
+    "detail": "What is wrong, with the amounts involved.",
+}
 
 
 def violations(con: duckdb.DuckDBPyConnection, rule: Rule, limit: int | None = None) -> list[tuple[str, str, str]]:
@@ -109,6 +131,8 @@ def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
         "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing a reconciliation rule: rule name, "
         "whether it blocks publishing, source_name, invoice_id and what is wrong.'"
     )
+    for column, text in EXCEPTION_COLUMNS.items():
+        con.execute(f"COMMENT ON COLUMN main.reconciliation_exceptions.{column} IS '{text}'")
 
 
 def stale_sources(con: duckdb.DuckDBPyConnection, app: AppConfig, now: datetime) -> list[tuple[str, str]]:

@@ -10,8 +10,8 @@ import logging
 import time
 import uuid
 
-import orjson
 
+from invoice_pipeline import jsonio  # exact numbers, as the load parsed them
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.lifecycle import record_history
 from invoice_pipeline.conformed import CONFORMED_TABLES
@@ -65,7 +65,7 @@ def replay_source(
                 ).fetchall()
             records = []
             for (text,) in payloads:
-                payload = orjson.loads(text)
+                payload = jsonio.loads(text)
                 try:
                     records.append(source.identify(payload))
                 except Exception:  # re-quarantined by prepare_batch as a record without key

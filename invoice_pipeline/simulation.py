@@ -188,3 +188,36 @@ class SimulatorServer:
 
 def json_error(status: int, body: dict[str, Any]) -> SimResponse:
     return SimResponse(status, body)
+
+
+@dataclass
+class PageTamper:
+    """A list endpoint paging the odd ways real tenants were seen to (tests of the clients' guards).
+
+    kind: "empty" - the page holds no items yet says there are more (Oracle `hasMore: true`,
+          SoftwareOne an unchanged `total`); "short" - the page holds only its first `keep`
+          items (Oracle: and says it is the last, `hasMore: false`); "ignore_offset" - every page
+          is the first one (the server ignores `offset`).
+    page: the page tampered with (offset // limit, 0-based); "ignore_offset": every page after the first.
+    times: responses left to tamper with; < 0: all of them (a fault that does not go away).
+    """
+
+    kind: str
+    page: int = 1
+    times: int = -1
+    keep: int = 10
+    served: int = 0  # responses tampered with so far
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("empty", "short", "ignore_offset"):
+            raise ValueError(f"PageTamper.kind must be 'empty', 'short' or 'ignore_offset', got {self.kind!r}")
+
+    def take(self, page: int) -> str | None:
+        """The tampering to apply to this page, if any (call under the simulator's lock)."""
+        hit = page >= 1 if self.kind == "ignore_offset" else page == self.page
+        if not hit or self.times == 0:
+            return None
+        if self.times > 0:
+            self.times -= 1
+        self.served += 1
+        return self.kind

@@ -1,50 +1,115 @@
-"""Analyst views over the conformed model, created in the working database and the published snapshot."""
+"""Analyst views over the conformed model, created in the working database and the published snapshot.
+
+They count only what is owed or earned: draft, void and deleted documents are left out, credit memos
+are in (negative), and amounts are summed per currency only (every view groups by currency_code).
+Rows that rest on truncated invoices (the source sent an incomplete child collection) say so.
+"""
 
 from __future__ import annotations
 
 import duckdb
 
-from invoice_pipeline.sql import sql_literal
+from invoice_pipeline.sql import quote, sql_literal
+
+# What a document must be to count: neither draft nor void nor deleted at the source.
+COUNTED = "i.status_category IN ('open', 'paid') AND NOT coalesce(i.is_deleted, false)"
 
 # name -> (description, SQL); unqualified table names so the views work in the snapshot file too.
 ANALYST_VIEWS: dict[str, tuple[str, str]] = {
     "ar_open_items": (
-        "Open receivable items: installments with a balance due on invoices that are neither void nor deleted at "
-        "the source, with days overdue as of today (0 when not yet due; due_date falls back to the invoice date, "
-        "days_overdue is null when there is neither).",
-        """SELECT i.source_name, i.source_type, i.invoice_id, i.invoice_number, i.customer_id, i.customer_name,
-                  i.currency_code, n.installment_id, n.installment_number,
+        "Open receivable items: installments with a balance due (credit memos negative) of documents that are "
+        "neither draft, void nor deleted at the source, with days overdue as of today (0 when not yet due; "
+        "due_date falls back to the invoice date, days_overdue is null when there is neither). Never sum "
+        "balance_due across currency_code.",
+        f"""SELECT i.source_name, i.source_type, i.invoice_id, i.invoice_number, i.document_type, i.status_category,
+                  i.customer_id, i.customer_name, i.currency_code, n.installment_id, n.installment_number,
                   coalesce(n.due_date, i.due_date, i.invoice_date) AS due_date, n.original_amount, n.balance_due,
-                  greatest(current_date - coalesce(n.due_date, i.due_date, i.invoice_date), 0)::INTEGER AS days_overdue
+                  greatest(current_date - coalesce(n.due_date, i.due_date, i.invoice_date), 0)::INTEGER AS days_overdue,
+                  i.is_truncated
            FROM invoice_installments n JOIN invoices i USING (source_name, invoice_id)
-           WHERE NOT i.is_void AND NOT coalesce(i.is_deleted, false) AND n.balance_due <> 0""",
+           WHERE {COUNTED} AND n.balance_due <> 0""",
     ),
     "ar_aging": (
         "Accounts-receivable aging by source, customer, currency and bucket (current, 1-30, 31-60, 61-90, 90+ "
-        "days overdue; items without a due date count as current), from ar_open_items; bucket_order sorts the buckets.",
+        "days overdue; items without a due date count as current), from ar_open_items: drafts, voids and deleted "
+        "documents left out, credit memos netted in (negative); bucket_order sorts the buckets; truncated_invoices "
+        "counts the invoices in the row whose source sent incomplete lines.",
         """SELECT source_name, customer_id, customer_name, currency_code,
                   CASE WHEN coalesce(days_overdue, 0) = 0 THEN 'current' WHEN days_overdue <= 30 THEN '1-30'
                        WHEN days_overdue <= 60 THEN '31-60' WHEN days_overdue <= 90 THEN '61-90' ELSE '90+' END
                     AS aging_bucket,
                   CASE WHEN coalesce(days_overdue, 0) = 0 THEN 0 WHEN days_overdue <= 30 THEN 1
                        WHEN days_overdue <= 60 THEN 2 WHEN days_overdue <= 90 THEN 3 ELSE 4 END AS bucket_order,
-                  count(*) AS open_items, sum(balance_due) AS balance_due
+                  count(*) AS open_items, sum(balance_due) AS balance_due,
+                  count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_items,
+                  count(DISTINCT invoice_id) FILTER (WHERE is_truncated) AS truncated_invoices
            FROM ar_open_items GROUP BY ALL""",
     ),
     "revenue_by_month": (
-        "Invoiced amounts by source, currency and invoice month, void and deleted invoices excluded "
-        "(net = lines, tax = tax lines).",
-        """SELECT source_name, currency_code, date_trunc('month', invoice_date)::DATE AS invoice_month,
-                  count(*) AS invoices, sum(net_amount) AS net_amount, sum(tax_amount) AS tax_amount,
-                  sum(total_amount) AS total_amount
-           FROM invoices WHERE NOT is_void AND NOT coalesce(is_deleted, false) GROUP BY ALL""",
+        "Invoiced amounts by source, currency and invoice month: drafts, voids and deleted documents left out, "
+        "credit memos included (negative); net = lines, tax = tax lines, total = net + tax + freight; "
+        "truncated_invoices counts the documents whose source sent incomplete lines (their net and tax fall short).",
+        f"""SELECT i.source_name, i.currency_code, date_trunc('month', i.invoice_date)::DATE AS invoice_month,
+                  count(*) AS invoices, count(*) FILTER (WHERE i.document_type = 'credit_memo') AS credit_memos,
+                  sum(i.net_amount) AS net_amount, sum(i.tax_amount) AS tax_amount,
+                  sum(i.freight_amount) AS freight_amount, sum(i.total_amount) AS total_amount,
+                  count(*) FILTER (WHERE i.is_truncated) AS truncated_invoices
+           FROM invoices i WHERE {COUNTED} GROUP BY ALL""",
     ),
+}
+
+# view -> column -> description (COMMENT ON COLUMN, so the dictionary and BI tools show them)
+VIEW_COLUMNS: dict[str, dict[str, str]] = {
+    "ar_open_items": {
+        "source_name": "Configured source name.",
+        "source_type": "Source system type.",
+        "invoice_id": "Source key of the document (main.invoices).",
+        "invoice_number": "As in main.invoices.",
+        "document_type": "invoice, credit_memo (balance negative), debit_memo or other.",
+        "status_category": "open or paid (drafts and voids are not receivables).",
+        "customer_id": "As in main.invoices.",
+        "customer_name": "As in main.invoices.",
+        "currency_code": "Currency of original_amount and balance_due: sum only within one currency.",
+        "installment_id": "As in main.invoice_installments.",
+        "installment_number": "As in main.invoice_installments.",
+        "due_date": "Installment due date, else the invoice's due date, else its invoice date.",
+        "original_amount": "Installment amount (negative for a credit memo).",
+        "balance_due": "Still owed on the installment (negative: a credit the customer holds).",
+        "days_overdue": "Days past due_date as of today, 0 when not yet due, null without any date.",
+        "is_truncated": "The source sent an incomplete child collection for this document.",
+    },
+    "ar_aging": {
+        "source_name": "Configured source name.",
+        "customer_id": "As in main.invoices.",
+        "customer_name": "As in main.invoices.",
+        "currency_code": "Currency of balance_due (never mixed).",
+        "aging_bucket": "current, 1-30, 31-60, 61-90 or 90+ days overdue.",
+        "bucket_order": "0 to 4: sorts the buckets.",
+        "open_items": "Open installments in the bucket (credit memos included).",
+        "balance_due": "Net balance of the bucket: invoices minus open credits, in currency_code.",
+        "credit_memo_items": "Of open_items, how many are credit memos.",
+        "truncated_invoices": "Invoices in this row whose source sent incomplete lines or installments.",
+    },
+    "revenue_by_month": {
+        "source_name": "Configured source name.",
+        "currency_code": "Currency of the amounts (never mixed).",
+        "invoice_month": "First day of the invoice month.",
+        "invoices": "Documents counted: invoices, debit memos and credit memos (neither draft, void nor deleted).",
+        "credit_memos": "Of invoices, how many are credit memos (their amounts are negative).",
+        "net_amount": "Sum of net_amount (lines).",
+        "tax_amount": "Sum of tax_amount (tax lines).",
+        "freight_amount": "Sum of freight_amount.",
+        "total_amount": "Sum of total_amount (= net + tax + freight for complete documents).",
+        "truncated_invoices": "Documents whose source sent incomplete lines: net and tax may fall short of total.",
+    },
 }
 
 
 def create_analyst_views(con: duckdb.DuckDBPyConnection, catalog: str | None = None) -> None:
-    """Create (or replace) every analyst view with its COMMENT, so the dictionary and BI tools show it."""
+    """Create (or replace) every analyst view with its COMMENTs, so the dictionary and BI tools show them."""
     prefix = f"{catalog}.main." if catalog else "main."
     for name, (description, sql) in ANALYST_VIEWS.items():
         con.execute(f"CREATE OR REPLACE VIEW {prefix}{name} AS {sql}")
         con.execute(f"COMMENT ON VIEW {prefix}{name} IS {sql_literal(description)}")
+        for column, text in VIEW_COLUMNS.get(name, {}).items():
+            con.execute(f"COMMENT ON COLUMN {prefix}{name}.{quote(column)} IS {sql_literal(text)}")

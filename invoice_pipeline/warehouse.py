@@ -34,11 +34,19 @@ from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.writer_lock import acquire_writer_lock
 from invoice_pipeline.reconcile import create_exceptions_view
-from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming
+from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, readable
+from invoice_pipeline.jsonio import dumps
 
 log = logging.getLogger("invoice_pipeline.warehouse")
 
 INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
+# Field columns one flattened table may have; fields beyond are kept, as one JSON object per row, in
+# its OVERFLOW column (registered in _columns under the path OVERFLOW, which no JSON path can be).
+MAX_COLUMNS_PER_TABLE = 1000
+OVERFLOW = "_overflow"
+# New columns added per schema transaction: DuckDB keeps a version of the table per ALTER until the
+# transaction ends, so one transaction of n ALTERs costs memory ~n^2 (1,500 columns: 850 MB).
+COLUMNS_PER_SCHEMA_TRANSACTION = 50
 
 
 @dataclass
@@ -55,6 +63,7 @@ class Warehouse:
         self.lock_timeout = config.lock_timeout.total_seconds()
         # Per source: registry row counts and the names they map to (see _registry).
         self._registries: dict[str, _Registry] = {}
+        self.max_columns_per_table = MAX_COLUMNS_PER_TABLE
 
     # -- connections -------------------------------------------------------------------------
     @contextmanager
@@ -154,6 +163,11 @@ class Warehouse:
             "status VARCHAR, invoices_extracted BIGINT, invoices_loaded BIGINT, invoices_stale BIGINT, "
             "quarantined BIGINT, pages BIGINT, api_calls BIGINT, error VARCHAR)"
         )
+        # Rows an earlier release wrote get this release's new columns filled (upgrade.py), before
+        # the key is stored: a run killed half-way upgrades the rest next time.
+        from invoice_pipeline.upgrade import upgrade_conformed
+
+        upgrade_conformed(con)
         con.execute("CREATE OR REPLACE TABLE main._pipeline_schema AS SELECT ?::VARCHAR AS schema_key", [key])
 
     def ensure_source(self, con: duckdb.DuckDBPyConnection, source: str) -> None:
@@ -193,10 +207,16 @@ class Warehouse:
         src = batch.source_name
         s = quote(src)
         result = BatchResult()
+        # The schema first, in transactions of its own (memory stays flat however many columns are
+        # new); names and columns it adds are harmless if the data transaction then fails.
         registry = self._registry(con, src)
+        try:
+            tables, columns = self._evolve(con, src, batch.flat, registry)
+        except BaseException:
+            self._registries.pop(src, None)  # re-read what was committed
+            raise
         con.execute("BEGIN TRANSACTION")
         try:
-            tables = self._evolve(con, src, batch.flat, registry)
             con.register("_stage_keys", batch.keys)
             # Versions at least as new as the stored one win; an older one (a backfill, an
             # overlapping window) is skipped, never written over newer data.
@@ -217,7 +237,8 @@ class Warehouse:
                     con.execute(f"DELETE FROM {s}.{quote(table_name)} WHERE _invoice_id IN {accepted}")
             for path, rows in batch.flat.items():
                 name = tables[path]
-                names = self._column_names(con, src, name, [c for c in rows.column_names if c.startswith(FIELD)], registry)
+                names = columns[path]
+                rows = _fold_overflow(rows, names)
                 con.register("_stage_rows", rows.rename_columns([names.get(c, c) for c in rows.column_names]))
                 con.execute(f"INSERT INTO {s}.{quote(name)} BY NAME SELECT * FROM _stage_rows{only_accepted}")
                 con.unregister("_stage_rows")
@@ -282,38 +303,65 @@ class Warehouse:
 
     def _evolve(
         self, con: duckdb.DuckDBPyConnection, src: str, flat: dict[str, pa.Table], registry: _Registry
-    ) -> dict[str, str]:
-        """Create tables and add columns for paths never seen before; returns table path -> name."""
+    ) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """Create tables and add columns for paths never seen before, committed before the batch's data.
+
+        Returns table path -> name and, per table path, field path -> column name (a field beyond
+        the table's column cap maps to OVERFLOW). A new table is created with all its columns in
+        one statement; new columns of an existing table are added COLUMNS_PER_SCHEMA_TRANSACTION
+        per transaction (see there why).
+        """
         s = quote(src)
         known = registry.tables
-        new_paths = [p for p in flat if p not in known]
-        if not new_paths:
-            return known
-        naming = Naming(dict(known), reserved=INTERNAL_TABLES)
-        for path, name in naming.assign(new_paths).items():
-            con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, name])
-            meta = ", ".join(f"{quote(c)} {t}" for c, t in _CHILD_META_TYPES.items())
-            con.execute(f"CREATE TABLE {s}.{quote(name)} ({meta})")
-            known[path] = name
-            registry.bump(tables=1)
-        return known
+        new_tables = Naming(dict(known), reserved=INTERNAL_TABLES).assign(p for p in flat if p not in known)
+        columns: dict[str, dict[str, str]] = {}
+        for path, rows in flat.items():
+            table = known.get(path) or new_tables[path]
+            fields = [c for c in rows.column_names if c.startswith(FIELD)]
+            assigned = registry.columns.get(table, {})
+            new = [p for p in fields if p not in assigned]
+            if not new and path in known:
+                columns[path] = assigned
+                continue
+            names = self._assign_columns(src, table, assigned, new)
+            added = {p: n for p, n in names.items() if p not in assigned}
+            if path not in known:  # one CREATE with every column: no ALTERs at all
+                meta = [f"{quote(c)} {t}" for c, t in _CHILD_META_TYPES.items()]
+                cols = ", ".join(meta + [f"{quote(n)} VARCHAR" for n in dict.fromkeys(added.values())])
+                with _transaction(con):
+                    con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, table])
+                    con.execute(f"CREATE TABLE {s}.{quote(table)} ({cols})")
+                    if added:
+                        con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in added.items()])
+                known[path] = table
+                registry.committed(tables=1, columns=len(added))
+            else:
+                items = list(added.items())
+                for start in range(0, len(items), COLUMNS_PER_SCHEMA_TRANSACTION):
+                    chunk = items[start:start + COLUMNS_PER_SCHEMA_TRANSACTION]
+                    with _transaction(con):
+                        con.executemany(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [[table, p, n] for p, n in chunk])
+                        for name in dict.fromkeys(n for _, n in chunk):
+                            con.execute(f"ALTER TABLE {s}.{quote(table)} ADD COLUMN {quote(name)} VARCHAR")
+                    registry.committed(columns=len(chunk))
+            registry.columns[table] = assigned = {**assigned, **added}
+            columns[path] = {**assigned, **{p: OVERFLOW for p in new if p not in assigned}}
+        return known, columns
 
-    def _column_names(
-        self, con: duckdb.DuckDBPyConnection, src: str, table: str, paths: list[str], registry: _Registry
-    ) -> dict[str, str]:
-        s = quote(src)
-        assigned = registry.columns.setdefault(table, {})
-        new_paths = [p for p in paths if p not in assigned]
-        if not new_paths:
-            return assigned
-        reserved = ROOT_META if table == ROOT_TABLE else CHILD_META
-        naming = Naming(assigned, reserved=reserved)
-        for path, name in naming.assign(new_paths).items():
-            con.execute(f"INSERT INTO {s}._columns VALUES (?, ?, ?)", [table, path, name])
-            con.execute(f"ALTER TABLE {s}.{quote(table)} ADD COLUMN {quote(name)} VARCHAR")
-            assigned[path] = name
-            registry.bump(columns=1)
-        return assigned
+    def _assign_columns(self, src: str, table: str, assigned: dict[str, str], new: list[str]) -> dict[str, str]:
+        """Names for new field paths, up to the table's column cap; the overflow column once needed."""
+        reserved = (ROOT_META if table == ROOT_TABLE else CHILD_META) + (OVERFLOW,)
+        room = self.max_columns_per_table - sum(1 for p in assigned if p != OVERFLOW)
+        kept = sorted(new)[:max(room, 0)]
+        names = Naming(assigned, reserved=reserved).assign(kept)
+        if len(kept) < len(new):
+            log.warning(
+                "source '%s': table %s has reached its cap of %d columns; %d more field(s) (e.g. %s) are kept as "
+                "JSON in its %s column", src, table, self.max_columns_per_table, len(new) - len(kept),
+                readable(sorted(set(new) - set(kept))[0][len(FIELD):]), OVERFLOW)
+            if OVERFLOW not in assigned:
+                names[OVERFLOW] = OVERFLOW
+        return names
 
 
 class WriterTurns:
@@ -448,6 +496,38 @@ class _Registry:
     def bump(self, tables: int = 0, columns: int = 0) -> None:
         self.pending_counts = (self.pending_counts[0] + tables, self.pending_counts[1] + columns)
 
+    def committed(self, tables: int = 0, columns: int = 0) -> None:
+        """Rows this process added to _tables/_columns and committed (the cache stays current)."""
+        self.tables_count += tables
+        self.columns_count += columns
+        self.bump(tables, columns)
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def _fold_overflow(rows: pa.Table, names: dict[str, str]) -> pa.Table:
+    """The rows with the fields beyond the column cap folded into one JSON object per row (OVERFLOW)."""
+    over = [c for c in rows.column_names if names.get(c) == OVERFLOW]
+    if not over:
+        return rows
+    values = [rows.column(c).to_pylist() for c in over]
+    keys = [readable(c[len(FIELD):]) for c in over]
+    folded = []
+    for row in zip(*values):
+        obj = {k: v for k, v in zip(keys, row) if v is not None}
+        folded.append(dumps(obj).decode() if obj else None)
+    rows = rows.drop_columns(over)
+    return rows.append_column(OVERFLOW, pa.array(folded, pa.string()))
+
 
 _ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}
 _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
@@ -457,16 +537,20 @@ _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_ro
 def _main_schema_key() -> str:
     """Changes whenever this code would create main's tables, views or comments differently."""
     from invoice_pipeline.reconcile import RULES
-    from invoice_pipeline.views import ANALYST_VIEWS
+    from invoice_pipeline.conformed import TABLE_COMMENTS
+    from invoice_pipeline.views import ANALYST_VIEWS, VIEW_COLUMNS
 
-    spec = (CONFORMED_TABLES, ANALYST_VIEWS, [(r.name, r.blocking, r.sql) for r in RULES])
+    spec = (CONFORMED_TABLES, TABLE_COMMENTS, ANALYST_VIEWS, VIEW_COLUMNS, [(r.name, r.blocking, r.sql) for r in RULES])
     return hashlib.sha256(repr(spec).encode()).hexdigest()
 
 
 def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:
-    """COMMENT ON COLUMN for every conformed column: where it comes from in each source."""
+    """COMMENT ON TABLE and COLUMN for every conformed table and column: where it comes from in each source."""
+    from invoice_pipeline.conformed import TABLE_COMMENTS
+
     prefix = f"{catalog}.main." if catalog else "main."
     for table, columns in CONFORMED_TABLES.items():
+        con.execute(f"COMMENT ON TABLE {prefix}{table} IS {sql_literal(TABLE_COMMENTS[table])}")
         for c, (_, doc) in columns.items():
             con.execute(f"COMMENT ON COLUMN {prefix}{table}.{quote(c)} IS {sql_literal(doc)}")
 

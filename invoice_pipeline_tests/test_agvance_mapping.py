@@ -64,10 +64,10 @@ def test_header_exact():
     inv = map_invoice(RECORD, "agv", "CAD").invoice
     assert inv == {
         "source_name": "agv", "source_type": "agvance", "invoice_id": "002-100045", "invoice_number": "100045",
-        "status": "Open", "is_void": False, "is_truncated": False,
+        "status": "Open", "document_type": "invoice", "status_category": "open", "is_void": False, "is_truncated": False,
         "customer_id": "F10042", "customer_name": "Hernández Family Farms",
         "invoice_date": date(2025, 3, 7), "due_date": date(2025, 4, 6), "currency_code": "CAD",
-        "total_amount": Decimal("1207.4700"), "balance_due": Decimal("707.4700"),
+        "freight_amount": Decimal("0.0000"), "total_amount": Decimal("1207.4700"), "balance_due": Decimal("707.4700"),
         "payment_terms": "Net 30", "purchase_order": None, "created_at": None,
         "last_modified_at": datetime(2025, 3, 8, 14, 5, 9, tzinfo=UTC),
     }
@@ -99,8 +99,9 @@ def test_invariant_and_derived_installment():
     assert c.installments == [{
         "installment_id": "002-100045", "installment_number": 1, "due_date": date(2025, 4, 6),
         "original_amount": Decimal("1207.4700"), "balance_due": Decimal("707.4700"), "status": "Open",
-        "is_derived": True,
+        "is_derived": True, "currency_code": "USD",
     }]
+    assert {ln["currency_code"] for ln in c.lines + c.tax_lines} == {"USD"}
 
 
 @pytest.mark.parametrize(
@@ -111,6 +112,21 @@ def test_invariant_and_derived_installment():
 def test_status(header, status, void):
     inv = map_invoice(rec(**header), "agv").invoice
     assert (inv["status"], inv["is_void"]) == (status, void)
+    assert inv["status_category"] == ("void" if void else status.lower())
+
+
+def test_negative_total_is_a_credit_memo_signed_as_sent():
+    credit = rec(InvoiceTotal=-107.0, SubTotal=-100.0, TaxTotal=-7.0, BalanceDue=-107.0)
+    credit["InvoiceRecordLineItemDetails"] = [{"LineNumber": 1, "ProductID": "RET", "ProductName": "Return",
+                                               "Quantity": -2, "UnitOfMeasure": "GAL", "UnitPrice": 50, "Extension": -100.0}]
+    credit["InvoiceTaxCodeDetails"] = [{"LineNumber": 1, "TaxCode": "IL-ST", "TaxRate": 7, "TaxableAmount": -100.0,
+                                        "TaxAmount": -7.0}]
+    c = conformed.finalize(map_invoice(credit, "agv"), derive_installment=True)
+    assert (c.invoice["document_type"], c.invoice["status_category"]) == ("credit_memo", "open")
+    assert (c.invoice["total_amount"], c.invoice["net_amount"], c.invoice["tax_amount"]) == (
+        Decimal("-107.0000"), Decimal("-100.0000"), Decimal("-7.0000"))
+    assert c.installments[0]["original_amount"] == Decimal("-107.0000")
+    assert map_invoice(RECORD, "agv").invoice["document_type"] == "invoice"
 
 
 def test_same_number_at_two_locations_are_two_invoices():
@@ -128,7 +144,7 @@ def test_date_with_time_part_and_iso_fallback():
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda r: r.update(InvoiceRecordHeaderDetails=None), "InvoiceRecordHeaderDetails: expected an object"),
+        (lambda r: r.update(InvoiceRecordHeaderDetails=None), "InvoiceRecordHeaderDetails is null: the record has no header"),
         (lambda r: r.update(InvoiceLocation=""), "InvoiceLocation/InvoiceNumber: missing"),
         (lambda r: r.update(InvoiceDate="13/45/2025"), "InvoiceDate: not a valid date"),
         (lambda r: r["InvoiceRecordLineItemDetails"][1].update(LineNumber=1), "LineNumber 1 appears twice"),

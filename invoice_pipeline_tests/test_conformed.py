@@ -10,6 +10,7 @@ import dagster as dg
 
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.pipeline import run_source
+from invoice_pipeline.dropping import drop_source
 from invoice_pipeline.publish import refresh_conformed
 from invoice_pipeline.reconcile import RULES, violations, violations_by_rule
 from invoice_pipeline.replay import replay_source
@@ -75,10 +76,13 @@ def test_all_four_sources_exact_incremental_equals_rebuild_and_removal(tmp_path:
             assert dump_conformed(con) == incremental
 
         remaining = [n for n in sims if n != "swo"]
-        refresh_conformed(wh, remaining)
+        refresh_conformed(wh, remaining)  # a run of a config without swo keeps swo's rows (nothing lost)
+        with wh.writer() as con:
+            assert dump_conformed(con) == incremental
+        drop_source(app, "swo", apply=True)  # only the explicit command removes a source
         with wh.writer() as con:
             assert con.execute("SELECT count(*) FROM main.invoices WHERE source_name = 'swo'").fetchone()[0] == 0
-            assert con.execute("SELECT count(*) FROM swo.invoices").fetchone()[0] > 0  # its own schema is untouched
+            assert con.execute("SELECT count(*) FROM information_schema.schemata WHERE schema_name = 'swo'").fetchone()[0] == 0
             assert {r[0] for r in con.execute("SELECT DISTINCT source_name FROM main.invoices").fetchall()} == set(remaining)
 
 

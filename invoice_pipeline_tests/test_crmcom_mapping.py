@@ -142,3 +142,32 @@ def test_unmappable_records_name_the_field(change, message: str) -> None:
     change(payload)
     with pytest.raises(MappingError, match=message.replace("[", r"\[").replace("]", r"\]")):
         map_invoice(payload, "crm")
+
+
+def test_item_tax_only_in_its_own_tax_amount_is_one_tax_line_besides_applied_and_vat() -> None:
+    """R12+: an item may state its tax only in tax_amount; with applied_tax_rates or vat_* present, the
+    item's tax_amount is the same tax again and adds no line."""
+    inv = r12_invoice()
+    inv["invoice_item_set"][0]["tax_amount"] = 0.30000000000000004  # beside applied_tax_rates: not a second tax
+    inv["invoice_item_set"].append({"id": "L3", "net_amount": 10, "discount_amount": 0, "quantity": 1,
+                                    "tax_amount": 1.9000000000000001})
+    inv["total_amount"] = 3 * 59.97 + (0.1 + 0.2) + 11.9
+    c = conformed.finalize(map_invoice(inv, "crm"), derive_installment=True)
+    assert [(t["tax_line_id"], t["tax_code"], t["tax_rate"], t["tax_amount"], t["is_derived"]) for t in c.tax_lines] == [
+        ("L1:VAT19", "STN", Decimal("19.000000"), Decimal("0.3000"), False),
+        ("L1:ZR1", "ZR", Decimal("0.000000"), Decimal("0.0000"), False),
+        ("L2:ZR1", "ZR", Decimal("0.000000"), Decimal("0.0000"), False),
+        ("L3:tax", None, None, Decimal("1.9000"), True),
+    ]
+    assert c.invoice["net_amount"] + c.invoice["tax_amount"] == c.invoice["total_amount"] == Decimal("192.1100")
+
+
+@pytest.mark.parametrize(("state", "balance", "category"),
+                         [("DRAFT", 5, "draft"), ("POSTED", 5, "open"), ("POSTED", 0, "paid"), ("REJECTED", 5, "void"),
+                          ("CANCELLED", 0, "void")])
+def test_status_category_and_void(state: str, balance: float, category: str) -> None:
+    inv = copy.deepcopy(DOC_INVOICE)
+    inv.update(life_cycle_state=state, outstanding_amount=balance)
+    mapped = map_invoice(inv, "crm").invoice
+    assert (mapped["status_category"], mapped["is_void"], mapped["freight_amount"]) == (
+        category, category == "void", Decimal("0.0000"))

@@ -1,5 +1,5 @@
 """CRM.COM client against tampered simulators: page caps, pre-R13 paging, glitches, refused
-filters, tax-only items and the repeated hour at the end of DST (docs/SOURCES_crm_agv.md)."""
+filters, tax-only items and the repeated hour at the end of DST (docs/SOURCES.md)."""
 
 from __future__ import annotations
 
@@ -106,11 +106,12 @@ def test_unfiltered_refusal_is_not_hidden_when_filters_fail_too() -> None:
             extract(source(sim))
 
 
-def test_tax_only_items_are_served_behind_their_knob() -> None:
-    with CrmcomSimulator(size=300, knobs=Knobs(retry_after=0)) as plain:
+def test_tax_only_items_are_served_by_default() -> None:
+    """R12+ items whose tax is only in their own tax_amount, as the vendor's documents show them."""
+    with CrmcomSimulator(size=300, knobs=Knobs(retry_after=0), tax_only_items=False) as plain:
         assert not any(inv.tax_only for inv in plain.invoices)
         plain_ids = [inv.id for inv in plain.invoices]
-    with CrmcomSimulator(size=300, knobs=Knobs(retry_after=0), tax_only_items=True) as sim:
+    with CrmcomSimulator(size=300, knobs=Knobs(retry_after=0)) as sim:
         assert [inv.id for inv in sim.invoices] == plain_ids  # same data set, only the tax shape differs
         tax_only = [inv for inv in sim.invoices if inv.tax_only]
         assert 20 < len(tax_only) < 90 and not any(inv.legacy for inv in tax_only)

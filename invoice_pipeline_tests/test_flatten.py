@@ -59,7 +59,7 @@ def _reference_flatten(payloads: list[tuple[str, dict]]) -> dict[str, tuple[int,
     """The straightforward algorithm (one dict per row, eager null back-fill) the fast one must equal."""
     import orjson
 
-    from invoice_pipeline.flatten import SEP, scalar_text
+    from invoice_pipeline.flatten import SEP, _ambiguous, escape_key, scalar_text
 
     tables: dict[str, tuple[list[int], dict[str, list]]] = {}
 
@@ -75,7 +75,7 @@ def _reference_flatten(payloads: list[tuple[str, dict]]) -> dict[str, tuple[int,
 
     def walk(obj: dict, table: str, prefix: str, row: dict, invoice_id: str, row_id: str) -> None:
         for key, value in obj.items():
-            path = prefix + str(key)
+            path = prefix + (escape_key(str(key)) if _ambiguous(str(key), prefix == FIELD) else str(key))
             if isinstance(value, dict):
                 if value:
                     walk(value, table, path + SEP, row, invoice_id, row_id)
@@ -128,7 +128,7 @@ def test_fast_flatten_equals_the_reference_on_random_and_colliding_shapes() -> N
 
     rng = random.Random(7)
     payloads = [(f"I{n}", _random_payload(rng)) for n in range(400)]
-    # paths that collide on purpose: "a__b" twice in one row, and two arrays feeding one child table
+    # paths that used to collide: "a__b" twice in one row, and two arrays feeding one child table
     payloads.append(("C1", {"a__b": 1, "a": {"b": 2}, "lines": [{"x": 1}], "lines__x": [{"y": 2}]}))
     payloads.append(("C2", {"lines": [{"x": [{"z": 1}]}], "lines__x": [{"z": 2}, {"w": 3}]}))
     tables: dict[str, TableBuffer] = {}
@@ -151,3 +151,28 @@ def test_sparse_columns_are_padded_when_read() -> None:
     buffer.append({"b": "y"})
     buffer.append({"b": "z"})
     assert buffer.columns == {"a": ["1", "2", "3", None, None], "b": ["x", None, None, "y", "z"]} and buffer.rows == 5
+
+
+def test_keys_holding_the_separator_never_share_a_column_or_table() -> None:
+    """Issue 19: `Meta__x` beside {"Meta": {"x"}} was one column (a value dropped), `Extra__items`
+    and `Extra.items` one child table with the same _row_id."""
+    from invoice_pipeline.flatten import FIELD, Naming
+
+    tables: dict[str, TableBuffer] = {}
+    flatten_record("1", {"Meta__x": "flat", "Meta": {"x": "nested"}, "_id": "top", "a_": {"b": 1}, "a": {"_b": 2},
+                         "Extra__items": [{"v": "flat"}], "Extra": {"items": [{"v": "nested"}]}}, tables, {})
+    root = tables["invoices"].columns
+    values = sorted(v[0] for k, v in root.items() if k.startswith(FIELD))
+    assert values == ["1", "2", "flat", "nested", "top"]  # five fields, five columns: nothing dropped
+    children = {k: b.columns[".v"] for k, b in tables.items() if k != "invoices"}
+    assert sorted(children.values()) == [["flat"], ["nested"]]
+    # SQL names read like the keys; the plain nesting keeps the plain name, the newcomer gets "__2"
+    names = Naming({}, reserved=["_invoice_id"]).assign(p for p in root if p.startswith(FIELD))
+    assert names[".Meta__x"] == "Meta__x" and sorted(names.values()) == [
+        "Meta__x", "Meta__x__2", "_id", "a___b", "a___b__2"]
+    table_names = Naming({"invoices": "invoices"}).assign(children)
+    assert sorted(table_names.values()) == ["invoices__Extra__items", "invoices__Extra__items__2"]
+    assert table_names["invoices__Extra__items"] == "invoices__Extra__items"
+    # an existing warehouse's names stay: a stored path keeps its name even if a newcomer reads alike
+    kept = Naming({".Meta__x": "Meta__x"}).assign(p for p in root if p.startswith(FIELD))
+    assert ".Meta__x" not in kept and "Meta__x__2" in kept.values()

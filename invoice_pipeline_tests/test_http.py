@@ -163,3 +163,155 @@ def test_redirects_are_followed_and_failures_still_map(server: ScriptedServer) -
     # a refused connection is still "connection failed", not a redirect/retry error of urllib3
     with pytest.raises(SourceError, match="connection failed"):
         HttpClient("src", "http://127.0.0.1:9", max_retries=0).request("GET", "/x")
+
+
+# -- issue 19: probing from outside ---------------------------------------------------------------
+class DripServer:
+    """A raw socket server that sends its headers at once, then the body one byte every `gap` s."""
+
+    def __init__(self, body: bytes, gap: float):
+        import socket
+        import threading
+
+        self.body, self.gap = body, gap
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n" % len(self.body))
+                    for i in range(len(self.body)):
+                        if self.stop.wait(self.gap):
+                            return
+                        conn.sendall(self.body[i:i + 1])
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        self.stop.set()
+        self.sock.close()
+        self.thread.join(timeout=5)
+
+
+def test_timeout_bounds_the_whole_request_not_each_read() -> None:
+    """A 725-byte body dripped a byte per 0.2 s used to take 145 s and 'succeed' with timeout 3s."""
+    drip = DripServer(b'{"items": [' + b"1, " * 236 + b"1]}", gap=0.2)
+    try:
+        http = HttpClient("src_drip", drip.base_url, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(SourceError) as err:
+            http.request("GET", "/api/items", params={"offset": 500})
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert elapsed < 2.5, elapsed
+    text = str(err.value)
+    assert "src_drip" in text and "timed out after 1s" in text and "/api/items?offset=500" in text, text
+
+
+def test_html_page_with_status_200_is_named_with_its_url(server: ScriptedServer) -> None:
+    server.script["/api/items"] = deque([SimResponse(200, b"<!DOCTYPE html><html><body>Please log in</body></html>",
+                                                     {"Content-Type": "text/html"})])
+    with pytest.raises(SourceError) as err:
+        client(server, max_retries=1).request("GET", "/api/items", params={"offset": 40, "access_token": SECRET})
+    text = str(err.value)
+    assert "src_a" in text and "not JSON but text/html" in text and "Please log in" in text, text
+    assert "/api/items?offset=40&access_token=***" in text and SECRET not in text, text
+
+
+def test_numbers_arrive_exactly(server: ScriptedServer) -> None:
+    from decimal import Decimal
+
+    server.script["/x"] = deque([b'{"amount": 1234567890123.4567, "big": 123456789012345678901234567890, '
+                                 b'"noise": 0.30000000000000004, "small": 12.5, "id": 9007199254740993}'])
+    body = client(server).request("GET", "/x").body
+    assert body["amount"] == Decimal("1234567890123.4567") and str(body["amount"]) == "1234567890123.4567"
+    assert body["big"] == 123456789012345678901234567890 and str(body["big"]) == "123456789012345678901234567890"
+    assert body["id"] == 9007199254740993 and type(body["id"]) is int
+    assert float(body["noise"]) == 0.30000000000000004 and body["small"] == 12.5
+
+
+def test_a_lone_surrogate_does_not_make_the_page_unreadable(server: ScriptedServer) -> None:
+    server.script["/x"] = deque([b'{"items": [{"id": "a", "note": "\\ud800"}, {"id": "b"}]}'])
+    body = client(server).request("GET", "/x").body
+    assert [i["id"] for i in body["items"]] == ["a", "b"]
+
+
+@pytest.mark.parametrize("echo", ["quote", "quote_plus", "json", "basic"])
+def test_secrets_echoed_back_in_any_encoding_are_redacted(server: ScriptedServer, echo: str) -> None:
+    import base64
+    import json
+    from urllib.parse import quote, quote_plus
+
+    secret = "pw-SECRET-123!/+ é"
+    shown = {"quote": quote(secret, safe=""), "quote_plus": quote_plus(secret), "json": json.dumps(secret)[1:-1],
+             "basic": base64.b64encode(f"alice:{secret}".encode()).decode()}[echo]
+    server.script["/login"] = deque([SimResponse(400, f"bad request: password={shown}".encode())])
+    http = HttpClient("src_a", server.base_url, max_retries=0, secrets=[secret])
+    with pytest.raises(SourceError) as err:
+        http.request("POST", "/login", data={"password": secret})
+    assert "bad request: password=" in str(err.value)
+    assert shown not in str(err.value) and secret not in str(err.value), str(err.value)
+
+
+class HeaderDripServer(DripServer):
+    """Drips its status line and headers themselves, a byte every `gap` s (and forever)."""
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                try:
+                    conn.recv(65536)
+                    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 100_000
+                    for i in range(len(head)):
+                        if self.stop.wait(self.gap):
+                            return
+                        conn.sendall(head[i:i + 1])
+                except OSError:
+                    continue
+
+
+def test_a_server_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
+    drip = HeaderDripServer(b"", gap=0.1)
+    try:
+        http = HttpClient("src_drip", drip.base_url, timeout=1.0, max_retries=0)
+        started = time.monotonic()
+        with pytest.raises(SourceError, match="timed out after 1s"):
+            http.request("GET", "/api/items/42")
+        elapsed = time.monotonic() - started
+    finally:
+        drip.close()
+    assert elapsed < 2.5, elapsed
+
+
+def test_the_url_in_an_error_masks_what_the_auth_added(server: ScriptedServer) -> None:
+    class QueryAuth(Auth):
+        def apply(self, headers: dict, params: dict) -> None:
+            params["sid"] = "session-5f5f5f"  # a name that does not look like a credential
+
+    server.script["/api/items"] = deque([SimResponse(200, b"<html>maintenance</html>", {"Content-Type": "text/html"})])
+    http = client(server, max_retries=0)
+    http.auth = QueryAuth()
+    with pytest.raises(SourceError) as err:
+        http.request("GET", "/api/items", params={"offset": 7})
+    assert "/api/items?offset=7&sid=***" in str(err.value) and "session-5f5f5f" not in str(err.value), str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -68,7 +69,7 @@ def test_end_to_end_totals_equal_the_simulators_truth():
         expected = sim.expected()
         assert totals(source, payloads) == expected
         assert expected["truncated"] >= 2 and expected["void"] >= 1
-        assert source.stats.pages == sim.requests[LIST] == math.ceil(260 / 25)
+        assert source.stats.pages == sim.requests[LIST] - 1 == math.ceil(260 / 25)  # and one probe of q
         assert source.stats.scanned == source.stats.kept == 260
         assert sim.requests[LOGIN] == 1 and sim.auth_failures == 0
 
@@ -86,7 +87,8 @@ def test_truncated_invoices_are_flagged_and_keep_what_came():
                 assert len(c.lines) == 25
                 assert c.invoice["net_amount"] + c.invoice["tax_amount"] < c.invoice["total_amount"]
             else:
-                assert c.invoice["net_amount"] + c.invoice["tax_amount"] == c.invoice["total_amount"]
+                assert (c.invoice["net_amount"] + c.invoice["tax_amount"] + c.invoice["freight_amount"]
+                        == c.invoice["total_amount"])
             # installments are real Oracle objects (not derived) and add up to the header total
             assert c.installments and not any(i["is_derived"] for i in c.installments)
             assert sum(i["original_amount"] for i in c.installments) == c.invoice["total_amount"]
@@ -96,7 +98,7 @@ def test_truncated_invoices_are_flagged_and_keep_what_came():
 def test_page_size_above_the_cap_still_reads_every_invoice():
     with SIMULATOR_CLASS(size=130) as sim, make_source(sim, page_size=100) as source:
         assert len(extract(source)) == 130
-        assert sim.requests[LIST] == math.ceil(130 / 25)  # the API answered 25 per page
+        assert sim.requests[LIST] == math.ceil(130 / 25) + 1  # the API answered 25 per page (+ the q probe)
 
 
 def test_incremental_window_reads_changes_since_its_start():
@@ -194,18 +196,21 @@ def test_start_date_excludes_older_invoices():
 
 
 class _ChangingSim(SIMULATOR_CLASS):
-    """Updates and adds invoices right after the client has read its second list page."""
+    """Updates and adds invoices right after the client has read its third list request (probe + 2 pages)."""
 
     def handle(self, request: SimRequest) -> SimResponse:
         response = super().handle(request)
-        if request.path == LIST and self.requests[LIST] == 2 and response.status == 200:
+        if request.path == LIST and self.requests[LIST] == 3 and response.status == 200:
+            time.sleep(1.1)  # the changes are stamped after the window's (second-precision) end
             self.changed = self.mutate(updates=15, new=5, seed=4)
+            self.changed_at = self._detail(self._invoices[int(self.changed["new"][0])])["LastUpdateDate"]
         return response
 
 
 def test_invoices_changing_mid_run_never_make_the_client_skip_one():
-    # Updated invoices enter an incremental list at their id's position and push later ones
-    # back a page: the client must re-read (and de-duplicate), never skip.
+    # The window's list is bounded by its frozen end: invoices updated mid-run leave it, shifting
+    # later ones back past the client's offset. totalResults falls; the client must step back and
+    # re-read (de-duplicating), never skip one that is still inside the window.
     with _ChangingSim(size=300) as sim, make_source(sim) as source:
         since = datetime(2025, 1, 1, tzinfo=UTC)
         sim.requests[LIST] = -100  # no change during this first, reference run
@@ -213,6 +218,9 @@ def test_invoices_changing_mid_run_never_make_the_client_skip_one():
         sim.requests[LIST] = 0
         source.stats = ExtractStats()
         payloads = extract(source, since)
-        assert matching <= set(payloads)
-        assert set(sim.changed["new"]) <= set(payloads)
-        assert source.stats.scanned > source.stats.kept  # some ids came twice and were dropped
+        left = set(sim.changed["updated"])  # updated after the window's end: no longer inside it
+        assert matching - left <= set(payloads)
+        # Only versions inside the window: an id read before its change comes in its old version.
+        assert all(p["LastUpdateDate"] < sim.changed_at for p in payloads.values())
+        assert not set(sim.changed["new"]) & set(payloads)
+        assert source.stats.extra["list_step_backs"] >= 1

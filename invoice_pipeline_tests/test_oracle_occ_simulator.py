@@ -117,9 +117,12 @@ def taxes_of(line: dict) -> list[dict]:
 
 
 def lines_plus_tax(detail: dict) -> Decimal:
-    """Sum of the LineAmount and TaxAmount values the detail shows."""
+    """Sum of the LineAmount and TaxAmount values the detail shows, plus its freight (R2: all three
+    make up EnteredAmount)."""
     lines = detail["receivablesInvoiceLines"]["items"]
-    return sum((dec(ln["LineAmount"]) + sum(dec(t["TaxAmount"]) for t in taxes_of(ln)) for ln in lines), Decimal(0))
+    freight = dec(detail.get("FreightAmount") or "0")
+    return freight + sum((dec(ln["LineAmount"]) + sum(dec(t["TaxAmount"]) for t in taxes_of(ln)) for ln in lines),
+                         Decimal(0))
 
 
 def without_links(detail: dict) -> dict:
@@ -299,7 +302,8 @@ def test_detail_amounts_are_oracle_strings_that_add_up(details):
         assert sum(dec(i["InstallmentBalanceDue"]) for i in insts) == dec(d["InvoiceBalanceAmount"])
         assert 1 <= len(insts) <= 3
         for i in insts:
-            due = dec(i["InstallmentLineAmountDue"]) + dec(i["InstallmentTaxAmountDue"])
+            due = (dec(i["InstallmentLineAmountDue"]) + dec(i["InstallmentTaxAmountDue"])
+                   + dec(i.get("InstallmentFreightAmountDue") or "0"))
             assert due == dec(i["InstallmentBalanceDue"])
         for ln in lines:
             assert 1 <= len(taxes_of(ln)) <= 2

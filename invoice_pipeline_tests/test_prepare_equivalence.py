@@ -25,7 +25,7 @@ import pytest
 from invoice_pipeline import batch
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.conformed import ARROW_SCHEMAS
-from invoice_pipeline.flatten import FIELD, META_ARROW, ROOT_TABLE, SEP, scalar_text
+from invoice_pipeline.flatten import FIELD, META_ARROW, ROOT_TABLE, SEP, _ambiguous, escape_key, scalar_text
 from invoice_pipeline.money import MONEY, MappingError, Scale
 from invoice_pipeline.simulate import start_simulators
 from invoice_pipeline.sources import source_class
@@ -143,7 +143,7 @@ class RefBuffer:
 def ref_flatten_record(invoice_id: str, payload: dict, tables: dict, root_meta: dict) -> None:
     def walk(obj: dict, table: str, prefix: str, row: dict, row_id: str) -> None:
         for key, value in obj.items():
-            path = prefix + str(key)
+            path = prefix + (escape_key(str(key)) if _ambiguous(str(key), prefix == FIELD) else str(key))
             if isinstance(value, dict):
                 if value:
                     walk(value, table, path + SEP, row, row_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import stat
@@ -152,7 +153,7 @@ def test_failed_blocking_check_keeps_last_good_snapshot_and_lake(in_tmp: Path) -
         published = Path(app.warehouse.published_path)
         good_snapshot = file_digest(published)
         lake_invoices = Path(app.warehouse.parquet_dir) / "invoices"
-        good_lake = os.readlink(lake_invoices)
+        good_lake = lake_invoices.resolve()
 
         sim.knobs.inconsistent_rate = 1.0  # every new invoice's header total is off
         sim.mutate(new=3, seed=5)
@@ -167,7 +168,7 @@ def test_failed_blocking_check_keeps_last_good_snapshot_and_lake(in_tmp: Path) -
         with Warehouse(app.warehouse).writer() as con:  # the bad rows did land in the working database
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 43
         assert file_digest(published) == good_snapshot
-        assert os.readlink(lake_invoices) == good_lake
+        assert lake_invoices.resolve() == good_lake
         con = duckdb.connect(str(published), read_only=True)
         try:
             assert con.execute("SELECT count(*) FROM invoices").fetchone()[0] == 40
@@ -185,7 +186,7 @@ def test_lake_versions_switch_atomically_and_keep_one_previous(loaded) -> None:
     assert (root / "invoices").is_symlink() and not (root / "invoices" / "stale.parquet").exists()
     # A reader that pins the version it lists (the link's target, named by the snapshot id) ...
     pinned = (root / "invoices").resolve()
-    assert pinned == (root / ".versions" / "invoices" / first["snapshot_id"]).resolve()
+    assert pinned == (root / "_v" / first["snapshot_id"] / "invoices").resolve()
     listed = sorted(str(p) for p in pinned.rglob("*.parquet"))
     months = {p.parent.name for p in (root / "invoices").rglob("*.parquet")}
     assert len(months) > 1 and all(m.startswith("invoice_month=") for m in months)
@@ -197,12 +198,12 @@ def test_lake_versions_switch_atomically_and_keep_one_previous(loaded) -> None:
     assert ds.dataset(listed, format="parquet").count_rows() == first["snapshot_rows"]["invoices"]
     current = ds.dataset(str(root / "invoices"), format="parquet", partitioning="hive")
     assert current.count_rows() == second["snapshot_rows"]["invoices"] == first["snapshot_rows"]["invoices"] + 4
-    assert os.readlink(root / "invoices").endswith(second["snapshot_id"])
+    assert os.readlink(root / "_current").endswith(second["snapshot_id"])
 
     sim.mutate(updates=2, seed=3)
     run_source(app, "agv", warehouse=wh)
     publish(app, wh)
-    versions = sorted(p.name for p in (root / ".versions" / "invoices").iterdir())
+    versions = sorted(p.name for p in (root / "_v").iterdir())
     assert len(versions) == 2 and versions[0] == second["snapshot_id"]  # older ones are pruned
     assert not any(Path(p).exists() for p in listed)
     assert not list(root.glob(".*.link-*"))
@@ -212,7 +213,7 @@ def test_unchanged_content_is_not_republished(loaded) -> None:
     app, wh, sim = loaded
     final = Path(app.warehouse.published_path)
     first = publish(app, wh)
-    before = (final.stat().st_ino, file_digest(final), os.readlink(Path(app.warehouse.parquet_dir) / "invoices"))
+    before = (final.stat().st_ino, file_digest(final), (Path(app.warehouse.parquet_dir) / "invoices").resolve())
     # A re-read of identical invoices (what every hourly re-poll does) stamps _loaded_at/_run_id anew ...
     reread = run_source(app, "agv", warehouse=wh, window=Window(app.sources["agv"].start_date, utc_now()))
     assert reread.invoices_loaded > 0
@@ -220,7 +221,7 @@ def test_unchanged_content_is_not_republished(loaded) -> None:
     # ... and publishes nothing new: same version, same file, same lake link.
     assert second["republished"] is False and second["snapshot_id"] == first["snapshot_id"]
     assert second["snapshot_rows"] == first["snapshot_rows"]
-    assert (final.stat().st_ino, file_digest(final), os.readlink(Path(app.warehouse.parquet_dir) / "invoices")) == before
+    assert (final.stat().st_ino, file_digest(final), (Path(app.warehouse.parquet_dir) / "invoices").resolve()) == before
     sim.mutate(updates=1, seed=4)  # one changed amount is enough
     run_source(app, "agv", warehouse=wh)
     third = publish(app, wh)
@@ -275,23 +276,36 @@ def test_lake_on_s3_compatible_object_store(tmp_path: Path, s3_endpoint: str) ->
     app = app.model_copy(update={"warehouse": app.warehouse.model_copy(update={"parquet_dir": "s3://lakebucket/ar/lake"})})
     wh = Warehouse(app.warehouse)
     run_source(app, "a", warehouse=wh, source=FakeSource("a", app.sources["a"], [invoice(n) for n in range(6)]))
+    with s3.open_output_stream("lakebucket/ar/lake/invoices/part-legacy-0.parquet") as out:  # an earlier release's layout
+        out.write(b"old")
     first = publish(app, wh)
+    assert s3.get_file_info("lakebucket/ar/lake/invoices").type == pafs.FileType.NotFound  # stale: removed
     changed = [invoice(n, updated="2025-02-01T00:00:00Z", lines=3) for n in range(2, 9)]
     run_source(app, "a", warehouse=wh, source=FakeSource("a", app.sources["a"], changed))
+    with s3.open_output_stream("lakebucket/ar/lake/_v/29991231T000000000000Z-killed/invoices/x.parquet") as out:
+        out.write(b"a publish killed before its switch")
     second = publish(app, wh)
+    versions = sorted(i.base_name for i in s3.get_file_info(pafs.FileSelector("lakebucket/ar/lake/_v")))
+    assert versions == [first["snapshot_id"], second["snapshot_id"]]  # the unfinished one is gone, previous kept
     assert second["snapshot_rows"]["invoices"] == 9 and first["snapshot_rows"]["invoices"] == 6
 
     truth = warehouse_tables(wh)
     # The fake source sends no invoice dates: every row is in invoice_month=__HIVE_DEFAULT_PARTITION__,
     # which pyarrow can only read with the partition schema given (as docs/QUERYING.md shows).
     hive = ds.partitioning(pa.schema([("source_name", pa.string()), ("invoice_month", pa.string())]), flavor="hive")
+    # readers follow the manifest, written last: it names the current version's folder of each table
+    with s3.open_input_stream("lakebucket/ar/lake/_current.json") as f:
+        manifest = json.loads(f.read())
+    assert manifest["version"] == second["snapshot_id"]
+    assert manifest["tables"]["invoices"] == f"_v/{second['snapshot_id']}/invoices"
     for table in CONFORMED_TABLES:
-        dataset = ds.dataset(f"lakebucket/ar/lake/{table}", filesystem=s3, format="parquet", partitioning=hive)
+        dataset = ds.dataset(f"lakebucket/ar/lake/{manifest['tables'][table]}", filesystem=s3, format="parquet",
+                             partitioning=hive)
         assert dataset.files and all(f"part-{second['snapshot_id']}-" in f for f in dataset.files), "stale objects left"
         assert all("/source_name=a/invoice_month=" in f for f in dataset.files)
         assert rows_by_key(dataset.to_table().to_pylist(), table) == truth[table], table
-    schema = ds.dataset("lakebucket/ar/lake/invoices", filesystem=s3, partitioning=hive).schema
+    schema = ds.dataset(f"lakebucket/ar/lake/{manifest['tables']['invoices']}", filesystem=s3, partitioning=hive).schema
     assert str(schema.field("last_modified_at").type) == "timestamp[us, tz=UTC]"
     assert str(schema.field("total_amount").type) == "decimal128(18, 4)"
-    raw = ds.dataset("lakebucket/ar/lake/a/invoices", filesystem=s3, format="parquet")
+    raw = ds.dataset(f"lakebucket/ar/lake/{manifest['tables']['a/invoices']}", filesystem=s3, format="parquet")
     assert raw.count_rows() == 9

@@ -151,7 +151,7 @@ def test_omitted_lines_are_requested_again(sim):
     assert sim.omit_lines[victim.id] == 0
     assert len(records[victim.id].payload["lines"]) == len(victim.lines) > 0
     assert "lines" not in records[victim.id].payload["$meta"]["omitted"]
-    assert src.stats.extra["lines_refetched"] == 1
+    assert src.stats.extra["omitted_refetched"] == 1
     assert len(src.to_conformed(records[victim.id].payload).lines) == len(victim.lines)
 
 
@@ -239,8 +239,8 @@ def test_result_set_growing_while_paging_skips_nothing():
         src = make_source(s, page_size=10, concurrency=2)
         real_get, joined = src._get, []
 
-        def get_then_mutate(rql, offset, limit):
-            body = real_get(rql, offset, limit)
+        def get_then_mutate(rql, offset, limit, *select):
+            body = real_get(rql, offset, limit, *select)
             if not joined:
                 joined.extend(s.mutate(updates=30, seed=3)["updated"])
             return body

@@ -53,7 +53,7 @@ def strip_meta_omitted(s):
 def test_payload_matches_the_doc_example_field_by_field(sim):
     text = DOC.read_text()
     example = json.loads(text[text.index("{"): text.rindex("}") + 1])
-    body = get(sim, f"{ALL}&select=audit,+lines&order=-audit.updated.at&limit=1").json()
+    body = get(sim, f"{ALL}&select=audit,+lines,+erpData,+price&order=-audit.updated.at&limit=1").json()
     assert strip_meta_omitted(shape(body)) == strip_meta_omitted(shape(example))
     item = body["data"][0]
     assert item["seller"]["erpLink"]["seller"] == "[Circular Reference]"
@@ -87,15 +87,17 @@ def test_envelope_paging_and_limit_cap(sim):
     assert len(set(ids)) == 150 and ids == sorted(ids)
 
 
-def test_lines_and_audit_omitted_unless_selected(sim):
+def test_optional_fields_omitted_unless_selected(sim):
+    # erpData and price are optional in SoftwareOne's OpenAPI: only when selected (select=+erpData,+price).
+    everything = ["audit", "erpData", "lines", "price"]
     body = get(sim, "limit=3").json()
-    assert body["$meta"]["omitted"] == ["audit", "lines"]
-    assert all("lines" not in i and "audit" not in i and i["$meta"]["omitted"] == ["audit", "lines"] for i in body["data"])
-    body = get(sim, "select=audit,+lines&limit=3").json()
+    assert body["$meta"]["omitted"] == everything
+    assert all(not set(everything) & set(i) and i["$meta"]["omitted"] == everything for i in body["data"])
+    body = get(sim, "select=audit,+lines,+erpData,+price&limit=3").json()
     assert body["$meta"]["omitted"] == []
-    assert all(isinstance(i["lines"], list) and "audit" in i for i in body["data"])
+    assert all(isinstance(i["lines"], list) and {"audit", "erpData", "price"} <= set(i) for i in body["data"])
     body = get(sim, "select=+lines&limit=3").json()
-    assert body["$meta"]["omitted"] == ["audit"]
+    assert body["$meta"]["omitted"] == ["audit", "erpData", "price"]
 
 
 def test_rql_filters_match_the_data(sim):
@@ -172,7 +174,7 @@ def test_inconsistent_rate_breaks_exactly_that_share():
     with SIMULATOR_CLASS(size=200, knobs=Knobs(inconsistent_rate=0.25)) as s:
         bad = [i for i in s.data.invoices if i.total != i.net + i.tax]
         assert 25 <= len(bad) <= 75
-        item = get(s, f'eq(id,"{bad[0].id}")&select=+lines').json()["data"][0]
+        item = get(s, f'eq(id,"{bad[0].id}")&select=+lines,+erpData').json()["data"][0]
         lines = sum(Decimal(str(ln["amountIncludingVat"])) for ln in item["lines"])
         assert Decimal(str(item["erpData"]["invoiceTotal"])) != lines
 

@@ -143,7 +143,9 @@ def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.A
         can_subset=False,
     )
     def conformed_model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
-        """Drops rows of sources no longer configured; the rows themselves are merged by each source run."""
+        """Counts the conformed rows per source; the rows themselves are merged by each source run. Rows of
+        sources this config does not name are kept (another config file may load them): only
+        `invoice-pipeline drop-source` removes a source."""
         counts = refresh_conformed(pipeline.warehouse, list(app.sources))
         with pipeline.warehouse.reader() as con:
             schemas = conformed_catalog(con)  # as stored, with the COMMENTs analysts see

@@ -12,7 +12,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +25,9 @@ log = logging.getLogger("invoice_pipeline.extract")
 CREDENTIAL_KEYS = ("username", "password", "organisation", "api_token", "api_key", "database_id")
 T = TypeVar("T")
 R = TypeVar("R")
+# (invoice ids, top-level raw field names) -> {invoice id: {field: stored value}} for the ids the
+# warehouse holds (an id it lacks is absent). Lets a client skip invoices that did not change.
+StoredFields = Callable[[Sequence[str], Sequence[str]], dict[str, dict[str, Any]]]
 
 
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int, name: str) -> Iterator[R]:
@@ -143,6 +146,8 @@ class Source(ABC):
     # identify() and to_conformed() use only name and config, so another process can rebuild them
     # with cls(name, config) and prepare batches in parallel (see preparing.py).
     portable_mapping: ClassVar[bool] = True
+    # Set by the pipeline (run_source) before extract(); None when a client runs on its own.
+    stored_fields: StoredFields | None = None
 
     def __init__(self, name: str, config: SourceConfig, http: HttpClient | None = None):
         self.name = name

@@ -8,9 +8,11 @@ UTC timestamp. Amounts are JSON numbers (floats), converted exactly through mone
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.conformed import status_category
 from invoice_pipeline.sources.base import ConformedInvoice
 
 HEADER = "InvoiceRecordHeaderDetails"
@@ -30,6 +32,9 @@ def invoice_key(p: dict[str, Any]) -> str:
 
 def header(p: dict[str, Any], where: str = "") -> dict[str, Any]:
     h = p.get(HEADER)
+    if h is None:
+        raise MappingError(f"{where}{HEADER} is null: the record has no header (customer, totals, due date, "
+                           "LastModifiedUtc), so there is nothing to load")
     if not isinstance(h, dict):
         raise MappingError(f"{where}{HEADER}: expected an object, got {type(h).__name__}")
     return h
@@ -126,12 +131,16 @@ def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> C
     hw = f"{where}{HEADER}."
     void = to_bool(h.get("Void"), hw + "Void")
     balance = to_decimal(h.get("BalanceDue"), hw + "BalanceDue")
+    total = to_decimal(h.get("InvoiceTotal"), hw + "InvoiceTotal", required=True)
     invoice = {
         "source_name": source_name,
         "source_type": "agvance",
         "invoice_id": invoice_id,
         "invoice_number": to_text(p.get("InvoiceNumber")),
         "status": "Void" if void else ("Paid" if balance == 0 else "Open"),
+        # Agvance has no document type: a negative total is a credit, sent signed already
+        "document_type": "credit_memo" if total < 0 else "invoice",
+        "status_category": status_category(void, False, balance),
         "is_void": void,
         "is_truncated": False,
         "customer_id": to_text(h.get("CustomerID")),
@@ -139,7 +148,8 @@ def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> C
         "invoice_date": us_date(p.get("InvoiceDate"), where + "InvoiceDate"),
         "due_date": us_date(h.get("DueDate"), hw + "DueDate"),
         "currency_code": currency,
-        "total_amount": to_decimal(h.get("InvoiceTotal"), hw + "InvoiceTotal", required=True),
+        "freight_amount": Decimal("0.0000"),  # Agvance sends no freight
+        "total_amount": total,
         "balance_due": balance,
         "payment_terms": to_text(h.get("Terms")),
         "purchase_order": None,

@@ -4,7 +4,7 @@ The API has no date filter and lists invoices only per accounts receivable, so a
 AR list, pages every AR's invoices (in parallel, bounded by `concurrency`) and keeps those whose
 naive `log_information.updated_date`, read in the tenant's `timezone`, falls inside the window.
 
-Paging (docs/SOURCES_crm_agv.md, "crmcom"): `number_of_results`/`offset` exist from R13 only and a
+Paging (docs/SOURCES.md, "crmcom"): `number_of_results`/`offset` exist from R13 only and a
 server may cap a page below what was asked, so a listing is read until an empty page, never stopped
 at a short one; an empty page right after a full one is asked once more before it is believed; a
 page that brings no id not seen before means the server ignores `offset` (pre-R13), and the walk

@@ -3,7 +3,10 @@
 CRM.COM quirks handled here: amounts are JSON floats with binary noise (rounded to 4 places by
 money.to_decimal, never formatted through a lossy string); timestamps are naive and in the
 tenant's time zone; DRAFT invoices have no number; R12+ items carry `applied_tax_rates` while
-older records only have the deprecated `vat_rate` / `vat_amount` (describing the same tax).
+older records only have the deprecated `vat_rate` / `vat_amount` (describing the same tax), and an
+R12+ item may state its tax only in its own `tax_amount` (one tax line, without code or rate).
+Document type from `type.classification`; a credit note sent with a positive total is signed here
+(the conformed model holds what the customer owes).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_decimal, to_text, to_timestamp
+from invoice_pipeline.conformed import negate_amounts, status_category
 from invoice_pipeline.sources.base import ConformedInvoice
 
 ZERO = Decimal("0.0000")
@@ -70,7 +74,21 @@ def _tax_lines(item: dict[str, Any], line_id: str, line_amount: Decimal, where: 
     if item.get("vat_amount") is None:
         if to_decimal(item.get("vat_percentage"), f"{where}vat_percentage", RATE):
             raise MappingError(f"{where}vat_amount: missing although vat_percentage is set")
-        return []  # untaxed item
+        own = to_decimal(item.get("tax_amount"), f"{where}tax_amount")
+        if own is None:
+            return []  # untaxed item
+        # R12+: the item's tax only in its own tax_amount, no rate object: one tax line without code or rate.
+        return [
+            {
+                "tax_line_id": f"{line_id}:tax",
+                "line_id": line_id,
+                "tax_code": None,
+                "tax_rate": None,
+                "taxable_amount": line_amount,
+                "tax_amount": own,
+                "is_derived": True,
+            }
+        ]
     return [
         {
             "tax_line_id": f"{line_id}:{to_text(vat_rate.get('id')) or 'vat'}",
@@ -124,24 +142,41 @@ def map_invoice(p: dict[str, Any], source_name: str, *, timezone: str = "UTC", c
     log_info = _obj(p, "log_information", "")
     rate_period = _obj(p, "currency_rate_period", "")
     status = to_text(p.get("life_cycle_state"))
+    total = to_decimal(p.get("total_amount"), "total_amount", required=True)
+    balance = to_decimal(p.get("outstanding_amount"), "outstanding_amount")
+    doc_type = document_type(p)
     invoice = {
         "source_name": source_name,
         "source_type": "crmcom",
         "invoice_id": invoice_id,
         "invoice_number": to_text(p.get("number")),  # null for DRAFT invoices
         "status": status,
-        "is_void": status == "CANCELLED",
+        "document_type": doc_type,
+        "status_category": status_category(status in ("CANCELLED", "REJECTED"), status == "DRAFT", balance),
+        "is_void": status in ("CANCELLED", "REJECTED"),
         "is_truncated": False,
         "customer_id": to_text(ar.get("id")),
         "customer_name": to_text(ar.get("name")),
         "invoice_date": local_date(p.get("issued_on"), "issued_on", timezone),
         "due_date": local_date(p.get("due_on"), "due_on", timezone),
         "currency_code": to_text(_obj(rate_period, "currency", "currency_rate_period.").get("code")) or currency,
-        "total_amount": to_decimal(p.get("total_amount"), "total_amount", required=True),
-        "balance_due": to_decimal(p.get("outstanding_amount"), "outstanding_amount"),
+        "freight_amount": ZERO,  # CRM.COM invoices carry no freight
+        "total_amount": total,
+        "balance_due": balance,
         "payment_terms": None,
         "purchase_order": None,
         "created_at": to_timestamp(log_info.get("created_date"), "log_information.created_date", timezone),
         "last_modified_at": to_timestamp(log_info.get("updated_date"), "log_information.updated_date", timezone),
     }
-    return ConformedInvoice(invoice, lines, tax_lines)
+    conformed = ConformedInvoice(invoice, lines, tax_lines)
+    if doc_type == "credit_memo" and total > 0:
+        negate_amounts(conformed)
+    return conformed
+
+
+def document_type(p: dict[str, Any]) -> str:
+    """type.classification: INVOICE -> invoice, CREDIT_NOTE -> credit_memo, other values -> other; absent -> invoice."""
+    classification = to_text(_obj(p, "type", "").get("classification"))
+    if classification is None or classification.upper() == "INVOICE":
+        return "invoice"
+    return "credit_memo" if classification.upper() == "CREDIT_NOTE" else "other"

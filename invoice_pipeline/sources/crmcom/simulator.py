@@ -258,7 +258,7 @@ class CrmcomSimulator(SimulatorServer):
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, page_cap: int = CAP, paging: str = "r13", empty_pages: int = 0, ar_filter_required: bool = False,
-                 tax_only_items: bool = False):
+                 tax_only_items: bool = True):
         if paging not in PAGING_MODES:  # before the socket is bound
             raise ValueError(f"paging must be one of {PAGING_MODES}, not {paging!r}")
         super().__init__(knobs, host, port)

@@ -1,4 +1,9 @@
-"""Oracle Commerce Cloud self-service invoices: bearer login, list paging, parallel detail calls."""
+"""Oracle Commerce Cloud self-service invoices: bearer login, list paging, parallel detail calls.
+
+The list filter `q` is our reading of Fusion's REST conventions (docs/SOURCES.md): a tenant may
+refuse it or ignore it. The client probes once per run and, without a working filter, works from
+the list alone (details only of invoices new to the warehouse or whose list fields changed).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import threading
 import time
 from collections.abc import Collection, Iterator
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -23,6 +29,14 @@ from invoice_pipeline.logfold import fold_repeats
 log = logging.getLogger("invoice_pipeline.oracle_occ")
 
 LIST_PATH = "/ccstore/v1/selfservice/invoices"
+PAGE_RETRIES = 2  # re-requests of a list page that ends the listing early, before failing the run
+# List modes: the filter works, or the list alone (q refused with a 400, or q ignored).
+FILTER = "filter"
+LIST_ONLY_REFUSED = "list-only (q refused)"
+LIST_ONLY_IGNORED = "list-only (q ignored)"
+PROBE_Q = "LastUpdateDate>='2999-01-01T00:00:00Z'"  # matches nothing on a tenant that honours q
+# Fields list items carry that change when an invoice does (compared with the stored version).
+LIST_FIELDS = ("InvoiceBalanceAmount", "EnteredAmount", "InvoiceStatus", "DueDate")
 
 
 class OracleOccConfig(SourceConfig):
@@ -90,46 +104,167 @@ class OracleOccSource(Source):
     default_page_size = 25  # the API caps limit at 25 anyway
     has_installments = True
     key_field = "CustomerTransactionId"
+    page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a page that ended early
 
     def __init__(self, name: str, config: OracleOccConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())
+        self._mode: str | None = None  # list mode, probed once per source instance (one run)
 
     # -- extraction --------------------------------------------------------------------------
-    def _list_ids(self, window: Window) -> Iterator[str]:
-        """Ids of invoices updated since window.start, oldest id first.
+    def _page(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        body = self.http.request("GET", LIST_PATH, params=params).body
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
+        items = body["items"]
+        for item in items:
+            if not isinstance(item, dict) or item.get("CustomerTransactionId") in (None, ""):
+                raise self.http.error(
+                    f"list item without CustomerTransactionId at offset {params['offset']}", endpoint=f"GET {LIST_PATH}"
+                )
+        self.stats.pages += count
+        return body, items
 
-        The list filter has no upper bound on purpose: offset paging over a result set that
-        shrinks while we page (an invoice updated mid-run leaving `<= end`) would skip records;
-        with only a lower bound the set can only grow, which at worst repeats an id. Invoices
-        newer than the frozen bound are simply loaded early. The order key is immutable.
+    @staticmethod
+    def _ends_early(body: dict[str, Any], items: list[dict[str, Any]], offset: int) -> str | None:
+        """Why this page ends the listing before the API itself said it would, or None."""
+        total = body.get("totalResults")
+        if not items and body.get("hasMore"):
+            return "an empty page (items: []) that says hasMore: true"
+        if not body.get("hasMore") and isinstance(total, int) and offset + len(items) < total:
+            return f"the last page (hasMore: false) ends at {offset + len(items)} of totalResults {total}"
+        return None
+
+    def _walk(self, q: str | None) -> Iterator[list[dict[str, Any]]]:
+        """List items in id order, page by page (each page: the items not seen before).
+
+        Guards (a listing is never cut short silently and never loops):
+        - a page that ends the listing before `hasMore`/`totalResults` said it would is requested
+          again (PAGE_RETRIES times); still short, the run fails naming the URL and offset;
+        - a page without a single new id (the API ignores `offset`) fails the run;
+        - a result set that shrank between two pages (`totalResults` fell: an invoice left the
+          window or was deleted, shifting later ones back) is re-read from `offset - shrink`.
+        The order key is immutable, so joins and leaves are the only way items move.
         """
-        offset = 0
-        seen: set[str] = set()
+        offset, seen, prev_total, after_step_back = 0, set[str](), None, False
         while True:
-            params = {
-                "q": f"LastUpdateDate>='{iso_utc(window.start)}'",
-                "orderBy": "CustomerTransactionId:asc",
-                "limit": self.page_size,
-                "offset": offset,
-            }
-            body = self.http.request("GET", LIST_PATH, params=params).body
-            if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-                raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
-            items = body["items"]
-            self.stats.pages += 1
+            params: dict[str, Any] = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size,
+                                      "offset": offset, "totalResults": "true"}
+            if q is not None:
+                params["q"] = q
+            body, items = self._page(params)
+            tries = 0
+            while (why := self._ends_early(body, items, offset)) is not None:
+                url = f"GET {LIST_PATH}?{_query(params)}"
+                if tries >= PAGE_RETRIES:
+                    raise self.http.error(
+                        f"the invoice list ended early at offset {offset}: {why}, still after {tries} "
+                        f"re-requests of {url}; refusing to treat it as the end of the list (invoices would "
+                        "be lost). The cursor was not moved; re-run when the API answers consistently.",
+                        endpoint=f"GET {LIST_PATH}",
+                    )
+                tries += 1
+                self.stats.extra["pages_rerequested"] = self.stats.extra.get("pages_rerequested", 0) + 1
+                log.warning("source '%s': %s at offset %d (%s); requesting it again (%d/%d)",
+                            self.name, why, offset, url, tries, PAGE_RETRIES)
+                time.sleep(self.page_retry_pause * tries)
+                body, items = self._page(params)
+            fresh = []
             for item in items:
-                invoice_id = item.get("CustomerTransactionId") if isinstance(item, dict) else None
-                if invoice_id is None:
-                    raise self.http.error(f"list item without CustomerTransactionId at offset {offset}")
-                invoice_id = str(invoice_id)
-                self.stats.scanned += 1
+                invoice_id = str(item["CustomerTransactionId"])
                 if invoice_id not in seen:
                     seen.add(invoice_id)
-                    yield invoice_id
-            if not body.get("hasMore") or not items:
+                    fresh.append(item)
+            self.stats.extra["ids_listed"] = len(seen)
+            total = body.get("totalResults") if isinstance(body.get("totalResults"), int) else None
+            grew = total - prev_total if total is not None and prev_total is not None else 0
+            if items and not fresh and not after_step_back and grew < len(items):
+                raise self.http.error(
+                    f"the invoice list repeated itself at offset {offset}: page "
+                    f"GET {LIST_PATH}?{_query(params)} holds no invoice not already listed (the API seems "
+                    "to ignore 'offset'); stopping rather than paging forever. The cursor was not moved.",
+                    endpoint=f"GET {LIST_PATH}",
+                )
+            if fresh:
+                yield fresh
+            shrink = prev_total - total if total is not None and prev_total is not None and total < prev_total else 0
+            prev_total = total if total is not None else prev_total
+            after_step_back = shrink > 0
+            if shrink:
+                self.stats.extra["list_step_backs"] = self.stats.extra.get("list_step_backs", 0) + 1
+                log.info("source '%s': the list shrank by %d while paging; re-reading from offset %d",
+                         self.name, shrink, max(0, offset - shrink))
+                offset = max(0, offset - shrink)
+                continue
+            if not body.get("hasMore"):
                 return
             offset += len(items)
+
+    def _filter_mode(self) -> str:
+        """Whether the tenant honours the list filter `q` (FILTER), refuses it (400) or ignores it.
+
+        `q` on this endpoint is our reading of Fusion's REST conventions, not something the
+        self-service docs promise. One probe per run asks for invoices updated in the year 2999:
+        an honouring tenant answers none, one that ignores `q` answers some, one that refuses it 400.
+        """
+        if self._mode is not None:
+            return self._mode
+        params = {"q": PROBE_Q, "limit": 1, "offset": 0}
+        try:
+            body, items = self._page(params, count=False)  # a probe, not a page of the listing
+        except SourceError as exc:
+            if exc.status != 400:
+                raise
+            self._mode = LIST_ONLY_REFUSED
+            log.warning("source '%s': the list filter q was refused (%s); working from the list alone", self.name, exc)
+        else:
+            self._mode = LIST_ONLY_IGNORED if items else FILTER
+            if items:
+                log.warning("source '%s': the list filter q is ignored (q=%s returned invoices); working from the "
+                            "list alone", self.name, PROBE_Q)
+        self.stats.extra["list_mode"] = self._mode
+        log.info("source '%s': list mode: %s", self.name, self._mode)
+        return self._mode
+
+    def _ids_to_fetch(self, window: Window) -> Iterator[str]:
+        """Ids whose detail this window needs: from the filtered list, or (list-only mode) the
+        listed ids that are new to the warehouse or whose list fields changed since stored."""
+        extra = self.stats.extra
+        if self._filter_mode() == FILTER:
+            q = f"LastUpdateDate>='{iso_utc(window.start)}';LastUpdateDate<='{iso_utc(window.end)}'"
+            for page in self._walk(q):
+                extra["ids_new"] = extra.get("ids_new", 0) + len(page)
+                for item in page:
+                    yield str(item["CustomerTransactionId"])
+            return
+        lookup = self.stored_fields
+        if lookup is None:
+            log.warning("source '%s': no stored versions to compare with; fetching the detail of every listed "
+                        "invoice created before the window's end", self.name)
+        for key in ("ids_new", "ids_changed", "ids_unchanged", "ids_created_after_window"):
+            extra.setdefault(key, 0)
+        for page in self._walk(None):
+            candidates = []
+            for item in page:
+                created = _timestamp_or_none(item.get("CreationDate"))
+                if created is not None and created > window.end:  # cannot have been modified inside it
+                    extra["ids_created_after_window"] += 1
+                else:
+                    candidates.append(item)
+            if not candidates:
+                continue
+            ids = [str(item["CustomerTransactionId"]) for item in candidates]
+            stored = lookup(ids, LIST_FIELDS) if lookup is not None else {}
+            for invoice_id, item in zip(ids, candidates):
+                before = stored.get(invoice_id)
+                if before is None:
+                    extra["ids_new"] += 1
+                elif any(not _same(item.get(f), before.get(f)) for f in LIST_FIELDS):
+                    extra["ids_changed"] += 1
+                else:
+                    extra["ids_unchanged"] += 1
+                    continue
+                yield invoice_id
 
     def _detail(self, invoice_id: str) -> dict[str, Any] | None:
         path = f"{LIST_PATH}/{invoice_id}"
@@ -143,6 +278,7 @@ class OracleOccSource(Source):
             raise
         if not isinstance(body, dict):
             raise self.http.error(f"invoice {invoice_id}: detail response is not a JSON object", endpoint=f"GET {path}")
+        self.stats.extra["detail_calls"] = self.stats.extra.get("detail_calls", 0) + 1
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
@@ -151,17 +287,32 @@ class OracleOccSource(Source):
                           "({folded} more than logged above), e.g. {examples}",
                           example=lambda r: str(r.args[1]), when=lambda r: r.args[0] == self.name):
             yield from batched(self._window_records(window), self.config.batch_size)
-            self.stats.progress(self.name, force=True)
+        extra = self.stats.extra
+        log.info(
+            "source '%s': list mode %s: %d list pages, %d ids listed, %d new, %d changed, %d unchanged, "
+            "%d detail calls, %d kept, %d outside the window", self.name, extra.get("list_mode"), self.stats.pages,
+            extra.get("ids_listed", 0), extra.get("ids_new", 0), extra.get("ids_changed", 0),
+            extra.get("ids_unchanged", 0), extra.get("detail_calls", 0), self.stats.kept, extra.get("outside_window", 0),
+        )
+        self.stats.progress(self.name, force=True)
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
+        """Details of the window's invoices; only versions last updated inside the window are kept
+        (a backfill must not write newer or older versions; the next incremental run reads the newer)."""
         workers = self.config.concurrency
+        self.stats.extra.setdefault("outside_window", 0)
         # A few rounds queued so list paging never starves the detail workers.
-        details = ordered_map(self._detail, self._list_ids(window), workers, workers * 4, f"{self.name}-detail")
+        details = ordered_map(self._detail, self._ids_to_fetch(window), workers, workers * 4, f"{self.name}-detail")
         for payload in details:
+            self.stats.scanned += payload is not None
             if payload is not None:
                 record = self.record_or_raw(payload)
-                self.stats.kept += 1
-                yield record
+                modified = record.last_modified_at
+                if modified is not None and not window.start <= modified <= window.end:
+                    self.stats.extra["outside_window"] += 1
+                else:
+                    self.stats.kept += 1
+                    yield record
             self.stats.progress(self.name)
 
     # -- per-record ------------------------------------------------------------------------
@@ -195,6 +346,30 @@ class OracleOccSource(Source):
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id last updated at or after `since` (default start_date): list pages only,
-        no detail calls. Deletion reconciliation compares it with the warehouse."""
+        no detail calls. Deletion reconciliation compares it with the warehouse. Without a working
+        filter it is every id the list holds (a superset, which reconciliation allows)."""
         start = since or self.config.start_date
-        return set(self._list_ids(Window(start, start)))
+        q = f"LastUpdateDate>='{iso_utc(start)}'" if self._filter_mode() == FILTER else None
+        return {str(item["CustomerTransactionId"]) for page in self._walk(q) for item in page}
+
+
+def _query(params: dict[str, Any]) -> str:
+    """The query string as a person reads it (no percent-encoding; it holds no secret)."""
+    return "&".join(f"{key}={value}" for key, value in params.items())
+
+
+def _timestamp_or_none(value: Any) -> datetime | None:
+    try:
+        return to_timestamp(value, "CreationDate")
+    except MappingError:
+        return None
+
+
+def _same(listed: Any, stored: Any) -> bool:
+    """A list field equals its stored value: amounts as numbers ("1250" == "1250.00"), else as text."""
+    if listed is None or stored is None:
+        return listed is None and stored is None
+    try:
+        return Decimal(str(listed)) == Decimal(str(stored))
+    except InvalidOperation:
+        return str(listed) == str(stored)

@@ -1,11 +1,31 @@
-"""Oracle OCC invoice detail -> conformed model (SPEC section 3, column 'oracle_occ')."""
+"""Oracle OCC invoice detail -> conformed model (SPEC section 3, column 'oracle_occ').
+
+Freight: the header's FreightAmount (a string, or null for none) is part of EnteredAmount
+(EnteredAmount = lines + tax + freight). Credit memos arrive with negative amounts and are kept so.
+TransactionType names are the tenant's own (the docs show `Invoice` and `ORA_OSS_Invoice`), so the
+document type is read from what the name contains.
+"""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.conformed import negate_amounts, status_category
 from invoice_pipeline.sources.base import ConformedInvoice
+
+
+def document_type(transaction_type: str | None, entered_amount) -> str:
+    """TransactionType to the conformed document type; a negative total is a credit whatever its name."""
+    name = (transaction_type or "").casefold()
+    if "credit memo" in name or (entered_amount is not None and entered_amount < 0):
+        return "credit_memo"
+    if "debit memo" in name:
+        return "debit_memo"
+    if "chargeback" in name:
+        return "other"
+    return "invoice"
 
 
 def _collection(parent: dict[str, Any], name: str, where: str) -> tuple[list[dict[str, Any]], bool]:
@@ -26,6 +46,13 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
     invoice_id = to_text(p.get("CustomerTransactionId"))
     if not invoice_id:
         raise MappingError("CustomerTransactionId: missing")
+    if "receivablesInvoiceLines" not in p:
+        # A list item (GET .../invoices) has the header only: loading it would present an invoice
+        # without its lines and tax as complete.
+        raise MappingError(
+            f"invoice {invoice_id}: receivablesInvoiceLines missing: this is the list item, not the invoice detail "
+            "(GET /ccstore/v1/selfservice/invoices/{id}); its lines and tax were never read"
+        )
     status = to_text(p.get("InvoiceStatus"))
     lines_raw, truncated = _collection(p, "receivablesInvoiceLines", "")
     inst_raw, inst_more = _collection(p, "receivablesInvoiceInstallments", "")
@@ -82,12 +109,17 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
             }
         )
 
+    total = to_decimal(p.get("EnteredAmount"), "EnteredAmount", required=True)
+    balance = to_decimal(p.get("InvoiceBalanceAmount"), "InvoiceBalanceAmount")
+    doc_type = document_type(to_text(p.get("TransactionType")), total)
     invoice = {
         "source_name": source_name,
         "source_type": "oracle_occ",
         "invoice_id": invoice_id,
         "invoice_number": to_text(p.get("TransactionNumber")),
         "status": status,
+        "document_type": doc_type,
+        "status_category": status_category(status == "Void", status == "Incomplete", balance),
         "is_void": status == "Void",
         "is_truncated": truncated,
         "customer_id": to_text(p.get("BillToPartyId")),
@@ -95,11 +127,15 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         "invoice_date": to_date(p.get("TransactionDate"), "TransactionDate"),
         "due_date": to_date(p.get("DueDate"), "DueDate"),
         "currency_code": to_text(p.get("InvoiceCurrencyCode")),
-        "total_amount": to_decimal(p.get("EnteredAmount"), "EnteredAmount", required=True),
-        "balance_due": to_decimal(p.get("InvoiceBalanceAmount"), "InvoiceBalanceAmount"),
+        "freight_amount": to_decimal(p.get("FreightAmount"), "FreightAmount") or Decimal("0.0000"),
+        "total_amount": total,
+        "balance_due": balance,
         "payment_terms": to_text(p.get("PaymentTerms")),
         "purchase_order": to_text(p.get("PurchaseOrder")),
         "created_at": to_timestamp(p.get("CreationDate"), "CreationDate"),
         "last_modified_at": to_timestamp(p.get("LastUpdateDate"), "LastUpdateDate"),
     }
-    return ConformedInvoice(invoice, lines, tax_lines, installments)
+    conformed = ConformedInvoice(invoice, lines, tax_lines, installments)
+    if doc_type == "credit_memo" and total > 0:  # documented negative; a tenant sending it positive is signed here
+        negate_amounts(conformed)
+    return conformed

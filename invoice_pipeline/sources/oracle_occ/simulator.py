@@ -23,10 +23,14 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode
 
-from invoice_pipeline.simulation import Knobs, SimRequest, SimResponse, SimulatorServer
+from invoice_pipeline.simulation import Knobs, PageTamper, SimRequest, SimResponse, SimulatorServer
 from invoice_pipeline.timeutil import parse_timestamp
 
 API = "/ccstore/v1"
+# R2 documents, served by default as the vendor's documents show real tenants send them: freight on
+# some invoices (invoice 891371 of the list example) and some credit memos with negative amounts.
+R2_DOCUMENTS_DEFAULT = True
+Q_MODES = ("honour", "refuse", "ignore")  # how the list treats its filter `q` (tenants differ)
 LIST_PATH = API + "/selfservice/invoices"
 CAP = 25  # list pages and every nested collection hold at most this many items
 DOC_LIFETIME = 900  # seconds, the documented expires_in
@@ -144,6 +148,8 @@ class Installment:
     line_due: int
     tax_due: int
     adjusted: int = 0  # negative when voided
+    freight_orig: int = 0
+    freight_due: int = 0
 
 
 @dataclass(slots=True)
@@ -162,6 +168,8 @@ class Invoice:
     n_installments: int
     delta: int = 0  # header total minus lines+tax: non-zero only for deliberately inconsistent invoices
     version: int = 1
+    freight: int = 0  # cents of FreightAmount (R2 documents), part of EnteredAmount
+    sign: int = 1  # -1: a credit memo, every amount sent negative (kept positive internally)
     installments: list[Installment] = field(default_factory=list)
 
     @property
@@ -178,11 +186,11 @@ class Invoice:
 
     @property
     def entered(self) -> int:
-        return self.line_cents + self.tax_cents + self.delta
+        return self.line_cents + self.tax_cents + self.delta + self.freight
 
     @property
     def balance(self) -> int:
-        return sum(i.line_due + i.tax_due for i in self.installments)
+        return sum(i.line_due + i.tax_due + i.freight_due for i in self.installments)
 
 
 def _midnight(d: date) -> datetime:
@@ -283,10 +291,16 @@ class OracleOccSimulator(SimulatorServer):
 
     def __init__(
         self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
-        *, now: datetime | None = None,
+        *, now: datetime | None = None, q_mode: str = "honour", r2_documents: bool | None = None,
+        page_tamper: PageTamper | None = None,
     ):
         super().__init__(knobs, host, port)
+        if q_mode not in Q_MODES:
+            raise ValueError(f"q_mode must be one of {Q_MODES}, got {q_mode!r}")
         self.size = size
+        self.q_mode = q_mode  # "refuse": any q answers 400; "ignore": q has no effect (tenants differ)
+        self.r2_documents = R2_DOCUMENTS_DEFAULT if r2_documents is None else r2_documents
+        self.page_tamper = page_tamper  # misbehaving list pages (tests of the client's paging guards)
         self.username = "integration.user@example.com"
         self.password = "Welcome1!occ"
         # `now` only pins the data set's dates (tests of determinism); mutations use the real clock.
@@ -388,6 +402,13 @@ class OracleOccSimulator(SimulatorServer):
         if ir is not None and ir.random() < self.knobs.inconsistent_rate:
             base = inv.line_cents + inv.tax_cents
             inv.delta = ir.choice([1, -1]) * ir.randint(1, max(1, min(5000, base // 20)))
+        if self.r2_documents:
+            # Own stream per invoice id: turning R2 documents on changes only these invoices.
+            r2 = random.Random(self.knobs.seed * 7_000_003 + invoice_id)
+            if r2.random() < 0.06:
+                inv.sign = -1  # a credit memo
+            if inv.kind == "doo" and r2.random() < 0.3:
+                inv.freight = r2.randint(5, 120) * 100 + r2.choice([0, 0, 50, 99])
         self._schedule(inv, rng, paid=0)
         if inv.status == "Void":
             self._void(inv)
@@ -410,13 +431,18 @@ class OracleOccSimulator(SimulatorServer):
         for k in range(n):
             lo = line_total // n if k < n - 1 else line_total - line_total // n * (n - 1)
             to = tax_total // n if k < n - 1 else tax_total - tax_total // n * (n - 1)
-            inv.installments.append(Installment(keys[k], inv.due_date + timedelta(days=30 * k), lo, to, lo, to))
+            fo = inv.freight if k == 0 else 0  # freight is billed with the first installment
+            due = inv.due_date + timedelta(days=30 * k)
+            inv.installments.append(Installment(keys[k], due, lo, to, lo, to, 0, fo, fo))
         self._pay(inv, min(paid, inv.balance))
 
     @staticmethod
     def _pay(inv: Invoice, cents: int) -> None:
         """Apply a receipt to the installments in due order, split between line and tax pro rata."""
         for inst in inv.installments:
+            freight = min(max(cents, 0), inst.freight_due)  # freight is settled first
+            inst.freight_due -= freight
+            cents -= freight
             due = inst.line_due + inst.tax_due
             if cents <= 0 or due <= 0:
                 continue
@@ -430,21 +456,21 @@ class OracleOccSimulator(SimulatorServer):
     def _void(inv: Invoice) -> None:
         inv.status = "Void"
         for inst in inv.installments:
-            inst.adjusted = -(inst.line_due + inst.tax_due)
-            inst.line_due = inst.tax_due = 0
+            inst.adjusted = -(inst.line_due + inst.tax_due + inst.freight_due)
+            inst.line_due = inst.tax_due = inst.freight_due = 0
 
     # -- payloads (field order as in the docs' examples) --------------------------------------
     def _list_item(self, inv: Invoice) -> dict[str, Any]:
         c, doo = inv.customer, inv.kind == "doo"
         return {
             "BillToCustomerName": c.name,
-            "InvoiceBalanceAmount": amount(inv.balance),
+            "InvoiceBalanceAmount": amount(inv.sign * inv.balance),
             "CreationDate": ts(inv.created),
-            "TransactionType": "Invoice" if doo else "ORA_OSS_Invoice",
+            "TransactionType": "Credit Memo" if inv.sign < 0 else "Invoice" if doo else "ORA_OSS_Invoice",
             "TransactionNumber": inv.number,
             "BillingDate": None,
             "PaymentTerms": inv.terms,
-            "EnteredAmount": amount(inv.entered),
+            "EnteredAmount": amount(inv.sign * inv.entered),
             "BillToSite": c.site_name if doo else str(c.site_id),  # both forms occur in the docs
             "BillToPartyId": str(c.party_id),
             "PayingCustomerName": c.name if doo else None,
@@ -454,7 +480,7 @@ class OracleOccSimulator(SimulatorServer):
             "TransactionDate": inv.txn_date.isoformat(),
             "PayingCustomerSite": c.site_name if doo else None,
             "CreatedBy": "AR_MGR_OPERATIONS" if inv.id % 4 == 0 else "SCMOPERATIONS",
-            "FreightAmount": None,
+            "FreightAmount": amount(inv.sign * inv.freight) if inv.freight else None,
             "TransactionSource": "Distributed Order Orchestration" if doo else "ORA_Subscriptions",
             "CustomerTransactionId": str(inv.id),
             "DocumentNumber": None,
@@ -473,32 +499,36 @@ class OracleOccSimulator(SimulatorServer):
             "ReceiptMethod": "ACH Receipts" if doo and inv.customer.party_id % 2 else None,
             "ShipToSite": inv.customer.site_name if doo else None,
             "links": [{"rel": "self", "href": f"{self.base_url}{LIST_PATH}/{inv.id}"}],
-            "receivablesInvoiceInstallments": collection(inv.installments, self._installment),
-            "receivablesInvoiceLines": collection(inv.lines, self._line_item),
+            "receivablesInvoiceInstallments": collection(inv.installments, lambda i: self._installment(i, inv.sign)),
+            "receivablesInvoiceLines": collection(inv.lines, lambda ln: self._line_item(ln, inv)),
             "BusinessUnit": REGIMES[inv.customer.currency][0],
             "LastUpdateDate": ts(inv.updated),
         }
         item.update(extra)
         return {key: item[key] for key in DETAIL_KEYS}
 
-    def _line_item(self, ln: Line) -> dict[str, Any]:
+    def _line_item(self, ln: Line, inv: Invoice) -> dict[str, Any]:
         description, uom, ptype = ln.product
+        sign = inv.sign
+        # Some tenants allocate the header freight to lines (informational: it is not in LineAmount).
+        allocated = inv.freight if inv.freight and inv.id % 2 == 0 and ln is inv.lines[0] else 0
+        quantity = str(ln.halves // 2) if ln.halves % 2 == 0 else f"{ln.halves // 2}.5"
         return {
             "LineAmountIncludesTax": None,
-            "AllocatedFreightAmount": None,
+            "AllocatedFreightAmount": amount(sign * allocated) if allocated else None,
             "CreationDate": ts(ln.created),
             "TaxInvoiceDate": None,
             "Description": description,
             "UnitOfMeasure": uom,
             "ProductType": ptype,
-            "Quantity": str(ln.halves // 2) if ln.halves % 2 == 0 else f"{ln.halves // 2}.5",
+            "Quantity": ("-" if sign < 0 else "") + quantity,  # a credit memo credits a negative quantity
             "@context": context(ln.line_id, ln.version),
             "LineNumber": str(ln.number),
-            "receivablesInvoiceLineTaxLines": collection(ln.taxes, lambda t: self._tax_item(t, ln)),
+            "receivablesInvoiceLineTaxLines": collection(ln.taxes, lambda t: self._tax_item(t, ln, sign)),
             "ItemNumber": ln.item,
             "CustomerTransactionLineId": str(ln.line_id),
             "ProductCategory": None,
-            "LineAmount": amount(ln.cents),
+            "LineAmount": amount(sign * ln.cents),
             "AssessableValue": None,
             "SalesOrderDate": None,
             "MemoLine": None,
@@ -507,39 +537,39 @@ class OracleOccSimulator(SimulatorServer):
         }
 
     @staticmethod
-    def _tax_item(tax: Tax, ln: Line) -> dict[str, Any]:
+    def _tax_item(tax: Tax, ln: Line, sign: int = 1) -> dict[str, Any]:
         return {
             "CreationDate": ts(ln.created + timedelta(seconds=52)),
-            "TaxAmount": amount(tax.cents),
+            "TaxAmount": amount(sign * tax.cents),
             "TaxInclusiveIndicator": "No",
-            "TaxableAmount": amount(tax.taxable),
+            "TaxableAmount": amount(sign * tax.taxable),
             "CustomerTransactionLineId": str(tax.tax_id),  # a tax line's own id carries the line's field name
             "Tax": tax.code,
             "@context": context(tax.tax_id, 1),
         }
 
-    def _installment(self, inst: Installment) -> dict[str, Any]:
-        original = inst.line_orig + inst.tax_orig
-        due = inst.line_due + inst.tax_due
+    def _installment(self, inst: Installment, sign: int = 1) -> dict[str, Any]:
+        original = inst.line_orig + inst.tax_orig + inst.freight_orig
+        due = inst.line_due + inst.tax_due + inst.freight_due
         paid = original + inst.adjusted - due
         return {
-            "InstallmentFreightAmountOriginal": "0",
-            "AmountPaid": amount(paid) if paid else None,
-            "InstallmentLineAmountDue": amount(inst.line_due),
+            "InstallmentFreightAmountOriginal": amount(sign * inst.freight_orig),
+            "AmountPaid": amount(sign * paid) if paid else None,
+            "InstallmentLineAmountDue": amount(sign * inst.line_due),
             "InstallmentStatus": "Open" if due else "Closed",
-            "AccountedBalanceDue": amount(due),
-            "InstallmentTaxAmountDue": amount(inst.tax_due),
+            "AccountedBalanceDue": amount(sign * due),
+            "InstallmentTaxAmountDue": amount(sign * inst.tax_due),
             "InstallmentAmountCredited": None,
-            "OriginalAmount": amount(original),
+            "OriginalAmount": amount(sign * original),
             "@context": context(inst.key, 2),
             "DisputeAmount": None,
-            "InstallmentLineAmountOriginal": amount(inst.line_orig),
+            "InstallmentLineAmountOriginal": amount(sign * inst.line_orig),
             "PaymentDaysLate": (self.now.date() - inst.due).days,  # a JSON number, unlike the amounts
-            "InstallmentTaxAmountOriginal": amount(inst.tax_orig),
-            "InstallmentFreightAmountDue": "0",
-            "InstallmentAmountAdjusted": amount(inst.adjusted) if inst.adjusted else None,
+            "InstallmentTaxAmountOriginal": amount(sign * inst.tax_orig),
+            "InstallmentFreightAmountDue": amount(sign * inst.freight_due),
+            "InstallmentAmountAdjusted": amount(sign * inst.adjusted) if inst.adjusted else None,
             "InstallmentDueDate": inst.due.isoformat(),
-            "InstallmentBalanceDue": amount(due),
+            "InstallmentBalanceDue": amount(sign * due),
         }
 
     # -- HTTP ----------------------------------------------------------------------------------
@@ -610,14 +640,25 @@ class OracleOccSimulator(SimulatorServer):
             self._tokens.clear()
 
     def _list(self, request: SimRequest) -> SimResponse:
+        q = request.param("q") or ""
+        if q and self.q_mode == "refuse":
+            return error(400, "00001400", "Invalid query parameter: q is not supported on this resource.")
         try:
             limit = min(_int_param(request, "limit", CAP, 1), CAP)  # capped silently; the body says so
             offset = _int_param(request, "offset", 0, 0)
-            ids = self._matching(parse_q(request.param("q") or ""), parse_order(request.param("orderBy") or ""))
+            conditions = () if self.q_mode == "ignore" else parse_q(q)
+            ids = self._matching(conditions, parse_order(request.param("orderBy") or ""))
         except BadRequest as exc:
             return error(400, "00001400", str(exc))
-        page = ids[offset: offset + limit]
-        has_more = offset + len(page) < len(ids)
+        with self._lock:
+            tamper = self.page_tamper.take(offset // limit) if self.page_tamper else None
+        start = 0 if tamper == "ignore_offset" else offset
+        page = ids[start: start + limit]
+        has_more = start + len(page) < len(ids)
+        if tamper == "empty":
+            page, has_more = [], True
+        elif tamper == "short":
+            page, has_more = page[: self.page_tamper.keep], False
         with self._data_lock:
             items = [self._list_item(self._invoices[i]) for i in page]
         base = f"{self.base_url}{LIST_PATH}"
@@ -680,7 +721,9 @@ class OracleOccSimulator(SimulatorServer):
 
         Collections cut at 25 items count only the 25 that come back; `truncated` counts invoices
         with any such collection. Keys: invoices, lines, tax_lines, installments, truncated, void
-        (counts) and total_amount, line_amount, tax_amount, balance_due (Decimal sums).
+        (counts) and total_amount, line_amount, tax_amount, balance_due (Decimal sums, signed as
+        sent: credit memos negative; total_amount includes freight). expected_documents() has the
+        R2 counts (kept apart: tests compare every key here with the conformed model).
         """
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
@@ -699,11 +742,19 @@ class OracleOccSimulator(SimulatorServer):
                 out["truncated"] += (
                     len(inv.lines) > CAP or len(inv.installments) > CAP or any(len(ln.taxes) > CAP for ln in shown)
                 )
-                cents["total_amount"] += inv.entered
-                cents["balance_due"] += inv.balance
-                cents["line_amount"] += sum(ln.cents for ln in shown)
-                cents["tax_amount"] += sum(t.cents for ln in shown for t in ln.taxes[:CAP])
+                sign = inv.sign  # amounts as sent: a credit memo's are negative
+                cents["total_amount"] += sign * inv.entered
+                cents["balance_due"] += sign * inv.balance
+                cents["line_amount"] += sign * sum(ln.cents for ln in shown)
+                cents["tax_amount"] += sign * sum(t.cents for ln in shown for t in ln.taxes[:CAP])
         return {**out, **{k: Decimal(v).scaleb(-2) for k, v in cents.items()}}
+
+    def expected_documents(self, since: datetime | None = None) -> dict[str, Any]:
+        """R2 truth over the same invoices as expected(): credit_memos (count), freight_amount (signed sum)."""
+        with self._data_lock:
+            chosen = [inv for inv in self._invoices.values() if since is None or inv.updated >= since]
+            return {"credit_memos": sum(inv.sign < 0 for inv in chosen),
+                    "freight_amount": Decimal(sum(inv.sign * inv.freight for inv in chosen)).scaleb(-2)}
 
     def mutate(
         self, updates: int = 0, new: int = 0, voids: int = 0, delete_lines: int = 0, payments: int = 0, seed: int = 1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -21,11 +22,20 @@ log = logging.getLogger("invoice_pipeline.softwareone")
 
 LIST_PATH = "/public/v1/billing/invoices"
 ENDPOINT = f"GET {LIST_PATH}"
-SELECT = "select=audit,+lines"  # audit is needed to filter/order on it; lines are left out unless asked
+# audit is needed to filter/order on it; lines, erpData and price are left out unless selected
+# (named in $meta.omitted) and the mapping needs all three.
+SELECTED = ("lines", "erpData", "price")
+SELECT = "select=audit,+lines,+erpData,+price"
 # Immutable sort keys: invoices joining the result set mid-run (updated meanwhile) shift later
 # pages by one, which repeats a record but never skips one.
 ORDER = "order=+audit.created.at,+id"
 REFETCH_CHUNK = 20  # ids per or(eq(id,..),...) re-request
+PAGE_RETRIES = 2  # re-requests of a page short of its own total, before failing the run
+MAX_RESTARTS = 2  # walks again of a list that shrank while paging
+
+
+class _Shrunk(Exception):
+    """The result set lost invoices while we paged: later pages may have shifted past us."""
 
 
 class SoftwareOneConfig(SourceConfig):
@@ -76,6 +86,7 @@ class SoftwareOneSource(Source):
     key_field = "id"
     config_model = SoftwareOneConfig
     default_page_size = 100  # the API caps limit at 100 anyway
+    page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a short page
 
     def __init__(self, name: str, config: SoftwareOneConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
@@ -86,8 +97,8 @@ class SoftwareOneSource(Source):
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise self.http.error("response has no 'data' array", endpoint=ENDPOINT, status=status)
 
-    def _get(self, rql: str, offset: int, limit: int) -> dict[str, Any]:
-        query = f"{rql}&{SELECT}&{ORDER}&limit={limit}&offset={offset}"
+    def _get(self, rql: str, offset: int, limit: int, select: str = SELECT) -> dict[str, Any]:
+        query = f"{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
         body = self.http.request("GET", LIST_PATH, raw_query=query, validate=self._validate).body
         self.stats.pages += 1
         return body
@@ -98,22 +109,87 @@ class SoftwareOneSource(Source):
         pag = meta.get("pagination") if isinstance(meta, dict) else None
         return pag if isinstance(pag, dict) else {}
 
-    def _pages(self, rql: str) -> Iterator[dict[str, Any]]:
-        """All pages of a query, in order. The first page tells the total and the limit the
-        server really used (capped at 100); the rest are fetched in parallel, bounded by
-        `concurrency`. A total that grew meanwhile extends the walk; an empty page ends it."""
-        first = self._get(rql, 0, self.page_size)
-        yield first
+    @classmethod
+    def _total(cls, body: dict[str, Any]) -> int | None:
+        total = cls._pagination(body).get("total")
+        return total if isinstance(total, int) and not isinstance(total, bool) else None
+
+    def _full_page(
+        self, rql: str, select: str, offset: int, limit: int, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The page at `offset`, holding as many invoices as its own `total` says it must.
+
+        A page that comes back short or empty (fewer than min(limit, total - offset) items) is
+        requested again PAGE_RETRIES times; still short, the run fails naming the URL and offset:
+        treating it as complete would silently lose the missing invoices.
+        """
+        body = body if body is not None else self._get(rql, offset, limit, select)
+        tries = 0
+        while True:
+            total = self._total(body)
+            used = self._pagination(body).get("limit")  # the server's cap may be below what we asked
+            used = used if isinstance(used, int) and 0 < used < limit else limit
+            want = min(used, total - offset) if total is not None else 0
+            got = len(body["data"])
+            if got >= want:
+                return body
+            url = f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
+            if tries >= PAGE_RETRIES:
+                raise self.http.error(
+                    f"the invoice list ended early at offset {offset}: the page holds {got} invoices where its "
+                    f"$meta.pagination (total {total}, limit {limit}) promises {want}, still after {tries} re-requests "
+                    f"of {url}; refusing to go on without them (invoices would be lost). The cursor was not moved.",
+                    endpoint=ENDPOINT,
+                )
+            tries += 1
+            self.stats.extra["pages_rerequested"] = self.stats.extra.get("pages_rerequested", 0) + 1
+            log.warning("source '%s': page at offset %d holds %d of %d invoices (%s); requesting it again (%d/%d)",
+                        self.name, offset, got, want, url, tries, PAGE_RETRIES)
+            time.sleep(self.page_retry_pause * tries)
+            body = self._get(rql, offset, limit, select)
+
+    def _pages(self, rql: str, select: str = SELECT) -> Iterator[dict[str, Any]]:
+        """All pages of a query, in order, each checked (see _walk). A result set that shrank while
+        we paged (a deletion shifts later invoices back past pages already read) is walked again
+        from the start, at most MAX_RESTARTS times; the caller drops the repeated ids."""
+        restarts = 0
+        while True:
+            try:
+                yield from self._walk(rql, select)
+                return
+            except _Shrunk as exc:
+                restarts += 1
+                self.stats.extra["list_restarts"] = restarts
+                if restarts > MAX_RESTARTS:
+                    raise self.http.error(
+                        f"the invoice list kept shrinking while it was read ({exc}); gave up after {MAX_RESTARTS} "
+                        "restarts rather than risk skipping invoices. The cursor was not moved.", endpoint=ENDPOINT,
+                    ) from None
+                log.warning("source '%s': the invoice list shrank while paging (%s); reading it again", self.name, exc)
+
+    def _walk(self, rql: str, select: str) -> Iterator[dict[str, Any]]:
+        """One pass over the pages. The first page tells the total and the limit the server really
+        used (capped at 100); the rest are fetched in parallel, bounded by `concurrency`. A total
+        that grew meanwhile extends the walk; a page short of its own total is re-requested
+        (_full_page); a page without a new id (the API ignores `offset`) fails the run; without
+        pagination metadata the walk is sequential until a short page."""
+        seen: set[str] = set()
+        first = self._full_page(rql, select, 0, self.page_size)
         pag = self._pagination(first)
-        step = pag.get("limit") if isinstance(pag.get("limit"), int) and pag.get("limit") > 0 else len(first["data"])
-        total = pag.get("total") if isinstance(pag.get("total"), int) else None
+        limit = pag.get("limit")
+        step = limit if isinstance(limit, int) and limit > 0 else len(first["data"])
+        total = first_total = self._total(first)
         self.stats.expected_total = total  # progress lines show % done and an ETA
+        self._check_new(first, 0, seen, 0)
+        yield first
         if not first["data"] or step <= 0:
             return
         if total is None:  # no pagination block: walk sequentially until a short or empty page
+            self.stats.extra["pagination_metadata"] = False
             offset = len(first["data"])
             while True:
-                body = self._get(rql, offset, step)
+                body = self._get(rql, offset, step, select)
+                self._check_new(body, offset, seen, 0)
                 yield body
                 if len(body["data"]) < step:
                     return
@@ -124,21 +200,36 @@ class SoftwareOneSource(Source):
             try:
                 while True:
                     while next_offset < total and len(inflight) < workers * 2:
-                        inflight.append((next_offset, pool.submit(self._get, rql, next_offset, step)))
+                        inflight.append((next_offset, pool.submit(self._get, rql, next_offset, step, select)))
                         next_offset += step
                     if not inflight:
                         return
                     offset, future = inflight.popleft()
-                    body = future.result()
-                    yield body
-                    new_total = self._pagination(body).get("total")
-                    if isinstance(new_total, int) and new_total > total:
+                    body = self._full_page(rql, select, offset, step, future.result())
+                    new_total = self._total(body)
+                    if new_total is not None and new_total < total:
+                        raise _Shrunk(f"total {total} fell to {new_total} at offset {offset}")
+                    if new_total is not None and new_total > total:
                         total = new_total
-                    if not body["data"]:  # the set shrank under us: nothing further
-                        total = min(total, offset)
+                    self._check_new(body, offset, seen, total - first_total)
+                    yield body
             finally:
                 for _, f in inflight:
                     f.cancel()
+
+    def _check_new(self, body: dict[str, Any], offset: int, seen: set[str], grown: int) -> None:
+        """Fail on a page that holds no invoice not already listed in this walk, unless the set
+        grew by at least a page meanwhile (joins shift later pages back: repeats, never skips)."""
+        ids = [str(item.get("id")) for item in body["data"] if isinstance(item, dict)]
+        fresh = [i for i in ids if i not in seen]
+        seen.update(fresh)
+        self.stats.extra["ids_listed"] = len(seen)
+        if ids and not fresh and grown < len(ids):
+            raise self.http.error(
+                f"the invoice list repeated itself at offset {offset}: the page holds no invoice not already "
+                "listed (the API seems to ignore 'offset'); stopping rather than paging forever or loading the "
+                "same page again. The cursor was not moved.", endpoint=ENDPOINT,
+            )
 
     # -- extraction ------------------------------------------------------------------------------
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
@@ -149,13 +240,13 @@ class SoftwareOneSource(Source):
         """The window's records, page by page (a page is taken whole before any of it is yielded)."""
         seen: set[str] = set()
         for body in self._pages(window_filter(window)):
-            page_omits_lines = "lines" in _meta_omitted(body)
+            page_omitted = _meta_omitted(body)
             complete, missing = [], []
             for item in body["data"]:
                 if not isinstance(item, dict):
                     raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
                 self.stats.scanned += 1
-                (missing if _incomplete(item, page_omits_lines) else complete).append(item)
+                (missing if _incomplete(item, page_omitted) else complete).append(item)
             if missing:
                 complete += self._refetch(missing)
             fresh: list[SourceRecord] = []
@@ -166,29 +257,43 @@ class SoftwareOneSource(Source):
                 seen.add(record.invoice_id)
                 fresh.append(record)
                 self.stats.kept += 1
+            self.stats.extra["ids_new"] = len(seen)
             yield from fresh
             self.stats.progress(self.name)
+        extra = self.stats.extra
+        log.info("source '%s': %d pages, %d ids listed, %d new, %d re-requested for omitted fields, "
+                 "%d pages re-requested", self.name, self.stats.pages, extra.get("ids_listed", 0), len(seen), extra.get("omitted_refetched", 0),
+                 extra.get("pages_rerequested", 0))
 
     def _refetch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Re-request invoices whose `lines` the API omitted; fail rather than load them line-less."""
+        """Re-request invoices the API left a selected field out of (`lines`, `erpData`, `price`);
+        fail rather than load them without it (or quarantine them for what the API chose to omit)."""
         ids = [str(item.get("id")) for item in items]
-        self.stats.extra["lines_refetched"] = self.stats.extra.get("lines_refetched", 0) + len(ids)
-        log.warning("source '%s': API omitted 'lines' for %d invoice(s); requesting them again", self.name, len(ids))
+        names = sorted({n for item in items for n in _missing(item, [])} or {"lines"})
+        self.stats.extra["omitted_refetched"] = self.stats.extra.get("omitted_refetched", 0) + len(ids)
+        log.warning("source '%s': API omitted %s for %d invoice(s); requesting them again",
+                    self.name, ", ".join(repr(n) for n in names), len(ids))
         found: dict[str, dict[str, Any]] = {}
+        last_missing: dict[str, list[str]] = {}
         for i in range(0, len(ids), REFETCH_CHUNK):
             chunk = ids[i : i + REFETCH_CHUNK]
             terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
             rql = terms if len(chunk) == 1 else f"or({terms})"
             body = self._get(rql, 0, len(chunk))
-            page_omits_lines = "lines" in _meta_omitted(body)
+            page_omitted = _meta_omitted(body)
             for item in body["data"]:
-                if isinstance(item, dict) and not _incomplete(item, page_omits_lines):
+                if not isinstance(item, dict):
+                    continue
+                if _incomplete(item, page_omitted):
+                    last_missing[str(item.get("id"))] = _missing(item, page_omitted)
+                else:
                     found[str(item.get("id"))] = item
         still = [invoice_id for invoice_id in ids if invoice_id not in found]
         if still:
+            omitted = sorted({n for i in still for n in last_missing.get(i, names)})
             raise self.http.error(
-                f"invoice(s) {', '.join(still[:10])}: the API omitted 'lines' ($meta.omitted) even when "
-                f"requested again with {SELECT}; refusing to load them without their lines",
+                f"invoice(s) {', '.join(still[:10])}: the API omitted {', '.join(repr(n) for n in omitted)} "
+                f"($meta.omitted) even when requested again with {SELECT}; refusing to load them without it",
                 endpoint=ENDPOINT,
             )
         return [found[invoice_id] for invoice_id in ids]
@@ -208,12 +313,12 @@ class SoftwareOneSource(Source):
     def _by_ids_chunk(self, chunk: list[str]) -> list[dict[str, Any]]:
         terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
         body = self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk))
-        page_omits_lines = "lines" in _meta_omitted(body)
+        page_omitted = _meta_omitted(body)
         complete, missing = [], []
         for item in body["data"]:
             if not isinstance(item, dict):
                 raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
-            (missing if _incomplete(item, page_omits_lines) else complete).append(item)
+            (missing if _incomplete(item, page_omitted) else complete).append(item)
         return complete + (self._refetch(missing) if missing else [])
 
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
@@ -242,22 +347,14 @@ class SoftwareOneSource(Source):
         start = rql_time(since or self.config.start_date)
         rql = f"or(ge(audit.updated.at,{start}),ge(audit.created.at,{start}))"
         ids: set[str] = set()
-        offset = 0
-        while True:
-            query = f"{rql}&select=audit&{ORDER}&limit={self.page_size}&offset={offset}"
-            body = self.http.request("GET", LIST_PATH, raw_query=query, validate=self._validate).body
-            self.stats.pages += 1
-            data = body["data"]
-            for item in data:
+        for body in self._pages(rql, select="select=audit"):
+            for item in body["data"]:
                 invoice_id = item.get("id") if isinstance(item, dict) else None
                 if invoice_id in (None, ""):
-                    raise self.http.error(f"list item without id at offset {offset}", endpoint=ENDPOINT)
+                    raise self.http.error(f"list item without id: {str(item)[:80]}", endpoint=ENDPOINT)
                 ids.add(str(invoice_id))
-            self.stats.scanned += len(data)
-            total = self._pagination(body).get("total")
-            offset += len(data)
-            if not data or (isinstance(total, int) and offset >= total):
-                return ids
+            self.stats.scanned += len(body["data"])
+        return ids
 
 
 def _meta_omitted(body: dict[str, Any]) -> list[str]:
@@ -266,10 +363,18 @@ def _meta_omitted(body: dict[str, Any]) -> list[str]:
     return [str(n) for n in names] if isinstance(names, list) else []
 
 
-def _incomplete(item: dict[str, Any], page_omits_lines: bool) -> bool:
-    """An item lacks its lines if it says so, has no `lines` array, or the page says lines were
-    omitted and the item carries no `$meta.omitted` of its own to tell it apart."""
-    if lines_missing(item):
-        return True
+def _missing(item: dict[str, Any], page_omitted: list[str]) -> list[str]:
+    """The selected fields this item lacks: named in its own `$meta.omitted`, or (when it has no
+    list of its own) in the page's; `lines` also when it is not an array. A field that is simply
+    absent without being named as omitted is the invoice's own (the mapping judges it)."""
     own = item.get("$meta")
-    return page_omits_lines and not (isinstance(own, dict) and isinstance(own.get("omitted"), list))
+    own_list = own.get("omitted") if isinstance(own, dict) else None
+    names = [str(n) for n in own_list] if isinstance(own_list, list) else page_omitted
+    missing = [n for n in SELECTED if n in names]
+    if "lines" not in missing and lines_missing(item):
+        missing.append("lines")
+    return missing
+
+
+def _incomplete(item: dict[str, Any], page_omitted: list[str]) -> bool:
+    return bool(_missing(item, page_omitted))

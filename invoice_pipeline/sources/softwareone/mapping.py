@@ -3,13 +3,18 @@
 The API has no tax-line objects: each invoice line yields one derived tax line (rate `vatPercent`,
 base `vatBaseAmount`, amount `amountIncludingVat - lineAmount`). Dates are taken as written, in the
 ERP's own offset ("2025-04-30T00:00:00.0000000+10:00" is 30 April, not 29 April UTC).
+`type` is Debit or Credit; a Credit document is sent with positive amounts and negated here (the
+conformed model holds what the customer owes; the source tables keep the values as sent). Status
+is Generated, Issued, Overdue, Paid or Cancelled (older tenants: Active).
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
+from invoice_pipeline.conformed import negate_amounts, status_category
 from invoice_pipeline.sources.base import ConformedInvoice
 
 
@@ -84,12 +89,17 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         )
 
     created = _obj(audit, "created").get("at")
+    doc = to_text(p.get("type"))
+    balance = to_decimal(erp.get("balanceDue"), "erpData.balanceDue")
     invoice = {
         "source_name": source_name,
         "source_type": "softwareone",
         "invoice_id": invoice_id,
         "invoice_number": to_text(erp.get("documentNo")),
         "status": status,
+        # Debit (or absent, as on older tenants) -> invoice; a value the docs do not list -> other, amounts as sent
+        "document_type": {"Credit": "credit_memo", "Debit": "invoice", None: "invoice"}.get(doc, "other"),
+        "status_category": status_category(status == "Cancelled", False, balance),
         "is_void": status == "Cancelled",
         "is_truncated": False,
         "customer_id": to_text(buyer.get("id")),
@@ -98,10 +108,12 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         "due_date": to_date(erp.get("dueDate"), "erpData.dueDate"),
         "currency_code": to_text(price.get("currency")),
         "total_amount": to_decimal(erp.get("invoiceTotal"), "erpData.invoiceTotal", required=True),
-        "balance_due": to_decimal(erp.get("balanceDue"), "erpData.balanceDue"),
+        "balance_due": balance,
+        "freight_amount": Decimal("0.0000"),  # SoftwareOne invoices carry no freight
         "payment_terms": to_text(_obj(erp, "payment").get("termsCode")),
         "purchase_order": to_text(erp.get("yourReference")),  # the customer's own reference (BC "Your Reference")
         "created_at": to_timestamp(created, "audit.created.at"),
         "last_modified_at": last_modified(p),
     }
-    return ConformedInvoice(invoice, lines, tax_lines)
+    conformed = ConformedInvoice(invoice, lines, tax_lines)
+    return negate_amounts(conformed) if doc == "Credit" else conformed

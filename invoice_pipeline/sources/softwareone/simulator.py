@@ -22,14 +22,19 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import unquote
 
-from invoice_pipeline.simulation import Knobs, SimRequest, SimResponse, SimulatorServer
+from invoice_pipeline.simulation import Knobs, PageTamper, SimRequest, SimResponse, SimulatorServer
 from invoice_pipeline.timeutil import parse_timestamp
 
 PATH = "/public/v1/billing/invoices"
 MAX_LIMIT = 100  # SPEC 2.3: limit is capped at 100 (pagination.limit echoes what was used)
 DEFAULT_LIMIT = 10
 FIELDS = ("id", "status", "audit.created.at", "audit.updated.at")
-OPTIONAL = ("audit", "lines")  # left out unless selected, then listed in $meta.omitted
+# Left out unless selected, then listed in $meta.omitted (erpData and price: SoftwareOne's OpenAPI).
+OPTIONAL = ("audit", "lines", "erpData", "price")
+# R2 documents, served by default as the vendor's OpenAPI shows them: `type: "Credit"` documents sent
+# with positive amounts (the conformed model negates them).
+R2_DOCUMENTS_DEFAULT = True
+GENERATED_DAYS = 2  # an invoice this young is still "Generated" (not yet issued)
 CENT = Decimal("0.01")
 FIRST = datetime(2024, 1, 2, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -133,6 +138,7 @@ class Invoice:
     lines: list[Line]
     delta: Decimal  # header total minus (lines + tax): non-zero only for Knobs.inconsistent_rate
     paid: Decimal
+    credit: bool = False  # type "Credit": a credit note, its amounts sent positive
 
     @property
     def net(self) -> Decimal:
@@ -158,8 +164,11 @@ class Invoice:
 class DataSet:
     """The simulator's invoices, generated from a seed; rendering follows the doc's example."""
 
-    def __init__(self, size: int, seed: int, inconsistent_rate: float, end: datetime):
+    def __init__(self, size: int, seed: int, inconsistent_rate: float, end: datetime, r2_documents: bool = False):
         self.rng = random.Random(seed)
+        self.seed = seed
+        self.r2_documents = r2_documents
+        self.today = end.date()  # statuses (Generated / Issued / Overdue) are judged against it
         self.inconsistent_rate = inconsistent_rate
         self.version = 0
         self.line_seq = 0
@@ -244,12 +253,22 @@ class DataSet:
         if rng.random() < self.inconsistent_rate:
             delta = Decimal(rng.choice([-1, 1]) * rng.randrange(1, 5000)) / 100
         inv = Invoice(seq, _scramble("INV", seq + 1, 104729), buyer_i, product, created, rng.randrange(len(USERS)),
-                      updated, rng.randrange(len(USERS)), style, "Active", local.date(), rng.choice([14, 30, 30, 60]),
+                      updated, rng.randrange(len(USERS)), style, "Issued", local.date(), rng.choice([14, 30, 30, 60]),
                       rng.choice(["Automated", "Automated", "Manual"]), lines, delta, Decimal(0))
         settle = rng.random()
         inv.paid = inv.total if settle < 0.5 else ((inv.total / 2).quantize(CENT) if settle < 0.6 else Decimal(0))
-        inv.status = "Paid" if inv.balance == 0 else "Active"
+        if self.r2_documents:  # own stream per invoice: turning it on changes nothing else
+            inv.credit = random.Random(self.seed * 7_000_003 + seq).random() < 0.08
+        inv.status = self.open_status(inv)
         return inv
+
+    def open_status(self, inv: Invoice) -> str:
+        """The published status of a not-cancelled invoice (Generated, Issued, Overdue, Paid)."""
+        if inv.balance == 0:
+            return "Paid"
+        if (self.today - inv.created.date()).days < GENERATED_DAYS:
+            return "Generated"
+        return "Overdue" if inv.doc_date + timedelta(days=inv.terms) < self.today else "Issued"
 
     # -- rendering --------------------------------------------------------------------------
     def _audit_ts(self, inv: Invoice, ts: datetime) -> str:
@@ -270,6 +289,7 @@ class DataSet:
         doc_no = f"{country}-SIN-{100000 + inv.seq}"
         midnight = datetime.combine(inv.doc_date, datetime.min.time(), timezone(timedelta(minutes=minutes)))
         out: dict[str, Any] = {"$meta": {"omitted": omitted}, "icon": f"/v1/billing/invoices/{inv.id}/icon"}
+        margin = _num((b["markup"] / (100 + b["markup"]) * 100).quantize(CENT))
         if "audit" not in omitted:
             out["audit"] = {"created": {"at": self._audit_ts(inv, inv.created), "by": user(inv.created_by)}}
             if inv.updated is not None:
@@ -280,7 +300,7 @@ class DataSet:
         pp = (net / (1 + b["markup"] / 100)).quantize(CENT)
         out.update({
             "id": inv.id, "name": f"{inv.doc_date:%b %Y}", "buyer": b["buyer"], "seller": b["seller"],
-            "status": inv.status, "type": "Debit",
+            "status": inv.status, "type": "Credit" if inv.credit else "Debit",
             "statement": {"name": f"{b['buyer']['name']} {inv.doc_date:%b %Y}", "icon": "", "id": stmt},
             "agreement": b["agreement"][inv.product], "billingType": inv.billing_type,
             "client": b["client"], "licensee": b["licensee"],
@@ -298,13 +318,15 @@ class DataSet:
                                     "ppqNo": f"{country}-PPQ-{300000 + inv.seq}", "quoteNo": f"{country}-QUO-{400000 + inv.seq}"},
                 "payment": {"methodCode": "BANK", "termsCode": f"{inv.terms}DAYS"},
             },
-            "price": {"currency": currency, "markup": _num(b["markup"]),
-                      "margin": _num((b["markup"] / (100 + b["markup"]) * 100).quantize(CENT)),
+            "price": {"currency": currency, "markup": _num(b["markup"]), "margin": margin,
                       "totalPP": _num(pp), "totalSP": _num(net), "totalST": _num(tax), "totalGT": _num(net + tax)},
         })
+        for name in ("erpData", "price"):  # optional: only when selected
+            if name in omitted:
+                del out[name]
         if "lines" not in omitted:
             end = midnight + timedelta(days=30, hours=23, minutes=59, seconds=59)
-            ctx = {"doc_no": doc_no, "country": country, "markup": b["markup"], "margin": out["price"]["margin"],
+            ctx = {"doc_no": doc_no, "country": country, "markup": b["markup"], "margin": margin,
                    "unix": int(inv.last_modified.timestamp()), "agreement": b["agreement"][inv.product]["id"],
                    "origin": "SystemGenerated" if inv.billing_type == "Automated" else "Manual",
                    "contact": b["addresses"]["sellTo"]["contactNo"],
@@ -387,7 +409,7 @@ class DataSet:
             out["payments"] = []
             for inv in rng.sample(open_, min(payments, len(open_))):
                 inv.paid = inv.total if rng.random() < 0.5 else inv.paid + (inv.balance / 2).quantize(CENT)
-                inv.status = "Paid" if inv.balance == 0 else inv.status
+                inv.status = self.open_status(inv)
                 out["payments"].append(inv.id)
         if deletes:
             pool = [inv for inv in self.invoices if inv.id not in out.get("payments", [])]
@@ -401,18 +423,20 @@ class DataSet:
     def _touch(self, inv: Invoice, now: datetime, rng: random.Random) -> str:
         inv.updated, inv.updated_by = now, rng.randrange(len(USERS))
         if inv.status != "Cancelled":
-            inv.status = "Paid" if inv.balance == 0 else "Active"
+            inv.status = self.open_status(inv)
         return inv.id
 
     def expected(self, since: datetime | None) -> dict:
+        """Truth as the conformed model shows it: a Credit document's amounts negated (SPEC 3 signs)."""
         chosen = [inv for inv in self.invoices if since is None or inv.last_modified >= since]
+        sign = lambda inv: -1 if inv.credit else 1  # noqa: E731
         return {
             "invoices": len(chosen),
             "lines": sum(len(inv.lines) for inv in chosen),
             "tax_lines": sum(len(inv.lines) for inv in chosen),  # one derived tax line per line
-            "total_amount": sum((inv.total for inv in chosen), Decimal("0.00")),
-            "line_amount": sum((inv.net for inv in chosen), Decimal("0.00")),
-            "tax_amount": sum((inv.tax for inv in chosen), Decimal("0.00")),
+            "total_amount": sum((sign(inv) * inv.total for inv in chosen), Decimal("0.00")),
+            "line_amount": sum((sign(inv) * inv.net for inv in chosen), Decimal("0.00")),
+            "tax_amount": sum((sign(inv) * inv.tax for inv in chosen), Decimal("0.00")),
         }
 
 
@@ -500,16 +524,24 @@ def _comparison(op: str, field: str, value: str, quoted: bool) -> Predicate:
 class SoftwareOneSimulator(SimulatorServer):
     base_path = ""
 
-    def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
+                 *, r2_documents: bool | None = None, page_tamper: PageTamper | None = None,
+                 pagination_meta: bool = True):
         super().__init__(knobs, host, port)
         self.created_at = datetime.now(UTC).replace(microsecond=0)
-        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, self.created_at - timedelta(hours=1))
+        r2 = R2_DOCUMENTS_DEFAULT if r2_documents is None else r2_documents
+        end = self.created_at - timedelta(hours=1)
+        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, end, r2)
+        self.page_tamper = page_tamper  # misbehaving list pages (tests of the client's paging guards)
+        self.pagination_meta = pagination_meta  # False: no $meta.pagination (a tenant that sends none)
         digest = hashlib.sha256(b"swo-simulator-token").hexdigest()  # fixed: `simulate` asks a throwaway instance
         self.token = f"idt:TKN-{int(digest[:8], 16) % 10000:04d}-{int(digest[8:16], 16) % 10000:04d}:{digest[16:56]}"
         self._auth_calls = 0  # calls seen, for the token_lifetime session drops
         self._index: OrderedDict[tuple, list[Invoice]] = OrderedDict()
         # invoice id -> responses left in which its lines are omitted although selected (<0: always)
         self.omit_lines: dict[str, int] = {}
+        # the same for erpData and price (both left out of that invoice, named in its own $meta.omitted)
+        self.omit_erp: dict[str, int] = {}
         self.unauthorized = 0  # 401s answered
 
     def source_config(self) -> dict[str, Any]:
@@ -531,12 +563,24 @@ class SoftwareOneSimulator(SimulatorServer):
             rows = self._rows(query["filters"], query["order"])
             base = {n for n in OPTIONAL if n not in query["select"]}
             data, omitted = [], set(base)
-            for inv in rows[query["offset"]: query["offset"] + query["limit"]]:
-                item_omitted = sorted(base | ({"lines"} if self._force_omit(inv.id) else set()))
+            offset, limit = query["offset"], query["limit"]
+            tamper = self.page_tamper.take(offset // limit) if self.page_tamper and limit else None
+            start = 0 if tamper == "ignore_offset" else offset
+            page = rows[start: start + limit]
+            if tamper == "empty":
+                page = []
+            elif tamper == "short":
+                page = page[: self.page_tamper.keep]
+            for inv in page:
+                forced = ({"lines"} if self._force_omit(inv.id) else set()) | (
+                    {"erpData", "price"} if self._force_omit(inv.id, self.omit_erp) else set())
+                item_omitted = sorted(base | forced)
                 data.append(self.data.render(inv, item_omitted))
                 omitted.update(item_omitted)
-            pagination = {"offset": query["offset"], "limit": query["limit"], "total": len(rows)}
-        return SimResponse(200, {"$meta": {"pagination": pagination, "omitted": sorted(omitted)}, "data": data})
+            meta: dict[str, Any] = {"omitted": sorted(omitted)}
+            if self.pagination_meta:
+                meta = {"pagination": {"offset": offset, "limit": limit, "total": len(rows)}, **meta}
+        return SimResponse(200, {"$meta": meta, "data": data})
 
     def _authorized(self, header: str | None) -> bool:
         """Bearer check. Knobs.token_lifetime > 0: the platform drops the session on every N-th call
@@ -555,10 +599,11 @@ class SoftwareOneSimulator(SimulatorServer):
             self.unauthorized += not ok
         return ok
 
-    def _force_omit(self, invoice_id: str) -> bool:
-        left = self.omit_lines.get(invoice_id, 0)
+    def _force_omit(self, invoice_id: str, table: dict[str, int] | None = None) -> bool:
+        table = self.omit_lines if table is None else table
+        left = table.get(invoice_id, 0)
         if left > 0:
-            self.omit_lines[invoice_id] = left - 1
+            table[invoice_id] = left - 1
         return left != 0
 
     def _rows(self, filters: tuple[str, ...], order: tuple[tuple[str, bool], ...]) -> list[Invoice]:
@@ -586,6 +631,12 @@ class SoftwareOneSimulator(SimulatorServer):
         with self._lock:
             return self.data.mutate(updates, new, voids, delete_lines, seed, datetime.now(UTC).replace(microsecond=0),
                                     payments=payments, deletes=deletes)
+
+    def expected_documents(self, since: datetime | None = None) -> dict:
+        """R2 truth apart from expected() (whose every key tests compare with the conformed model)."""
+        with self._lock:
+            return {"credits": sum(inv.credit for inv in self.data.invoices
+                                   if since is None or inv.last_modified >= since)}
 
     def inconsistent_ids(self) -> set[str]:
         """Invoice ids whose header total was skewed by Knobs.inconsistent_rate (reconciliation tests)."""
