@@ -9,7 +9,7 @@ import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -73,6 +73,8 @@ class SourceConfig(BaseModel):
     repoll_schedule: str | None = None  # cron; unset: re-poll after every incremental run
     reconcile_schedule: str = "0 3 * * *"  # cron of the deletion reconciliation, or "always" (every run)
     reconcile_max_deleted_share: float = Field(default=0.5, gt=0, le=1)  # refuse to mark more as deleted
+    # Schema drift (docs/TOOLING.md): "freeze" makes fields new in a payload fail the blocking schema_drift check.
+    schema_contract: Literal["evolve", "freeze"] = "evolve"
 
     @field_validator("schedule", "repoll_schedule", "reconcile_schedule")
     @classmethod
@@ -128,11 +130,24 @@ class WarehouseConfig(BaseModel):
     memory_limit: str = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 
 
+class AlertsConfig(BaseModel):
+    """Optional top-level `alerts:` (docs/TOOLING.md, "Alerts"): a Slack-compatible webhook whose URL
+    is read from the environment variable named here (the URL holds a token: never in the file)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    webhook_url_env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    on_run_failure: bool = True
+    on_blocking_check_failure: bool = True
+    timeout: Duration = timedelta(seconds=10)
+
+
 class AppConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     warehouse: WarehouseConfig = WarehouseConfig()
     sources: dict[str, SourceConfig]
+    alerts: AlertsConfig | None = None
 
     def secrets(self) -> list[str]:
         return [s for src in self.sources.values() for s in src.secrets()]
@@ -171,9 +186,9 @@ def parse_config(raw: Any) -> AppConfig:
 
     if not isinstance(raw, dict):
         raise ConfigError("config: the file must be a YAML mapping with 'warehouse' and 'sources'")
-    unknown = set(raw) - {"warehouse", "sources"}
+    unknown = set(raw) - {"warehouse", "sources", "alerts"}
     if unknown:
-        raise ConfigError(f"config key '{sorted(unknown)[0]}': unknown key (expected 'warehouse', 'sources')")
+        raise ConfigError(f"config key '{sorted(unknown)[0]}': unknown key (expected 'warehouse', 'sources', 'alerts')")
     raw = expand_env(raw)
     sources_raw = raw.get("sources")
     if not isinstance(sources_raw, dict) or not sources_raw:
@@ -208,7 +223,11 @@ def parse_config(raw: Any) -> AppConfig:
             f"config key 'sources.{catalog}': a source may not be named like the warehouse file "
             f"({warehouse.duckdb_path}): DuckDB could not tell the schema from the database"
         )
-    return AppConfig(warehouse=warehouse, sources=sources)
+    try:
+        alerts = AlertsConfig.model_validate(raw["alerts"]) if raw.get("alerts") is not None else None
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, "alerts")) from None
+    return AppConfig(warehouse=warehouse, sources=sources, alerts=alerts)
 
 
 def _resolved(path: str | os.PathLike) -> Path:

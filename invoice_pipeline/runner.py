@@ -193,13 +193,17 @@ def reconciliations_due(instance: dg.DagsterInstance, app: AppConfig, sources: l
 
 
 def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None, *,
-                 reconcile: str = "due", allow_mass_deletion: bool = False) -> RunReport:
+                 reconcile: str = "due", allow_mass_deletion: bool = False,
+                 backfill: tuple[str, str] | None = None) -> RunReport:
     """Materialize the chosen sources (all by default), the conformed model, its checks and publish.
 
     reconcile: "due" adds the deletion reconciliations whose schedule says they are due; "only" runs
     just the reconciliations (no extraction) and what follows them (`invoice-pipeline reconcile`).
+    backfill: (start, end) ISO timestamps, the source assets' launchpad config `backfill: {start, end}`
+    (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
     from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+    from invoice_pipeline.defs.catalog import plain_value
     from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys, reconcile_asset_key
 
     ensure_dagster_home(Path(app.warehouse.duckdb_path))
@@ -224,6 +228,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
         selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
         ops = {f"{s}__deletion_reconciliation": {"config": {"allow_mass_deletion": True}}
                for s in reconciled} if allow_mass_deletion else {}
+        if backfill is not None and reconcile != "only":
+            ops.update({f"{s}__invoices": {"config": {"backfill": {"start": backfill[0], "end": backfill[1]}}}
+                        for s in selected})
         tags = {CONFIG_TAG: str(Path(config_path).resolve()),
                 WAREHOUSE_TAG: str(Path(app.warehouse.duckdb_path).resolve()), **process_tags()}
         result = job.execute_in_process(
@@ -239,9 +246,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             mat = event.event_specific_data.materialization
             key = mat.asset_key.path
             if len(key) == 2 and key[1] == "invoices" and key[0] in app.sources:
-                report.sources[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+                report.sources[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
             if len(key) == 2 and key[1] == "deletion_reconciliation" and key[0] in app.sources:
-                report.reconciled[key[0]] = {k: getattr(v, "value", v) for k, v in mat.metadata.items()}
+                report.reconciled[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
             if key == ["published", "warehouse"]:
                 report.published = True
         elif event.is_step_failure:

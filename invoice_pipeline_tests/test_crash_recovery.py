@@ -33,7 +33,8 @@ SIZE = 25
 NEXT_RUN_BOUND_S = 120  # generous for a loaded 2-core CI machine; a wedged run never ends
 # Tables whose rows name the run or its clock (history's valid_from, the run log, publishes).
 SKIP = {"_pipeline_runs", "_pipeline_cursors", "_pipeline_publishes", "_pipeline_schema", "invoice_history",
-        "ar_aging_snapshot", "_raw_invoices"}
+        "ar_aging_snapshot", "_raw_invoices",
+        "_schema_fields"}  # the drift record: which run first saw each field (drift.py)
 
 
 def _config(root: Path, doc: dict) -> Path:

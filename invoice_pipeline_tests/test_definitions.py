@@ -43,10 +43,10 @@ def test_materialize_assets_against_simulator(in_tmp: Path) -> None:
         from invoice_pipeline.reconcile import RULES
 
         expected = {r.name for r in RULES} | {"sources_fresh", "no_quarantined_records", "history_contiguous",
-                                              "history_matches_invoices"}
+                                              "history_matches_invoices", "schema_drift"}
         assert {e.event_specific_data.check_name for e in checks} == expected
         # every check of a table runs in one step (a UI run starts a process per step)
-        assert {e.step_key for e in checks} == {"reconciliation_rules", "history_checks"}
+        assert {e.step_key for e in checks} == {"reconciliation_rules", "history_checks", "agv__invoices"}
         assert Path(app.warehouse.published_path).exists()
         with Warehouse(app.warehouse).writer() as con:
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 40

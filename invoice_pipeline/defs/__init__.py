@@ -3,6 +3,7 @@
 import dagster as dg
 
 from invoice_pipeline.config import AppConfig
+from invoice_pipeline.defs.alerts import build_alert_sensors
 from invoice_pipeline.defs.assets import WRITE_POOL, build_conformed_asset, build_publish_asset, build_source_asset
 from invoice_pipeline.defs.checks import build_checks
 from invoice_pipeline.defs.lifecycle import build_lifecycle
@@ -23,7 +24,7 @@ def build_definitions(app: AppConfig, config_path: str | None = None,
         jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()), *build_source_jobs(app),
               *life.jobs],
         schedules=[*build_schedules(app), *life.schedules],
-        sensors=[automation_sensor, log_run_failures],
+        sensors=[automation_sensor, log_run_failures, *build_alert_sensors(app.alerts)],
         resources={"pipeline": PipelineResource(config_path=config_path or "")},
         # One process per run, its steps one after another: a step process per asset cost ~5 s each
         # (imports, instance, warehouse) against ~1 s of work, and the steps take turns at the

@@ -7,7 +7,11 @@ import pydantic
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
 from invoice_pipeline.conformed import CONFORMED_TABLES
+from invoice_pipeline.defs.catalog import (ROW_COUNT, COLUMN_SCHEMA, conformed_catalog, conformed_definition_schema,
+                                           counts_table, source_catalog)
+from invoice_pipeline.defs.drift_check import drift_check_result, drift_check_spec, drift_metadata, registry_before
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.drift import detect_drift
 from invoice_pipeline.defs.schedules import CONFORMED_CONDITION, PUBLISH_CONDITION
 from invoice_pipeline.pipeline import RunSummary, run_source
 from invoice_pipeline.publish import publish, refresh_conformed
@@ -19,6 +23,14 @@ from invoice_pipeline.timeutil import parse_timestamp
 # rests on the warehouse's file lock, not on the pool (docs/DESIGN.md, "One writer, many runs").
 WRITE_POOL = "duckdb_write"
 CONFORMED_ASSET_KEYS = [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES]
+RUN_ID_TAG_PREFIX = "invoice_pipeline/run_id."  # + source name: that source's pipeline run id in this Dagster run
+AGING_SNAPSHOT_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])  # defs/lifecycle.py builds it
+# The aging snapshot is copied into the published file, so it is drawn upstream of publish; it is
+# materialized daily, so publish must not wait for its first materialization (eager() would).
+PUBLISH_AUTOMATION = PUBLISH_CONDITION.replace(
+    "any_deps_missing",
+    dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(AGING_SNAPSHOT_KEY))
+    .with_label("any_deps_missing (the aging snapshot aside)"))
 
 
 def source_asset_key(source_name: str) -> dg.AssetKey:
@@ -40,7 +52,7 @@ def summary_metadata(summary: RunSummary) -> dict:
         "api_calls": dg.MetadataValue.int(summary.api_calls),
         "retries": dg.MetadataValue.int(summary.retries),
         "duration_s": dg.MetadataValue.float(summary.duration_s),
-        "rows_written": dg.MetadataValue.json(summary.rows_written),
+        "rows_written": counts_table(summary.rows_written),
         "source_stats": dg.MetadataValue.json({k: v for k, v in summary.extra.items() if isinstance(v, int | float | str)}),
     }
 
@@ -85,6 +97,7 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
         pool=pool,
+        check_specs=[drift_check_spec(name, config)],
         description=(
             f"Grain: one row per {config.type} invoice of source '{name}' (latest version), in schema "
             f"{name} with one child table per nested array and the raw payloads in {name}._raw_invoices; "
@@ -96,8 +109,16 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         context: dg.AssetExecutionContext, config: SourceRunConfig, pipeline: PipelineResource
     ) -> dg.MaterializeResult:
         # A backfill re-reads a past window; it never moves the cursor and never regresses newer rows.
+        before = registry_before(pipeline.warehouse, name)
         summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse, window=backfill_window(config))
-        return dg.MaterializeResult(metadata=summary_metadata(summary))
+        with pipeline.warehouse.writer() as con:  # schema drift; row count and columns for the catalog
+            drift = detect_drift(con, name, summary.run_id, before, pipeline.app.sources[name].schema_contract)
+            catalog = source_catalog(con, name)
+        # The pipeline's run id (main._pipeline_runs, the rows' _run_id) as a tag of the Dagster run:
+        # the UI's run list finds the Dagster run of a warehouse row by it (docs/OPERATIONS.md).
+        context.instance.add_run_tags(context.run_id, {f"{RUN_ID_TAG_PREFIX}{name}": summary.run_id})
+        return dg.MaterializeResult(metadata={**summary_metadata(summary), **catalog, **drift_metadata(drift)},
+                                    check_results=[drift_check_result(name, drift)])
 
     return _source_asset
 
@@ -112,6 +133,7 @@ def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.A
             dg.AssetSpec(
                 key, group_name="conformed", kinds={"duckdb"}, deps=upstream,
                 automation_condition=CONFORMED_CONDITION,
+                metadata={COLUMN_SCHEMA: conformed_definition_schema(table)},
                 description=f"Grain: one row per {table[:-1].replace('_', ' ')} across every configured source "
                             f"(key {', '.join(TABLE_KEYS[table])}).",
             )
@@ -125,11 +147,15 @@ def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.A
         sources this config does not name are kept (another config file may load them): only
         `invoice-pipeline drop-source` removes a source."""
         counts = refresh_conformed(pipeline.warehouse, list(app.sources))
+        with pipeline.warehouse.reader() as con:
+            schemas = conformed_catalog(con)  # as stored, with the COMMENTs analysts see
         for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True):
+            rows = sum(counts[table].values())
             yield dg.MaterializeResult(
                 asset_key=key,
-                metadata={"rows": dg.MetadataValue.int(sum(counts[table].values())),
-                          "rows_by_source": dg.MetadataValue.json(counts[table])},
+                metadata={"rows": dg.MetadataValue.int(rows), ROW_COUNT: dg.MetadataValue.int(rows),
+                          COLUMN_SCHEMA: dg.MetadataValue.table_schema(schemas[table]),
+                          "rows_by_source": counts_table(counts[table], key="source")},
             )
 
     return conformed_model
@@ -140,14 +166,17 @@ def build_publish_asset(pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
         key=dg.AssetKey(["published", "warehouse"]),
         group_name="published",
         kinds={"duckdb", "parquet"},
-        deps=[*CONFORMED_ASSET_KEYS, dg.AssetKey(["main", "invoice_history"])],
+        deps=[*CONFORMED_ASSET_KEYS, dg.AssetKey(["main", "invoice_history"]), AGING_SNAPSHOT_KEY],
         pool=pool,
-        automation_condition=PUBLISH_CONDITION,
+        automation_condition=PUBLISH_AUTOMATION,
         description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "
                     "blocking checks on the conformed tables passed (write-audit-publish).",
     )
     def published_warehouse(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         result = publish(pipeline.app, pipeline.warehouse)
-        return dg.MaterializeResult(metadata={k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in result.items()})
+        metadata = {k: counts_table(v) if isinstance(v, dict) else v for k, v in result.items()}
+        if isinstance(result.get("snapshot_rows"), dict) and "invoices" in result["snapshot_rows"]:
+            metadata[ROW_COUNT] = dg.MetadataValue.int(result["snapshot_rows"]["invoices"])  # the snapshot's invoices
+        return dg.MaterializeResult(metadata=metadata)
 
     return published_warehouse

@@ -155,6 +155,7 @@ def build_history_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Ass
                 "SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL) FROM main.invoice_history").fetchall()[0]
         return dg.MaterializeResult(metadata={
             "versions": dg.MetadataValue.int(versions), "current_versions": dg.MetadataValue.int(current),
+            "dagster/row_count": dg.MetadataValue.int(versions),
             "versions_added_by_sync": dg.MetadataValue.json(added)})
 
     return invoice_history
@@ -232,7 +233,9 @@ def build_aging_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Asset
         except ValueError:
             raise dg.Failure(f"snapshot_date must be YYYY-MM-DD, got {config.snapshot_date!r}") from None
         result = lifecycle.build_aging_snapshot(pipeline.warehouse, day, sources=list(app.sources))
-        return dg.MaterializeResult(metadata=_metadata(result))
+        with pipeline.warehouse.reader() as con:  # the catalog's row count: every day kept
+            total = con.execute("SELECT count(*) FROM main.ar_aging_snapshot").fetchone()[0]
+        return dg.MaterializeResult(metadata={**_metadata(result), "dagster/row_count": dg.MetadataValue.int(total)})
 
     return ar_aging_snapshot
 

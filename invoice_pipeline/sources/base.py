@@ -102,6 +102,7 @@ class ExtractStats:
     pages: int = 0
     scanned: int = 0  # invoices the API returned
     kept: int = 0  # of which inside the window and yielded
+    expected_total: int | None = None  # invoices the API said the walk holds, when it says: progress shows % and ETA
     extra: dict[str, Any] = field(default_factory=dict)
     http: Any = None  # the client's HttpStats, for request counts and rates in progress lines
     started: float = field(default_factory=time.monotonic)
@@ -116,9 +117,21 @@ class ExtractStats:
         elapsed = max(now - self.started, 1e-9)
         calls = self.http.api_calls if self.http is not None else 0
         log.info(
-            "source '%s': %d pages, %d invoices scanned, %d kept, %.1f invoices/s, %d requests (%.1f/s)",
-            source, self.pages, self.scanned, self.kept, self.scanned / elapsed, calls, calls / elapsed,
+            "source '%s': %d pages, %d invoices scanned%s, %d kept, %.1f invoices/s, %d requests (%.1f/s)",
+            source, self.pages, self.scanned, self._share(elapsed), self.kept, self.scanned / elapsed, calls,
+            calls / elapsed,
         )
+
+    def _share(self, elapsed: float) -> str:
+        """' of 12000 (41%, ETA 2m05s)' when the API told the total, else ''."""
+        total = self.expected_total
+        if not total or total <= 0:
+            return ""
+        done = min(self.scanned, total)
+        if not done:
+            return f" of {total} (0%)"
+        eta = round((total - done) * elapsed / done)
+        return f" of {total} ({100 * done // total}%, ETA {eta // 60}m{eta % 60:02d}s)"
 
 
 class Source(ABC):

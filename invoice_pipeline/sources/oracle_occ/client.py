@@ -26,6 +26,7 @@ from invoice_pipeline.money import MappingError, to_timestamp
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
+from invoice_pipeline.logfold import fold_repeats
 
 log = logging.getLogger("invoice_pipeline.oracle_occ")
 
@@ -303,7 +304,11 @@ class OracleOccSource(Source):
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        yield from batched(self._window_records(window), self.config.batch_size)
+        with fold_repeats(log, "source '%s': invoice %s vanished before its detail call",  # one line, not thousands
+                          f"source '{self.name}': {{count}} invoices vanished before their detail call in all "
+                          "({folded} more than logged above), e.g. {examples}",
+                          example=lambda r: str(r.args[1]), when=lambda r: r.args[0] == self.name):
+            yield from batched(self._window_records(window), self.config.batch_size)
         extra = self.stats.extra
         log.info(
             "source '%s': list mode %s: %d list pages, %d ids listed, %d new, %d changed, %d unchanged, "

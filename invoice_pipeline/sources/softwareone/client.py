@@ -179,6 +179,7 @@ class SoftwareOneSource(Source):
         limit = pag.get("limit")
         step = limit if isinstance(limit, int) and limit > 0 else len(first["data"])
         total = first_total = self._total(first)
+        self.stats.expected_total = total  # progress lines show % done and an ETA
         self._check_new(first, 0, seen, 0)
         yield first
         if not first["data"] or step <= 0:
