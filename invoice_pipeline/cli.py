@@ -8,7 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
-from invoice_pipeline.config import load_config, resolve_config_path
+from invoice_pipeline.config import AppConfig, load_config, resolve_config_path
 from invoice_pipeline.errors import ConfigError, PipelineError
 
 log = logging.getLogger("invoice_pipeline")
@@ -46,12 +46,19 @@ def _backfill_window(args: argparse.Namespace):
     return Window(bounds["--from"], bounds["--to"])
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _config_and_sources(args: argparse.Namespace) -> tuple[Path, AppConfig]:
+    """The validated config, and every --source named checked against it (before Dagster loads)."""
     path = resolve_config_path(args.config)
     app = load_config(path)
-    unknown = [s for s in args.source or [] if s not in app.sources]
+    named = args.source if isinstance(args.source, list) else [args.source] if args.source else []
+    unknown = [s for s in named if s not in app.sources]
     if unknown:
         raise ConfigError(f"--source {unknown[0]}: not in {path} (configured: {', '.join(app.sources)})")
+    return path, app
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    path, app = _config_and_sources(args)
     backfill = _backfill_window(args)
     if args.dry_run:
         from invoice_pipeline.dryrun import format_plan, plan_reads
@@ -72,11 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reconcile(args: argparse.Namespace) -> int:
-    path = resolve_config_path(args.config)
-    app = load_config(path)
-    unknown = [s for s in args.source or [] if s not in app.sources]
-    if unknown:
-        raise ConfigError(f"--source {unknown[0]}: not in {path} (configured: {', '.join(app.sources)})")
+    path, app = _config_and_sources(args)
     from invoice_pipeline.runner import run_pipeline
 
     report = run_pipeline(app, str(path), args.source, reconcile="only", allow_mass_deletion=args.allow_mass_deletion)
@@ -91,10 +94,7 @@ def cmd_reconcile(args: argparse.Namespace) -> int:
 def cmd_replay(args: argparse.Namespace) -> int:
     from invoice_pipeline.replay import replay_source
 
-    path = resolve_config_path(args.config)
-    app = load_config(path)
-    if args.source not in app.sources:
-        raise ConfigError(f"--source {args.source}: not in {path} (configured: {', '.join(app.sources)})")
+    _, app = _config_and_sources(args)
     summary = replay_source(app, args.source)
     print(f"{args.source}: rebuilt {summary.invoices_loaded} invoices from raw payloads "
           f"({summary.quarantined} quarantined) in {summary.duration_s:.1f}s, no API call made")
@@ -160,12 +160,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(size=args.size)
 
 
+CONFIG_HELP = "config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="invoice-pipeline", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize everything for the chosen sources through the Dagster definitions")
-    run.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    run.add_argument("--config", help=CONFIG_HELP)
     run.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the window each source would read and the API calls it would make; no API call, "
@@ -178,26 +181,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     reconcile = sub.add_parser("reconcile", help="detect invoices deleted at the source now (the deletion "
                                "reconciliation), then refresh the conformed model, check and publish")
-    reconcile.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    reconcile.add_argument("--config", help=CONFIG_HELP)
     reconcile.add_argument("--source", action="append", help="a source name from the config (repeatable; default all)")
     reconcile.add_argument("--allow-mass-deletion", action="store_true",
                            help="mark invoices deleted even beyond reconcile_max_deleted_share, this once")
     reconcile.set_defaults(func=cmd_reconcile)
     status = sub.add_parser("status", help="per source: cursor, last run and its counts, last publish, failing "
                             "checks, quarantined records (exit 1 if a last run failed or a blocking check fails)")
-    status.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    status.add_argument("--config", help=CONFIG_HELP)
     status.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     status.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
                         help="how long to wait for a running pipeline's writer lock before reading the published "
                              "snapshot instead (default 30)")
     status.set_defaults(func=cmd_status)
     replay = sub.add_parser("replay", help="rebuild a source's tables from its kept raw payloads, without API calls")
-    replay.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    replay.add_argument("--config", help=CONFIG_HELP)
     replay.add_argument("--source", required=True, help="the source to rebuild")
     replay.set_defaults(func=cmd_replay)
     dbt = sub.add_parser("dbt-sources", help="write a dbt sources.yml for the published snapshot (columns, "
                          "descriptions from its comments, not_null/unique tests on the keys)")
-    dbt.add_argument("--config", help="config file (default: $INVOICE_PIPELINE_CONFIG or ./invoice_pipeline.yaml)")
+    dbt.add_argument("--config", help=CONFIG_HELP)
     dbt.add_argument("--output", default="models/sources.yml", help="file to write (default models/sources.yml)")
     dbt.add_argument("--name", default="invoice_pipeline",
                      help="the dbt source name, as in {{ source('invoice_pipeline', 'invoices') }} (default invoice_pipeline)")

@@ -202,7 +202,7 @@ def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
         )
         # Versions of invoices no longer in main.invoices: what their own columns say.
         con.execute(
-            f"""UPDATE main.invoice_history SET document_type = CASE WHEN total_amount < 0 THEN 'credit_memo' ELSE 'invoice' END,
+            """UPDATE main.invoice_history SET document_type = CASE WHEN total_amount < 0 THEN 'credit_memo' ELSE 'invoice' END,
                 status_category = CASE WHEN coalesce(is_void, false) THEN 'void' WHEN balance_due = 0 THEN 'paid' ELSE 'open' END,
                 freight_amount = 0
             WHERE document_type IS NULL"""

@@ -28,7 +28,6 @@ from filelock import FileLock
 from invoice_pipeline.batch import LoadBatch
 from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.conformed import CONFORMED_TABLES
-from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.sql import quote, rollback, sql_literal
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.views import create_analyst_views

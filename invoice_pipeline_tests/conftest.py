@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,15 @@ def make_app(tmp_path: Path, sources: dict[str, dict[str, Any]], **source_overri
             "sources": blocks,
         }
     )
+
+
+def cli_in(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`invoice-pipeline ARGS --config tmp_path/c.yaml` as a user runs it: a subprocess in tmp_path with
+    DAGSTER_HOME there and no INVOICE_PIPELINE_* variable of the test environment."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INVOICE_PIPELINE_")},
+           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
+    return subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", *args, "--config", str(tmp_path / "c.yaml")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 def warehouse_document(app: AppConfig) -> dict[str, Any]:

@@ -3,9 +3,6 @@ moving the cursor. Through the CLI, against the SoftwareOne simulator."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,14 +11,11 @@ import yaml
 
 from invoice_pipeline.sources.softwareone.simulator import SIMULATOR_CLASS
 
+from .conftest import cli_in as _cli
+
 SIZE = 30
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INVOICE_PIPELINE_")},
-           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    return subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", *args, "--config", str(tmp_path / "c.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 def _state(tmp_path: Path) -> tuple[object, list[tuple]]:

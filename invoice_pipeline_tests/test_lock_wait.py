@@ -49,5 +49,5 @@ def test_a_locked_warehouse_is_waited_for_asleep_then_refused_naming_the_holder(
     assert run.returncode == 1, out[-3000:]
     assert cpu < 30, f"the waiting run used {cpu}% CPU"
     assert f"held by pid {holder.pid}" in out, out[-3000:]  # the progress line names the holder
-    assert f"still locked after" in out and f"pid {holder.pid}" in out and "warehouse.lock_timeout" in out, out[-3000:]
+    assert "still locked after" in out and f"pid {holder.pid}" in out and "warehouse.lock_timeout" in out, out[-3000:]
     assert elapsed < 90

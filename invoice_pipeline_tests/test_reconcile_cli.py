@@ -4,9 +4,6 @@ override works once."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -14,15 +11,11 @@ import yaml
 
 from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
+from .conftest import cli_in as _cli
+
 SIZE = 40
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INVOICE_PIPELINE_")},
-           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    proc = subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", *args, "--config", str(tmp_path / "c.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    return proc
 
 
 def _config(tmp_path: Path, sim, **overrides) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import duckdb
@@ -15,14 +12,11 @@ from filelock import FileLock
 
 from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
+from .conftest import cli_in as _cli
+
 SIZE = 30
 
 
-def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("INVOICE_PIPELINE_")},
-           "DAGSTER_HOME": str(tmp_path / "dagster_home")}
-    return subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", *args, "--config", str(tmp_path / "c.yaml")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
