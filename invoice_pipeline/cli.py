@@ -14,18 +14,6 @@ from invoice_pipeline.errors import ConfigError, PipelineError
 log = logging.getLogger("invoice_pipeline")
 
 
-def _print_report(report) -> None:
-    header = f"{'source':16s} {'status':8s} {'extracted':>9s} {'loaded':>7s} {'stale':>6s} {'quarant.':>8s} {'API calls':>9s} {'secs':>7s}"
-    print(header)
-    for name, meta in report.sources.items():
-        print(
-            f"{name:16s} {'ok':8s} {meta['invoices_extracted']:>9d} {meta['invoices_loaded']:>7d} "
-            f"{meta['invoices_stale_skipped']:>6d} {meta['quarantined']:>8d} {meta['api_calls']:>9d} {meta['duration_s']:>7.1f}"
-        )
-    for failure in report.failures:
-        print(f"FAILED: {failure}")
-
-
 def _backfill_window(args: argparse.Namespace):
     """--from/--to: the launchpad's `backfill: {start, end}` rules (both, ISO-8601, start <= end)."""
     from invoice_pipeline.sources.base import Window
@@ -65,11 +53,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         print(format_plan(plan_reads(app, args.source or list(app.sources), backfill)))
         return 0
-    from invoice_pipeline.runner import run_pipeline  # Dagster loads in seconds: only for a valid config
+    from invoice_pipeline.runner import print_report, run_pipeline  # Dagster loads in seconds: only for a valid config
 
     report = run_pipeline(app, str(path), args.source,
                           backfill=(args.from_ts, args.to_ts) if backfill is not None else None)
-    _print_report(report)
+    print_report(report)
     if report.interrupted_at:
         print(f"invoice-pipeline: interrupted (Ctrl-C or SIGTERM) during step {report.interrupted_at}: the run "
               "stopped there. Batches it committed stay; its cursor did not move, so the next run re-reads "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from invoice_pipeline.config import load_config
 from invoice_pipeline.conformed import CONFORMED_TABLES
-from invoice_pipeline.runner import RunReport, run_pipeline
+from invoice_pipeline.runner import RunReport, print_report, run_pipeline
 from invoice_pipeline.simulate import config_document, start_simulators, write_config
 from invoice_pipeline.warehouse import Warehouse, quote
 
@@ -117,9 +117,7 @@ def _print_counts(before: Counts, after: Counts, written: dict[str, dict[str, in
 
 
 def _print_run(report: RunReport) -> None:
-    from invoice_pipeline.cli import _print_report
-
-    _print_report(report)
+    print_report(report)
     if report.published:
         print("  blocking checks passed; snapshot and Parquet published")
 

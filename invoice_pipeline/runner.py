@@ -154,6 +154,19 @@ class RunReport:
     blocking_failed: list[str] = field(default_factory=list)  # warnings never stop a publish
 
 
+def print_report(report: RunReport) -> None:
+    """One line per source run and one per failure (`invoice-pipeline run`, the demo)."""
+    header = f"{'source':16s} {'status':8s} {'extracted':>9s} {'loaded':>7s} {'stale':>6s} {'quarant.':>8s} {'API calls':>9s} {'secs':>7s}"
+    print(header)
+    for name, meta in report.sources.items():
+        print(
+            f"{name:16s} {'ok':8s} {meta['invoices_extracted']:>9d} {meta['invoices_loaded']:>7d} "
+            f"{meta['invoices_stale_skipped']:>6d} {meta['quarantined']:>8d} {meta['api_calls']:>9d} {meta['duration_s']:>7.1f}"
+        )
+    for failure in report.failures:
+        print(f"FAILED: {failure}")
+
+
 def _root_cause(error) -> str:
     while getattr(error, "cause", None) is not None:
         error = error.cause
