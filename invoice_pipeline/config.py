@@ -17,6 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, 
                       field_validator)
 
 from invoice_pipeline.errors import ConfigError
+from invoice_pipeline.source_types import known_types, source_class
 from invoice_pipeline.timeutil import parse_duration, parse_timestamp
 
 DEFAULT_CONFIG_FILE = "invoice_pipeline.yaml"
@@ -182,8 +183,6 @@ def _format_validation_error(err: ValidationError, prefix: str) -> str:
 
 def parse_config(raw: Any) -> AppConfig:
     """Validate an already-parsed YAML document (after ${VAR} expansion)."""
-    from invoice_pipeline.sources import known_types, source_class
-
     if not isinstance(raw, dict):
         raise ConfigError("config: the file must be a YAML mapping with 'warehouse' and 'sources'")
     unknown = set(raw) - {"warehouse", "sources", "alerts"}
