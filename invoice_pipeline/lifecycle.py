@@ -34,15 +34,16 @@ import duckdb
 
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.errors import PipelineError
+from invoice_pipeline.history import (  # noqa: F401 - history_* and record_history re-exported
+    _prepare, _record_history, history_candidates, history_out_of_sync, history_violations, record_history)
+from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables, version_hash_sql  # noqa: F401 - re-exported
 from invoice_pipeline.pipeline import RunSummary, build_source, run_source
 from invoice_pipeline.sources.base import Source, SourceRecord, Window
-from invoice_pipeline.sql import quote, rollback, sql_literal
+from invoice_pipeline.sql import rollback
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 
 log = logging.getLogger("invoice_pipeline.lifecycle")
-
-MONEY_T = "DECIMAL(18,4)"
 
 # Config keys read with these defaults until config.SourceConfig declares them.
 DEFAULT_REPOLL_HORIZON: timedelta | None = None  # every open invoice
@@ -51,54 +52,6 @@ DEFAULT_RECONCILE_SCHEDULE = "0 3 * * *"
 DEFAULT_MAX_DELETED_SHARE = 0.5
 GUARD_MIN_DELETIONS = 10  # below this many deletions the share guard never trips (small tenants)
 
-# column -> (type, comment)
-HISTORY_COLUMNS: dict[str, tuple[str, str]] = {
-    "source_name": ("VARCHAR", "Configured source name."),
-    "invoice_id": ("VARCHAR", "Source key (as in main.invoices)."),
-    "valid_from": ("TIMESTAMPTZ", "This version holds from here (inclusive): the source's last-modified time when it "
-                                  "moved, else when the pipeline observed the change (payments, deletions)."),
-    "valid_to": ("TIMESTAMPTZ", "Until here (exclusive) = the next version's valid_from; NULL for the current version."),
-    "invoice_number": ("VARCHAR", "As in main.invoices."),
-    "status": ("VARCHAR", "Source status of this version."),
-    "document_type": ("VARCHAR", "As in main.invoices: invoice, credit_memo, debit_memo or other."),
-    "status_category": ("VARCHAR", "draft, open, paid or void in this version (as in main.invoices)."),
-    "is_void": ("BOOLEAN", "status_category = 'void' in this version."),
-    "is_deleted": ("BOOLEAN", "Gone from the source (found by deletion reconciliation) in this version."),
-    "deleted_detected_at": ("TIMESTAMPTZ", "When the pipeline found the invoice missing (deleted versions only)."),
-    "customer_id": ("VARCHAR", "As in main.invoices."),
-    "customer_name": ("VARCHAR", "As in main.invoices."),
-    "invoice_date": ("DATE", "As in main.invoices."),
-    "due_date": ("DATE", "As in main.invoices."),
-    "currency_code": ("VARCHAR", "As in main.invoices."),
-    "net_amount": (MONEY_T, "As in main.invoices."),
-    "tax_amount": (MONEY_T, "As in main.invoices."),
-    "freight_amount": (MONEY_T, "As in main.invoices."),
-    "total_amount": (MONEY_T, "Header total of this version (<= 0 for a credit memo)."),
-    "balance_due": (MONEY_T, "What was owed while this version held."),
-    "last_modified_at": ("TIMESTAMPTZ", "The source's last-modified time of this version."),
-    "observed_at": ("TIMESTAMPTZ", "When the pipeline loaded this version (main.invoices._loaded_at)."),
-    "run_id": ("VARCHAR", "Pipeline run that loaded this version."),
-    "version_hash": ("VARCHAR", "md5 of the tracked columns: equal hash = same version."),
-}
-# A change in any of these is a new version.
-TRACKED = ["invoice_number", "status", "is_void", "is_deleted", "customer_id", "customer_name", "invoice_date",
-           "due_date", "currency_code", "net_amount", "tax_amount", "total_amount", "balance_due", "last_modified_at"]
-
-AGING_COLUMNS: dict[str, tuple[str, str]] = {
-    "snapshot_date": ("DATE", "The day (UTC) whose end the balances describe."),
-    "source_name": ("VARCHAR", "Configured source name."),
-    "customer_id": ("VARCHAR", "Customer (as in main.invoices)."),
-    "customer_name": ("VARCHAR", "Customer name (the latest seen among the aged invoices)."),
-    "currency_code": ("VARCHAR", "Currency of the balances (never mixed)."),
-    "aging_bucket": ("VARCHAR", "Days past due at snapshot_date: current (not yet due), 1-30, 31-60, 61-90, 90+, no_due_date."),
-    "invoice_count": ("BIGINT", "Open documents in the bucket (credit memos included; drafts, voids, deleted left out)."),
-    "balance_due": (MONEY_T, "Sum of their balance due, credit memos netted in (negative)."),
-    "total_amount": (MONEY_T, "Sum of their invoice totals."),
-    "credit_memo_count": ("BIGINT", "Of invoice_count, how many are credit memos (null: computed by an earlier release)."),
-    "credit_balance": (MONEY_T, "Of balance_due, what the open credit memos contribute (<= 0; null: computed by an earlier release)."),
-    "as_of": ("TIMESTAMPTZ", "The instant whose history versions were aged (the end of snapshot_date, UTC)."),
-    "computed_at": ("TIMESTAMPTZ", "When this snapshot row was computed."),
-}
 AGING_BUCKET_SQL = """CASE
     WHEN coalesce(due_date, invoice_date) IS NULL THEN 'no_due_date'
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 0 THEN 'current'
@@ -106,15 +59,6 @@ AGING_BUCKET_SQL = """CASE
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 60 THEN '31-60'
     WHEN date_diff('day', coalesce(due_date, invoice_date), $snapshot_date) <= 90 THEN '61-90'
     ELSE '90+' END"""
-
-
-def version_hash_sql(alias: str = "") -> str:
-    """The version hash of a main.invoices (or history) row; timestamps as epoch µs (zone-proof)."""
-    p = f"{alias}." if alias else ""
-    parts = ", ".join(
-        f"{c} := epoch_us({p}{c})" if c == "last_modified_at" else f"{c} := {p}{c}" for c in TRACKED
-    )
-    return f"md5(to_json(struct_pack({parts})))"
 
 
 # -- settings --------------------------------------------------------------------------------------
@@ -135,274 +79,6 @@ def lifecycle_settings(config: SourceConfig) -> LifecycleSettings:
         reconcile_schedule=config.reconcile_schedule,
         reconcile_max_deleted_share=config.reconcile_max_deleted_share,
     )
-
-
-# -- tables ----------------------------------------------------------------------------------------
-TABLE_COMMENTS = {
-    "invoice_history": "One row per observed version of each invoice; valid_from inclusive, valid_to exclusive "
-                       "(NULL = current). Owed at instant T: the versions with valid_from <= T < coalesce(valid_to, "
-                       "infinity), not void, not deleted.",
-    "ar_aging_snapshot": "Open balances per source, customer, currency and aging bucket at the end of snapshot_date "
-                         "(UTC), from main.invoice_history: drafts, voids and deleted documents left out, credit memos "
-                         "netted in (negative); one set of rows per day.",
-}
-
-
-def _existing_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    return {r[0] for r in con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND schema_name = 'main' "
-        "AND table_name = ?", [table]).fetchall()}
-
-
-def ensure_lifecycle_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the two tables (with comments) once; later releases' new columns are added."""
-    for table, columns in (("invoice_history", HISTORY_COLUMNS), ("ar_aging_snapshot", AGING_COLUMNS)):
-        existing = _existing_columns(con, table)
-        if not existing:
-            cols = ", ".join(f"{quote(c)} {t}" for c, (t, _) in columns.items())
-            con.execute(f"CREATE TABLE IF NOT EXISTS main.{table} ({cols})")
-            con.execute(f"COMMENT ON TABLE main.{table} IS {sql_literal(TABLE_COMMENTS[table])}")
-        for c, (t, doc) in columns.items():
-            if c in existing:
-                continue
-            if existing:
-                con.execute(f"ALTER TABLE main.{table} ADD COLUMN {quote(c)} {t}")
-            con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {sql_literal(doc)}")
-
-
-def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
-    """Fill document_type, status_category and freight_amount on versions an earlier release recorded,
-    and bring their amounts to the signs and tax of the upgraded main.invoices (upgrade.py), so the
-    upgrade itself adds no version. Returns the versions filled.
-
-    document_type and freight come from the invoice's current row; status_category from the version's
-    own status and balance; a SoftwareOne credit's versions are negated (the release before sent them
-    as the source does, positive); the version of the current source version takes the current net
-    and tax (e.g. a CRM.COM tax now read from the item's own tax_amount). The hash is recomputed.
-    """
-    from invoice_pipeline.upgrade import status_category_sql
-
-    con.execute("""CREATE OR REPLACE TEMP TABLE _history_upgrade AS SELECT source_name, invoice_id, valid_from
-                   FROM main.invoice_history WHERE document_type IS NULL""")
-    n = con.execute("SELECT count(*) FROM _history_upgrade").fetchone()[0]
-    if n:
-        credit = "i.source_type = 'softwareone' AND i.document_type = 'credit_memo'"  # sent positive before
-        same = "h.last_modified_at IS NOT DISTINCT FROM i.last_modified_at"  # the current source version
-        con.execute(
-            f"""UPDATE main.invoice_history AS h SET
-                document_type = i.document_type,
-                status_category = {status_category_sql('i.source_type', 'h.status', 'CASE WHEN ' + credit + ' THEN -h.balance_due ELSE h.balance_due END', 'h.is_void')},
-                freight_amount = i.freight_amount,
-                net_amount = CASE WHEN {same} THEN i.net_amount WHEN {credit} THEN -h.net_amount ELSE h.net_amount END,
-                tax_amount = CASE WHEN {same} THEN i.tax_amount WHEN {credit} THEN -h.tax_amount ELSE h.tax_amount END,
-                total_amount = CASE WHEN {credit} THEN -h.total_amount ELSE h.total_amount END,
-                balance_due = CASE WHEN {credit} THEN -h.balance_due ELSE h.balance_due END
-            FROM main.invoices AS i
-            WHERE h.document_type IS NULL AND i.source_name = h.source_name AND i.invoice_id = h.invoice_id"""
-        )
-        # Versions of invoices no longer in main.invoices: what their own columns say.
-        con.execute(
-            """UPDATE main.invoice_history SET document_type = CASE WHEN total_amount < 0 THEN 'credit_memo' ELSE 'invoice' END,
-                status_category = CASE WHEN coalesce(is_void, false) THEN 'void' WHEN balance_due = 0 THEN 'paid' ELSE 'open' END,
-                freight_amount = 0
-            WHERE document_type IS NULL"""
-        )
-        scope = """FROM _history_upgrade AS u WHERE u.source_name = h.source_name AND u.invoice_id = h.invoice_id
-                   AND u.valid_from = h.valid_from"""
-        con.execute(f"UPDATE main.invoice_history AS h SET is_void = (h.status_category = 'void') {scope}")
-        con.execute(f"UPDATE main.invoice_history AS h SET version_hash = {version_hash_sql('h')} {scope}")
-    con.execute("DROP TABLE _history_upgrade")
-    return n
-
-
-def _prepare(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
-    """The conformed tables (a one-query no-op when they are this release's; otherwise created, or
-    upgraded in place before any history step reads columns an earlier release lacked) and ours."""
-    wh.ensure_main(con)
-    ensure_lifecycle_tables(con)
-
-
-# -- history ---------------------------------------------------------------------------------------
-HISTORY_VALUE_COLUMNS = [c for c in HISTORY_COLUMNS if c not in ("valid_from", "valid_to", "observed_at", "run_id",
-                                                                  "version_hash")]
-
-
-def _history_candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
-    """The invoice_id of every main.invoices row of source $src whose version may differ from its
-    current history version; reads only narrow columns, no version hash.
-
-    A row can only differ from its current history version if
-    - it has none (first load, a history table newer than the data, a lost current version);
-    - its is_deleted differs: deletion marking (_mark_deleted) and step 1 of _record_history
-      UPDATE main.invoices without writing a new _loaded_at/_run_id;
-    - or it was written by a run that has not finished successfully. Every other write (merge,
-      replay) rewrites the whole row with the writing run's _run_id, and run_source records a run
-      as 'success' in main._pipeline_runs only after that run's own history step, which ran after
-      its last write committed: a row still holding such a run's _run_id was examined after its
-      last write (replay.py records its run the same way, after its history step). The run now
-      finishing, a failed, killed or still running one (a crashed run's committed batches) and rows
-      loaded before the run log existed stay candidates, so the version hash decides for them as before.
-    Why not compare _loaded_at with observed_at: it is the run's start time cut to whole seconds
-    (run_source, replay), so two runs in one second write the same value, and all batches of one
-    run share it (a history step of another process between two batches of a run that rewrote an
-    invoice would hide the second write). And an unchanged rewrite (a re-poll, an overlapping
-    window, a re-run) adds no version, so its row would differ from observed_at forever and stay
-    a candidate on every later sync: cost would grow with everything ever re-read, not with change.
-    """
-    succeeded = ("SELECT DISTINCT run_id FROM main._pipeline_runs WHERE source_name = $src AND status = 'success'"
-                 if _existing_columns(con, "_pipeline_runs")
-                 else "SELECT NULL::VARCHAR AS run_id WHERE false")  # before the run log: nothing is known examined
-    return f"""SELECT i.invoice_id FROM main.invoices AS i
-        LEFT JOIN (SELECT invoice_id, is_deleted FROM main.invoice_history
-                   WHERE source_name = $src AND valid_to IS NULL) AS h ON h.invoice_id = i.invoice_id
-        LEFT JOIN ({succeeded}) AS r ON r.run_id = i._run_id
-        WHERE i.source_name = $src
-          AND (h.invoice_id IS NULL OR i.is_deleted IS DISTINCT FROM h.is_deleted OR r.run_id IS NULL)"""
-
-
-def history_candidates(con: duckdb.DuckDBPyConnection, source_name: str) -> int:
-    """How many invoices of the source the history step would examine now (version hash and diff);
-    0 when main.invoice_history is known to be up to date. See _history_candidates_sql."""
-    return con.execute(f"SELECT count(*) FROM ({_history_candidates_sql(con)})", {"src": source_name}).fetchall()[0][0]
-
-
-def _record_history(con: duckdb.DuckDBPyConnection, source_name: str, run_id: str | None) -> int:
-    """The body of record_history, inside the caller's transaction.
-
-    Costs what changed, not the warehouse: the version hash, the diff and the stage cover only
-    the candidates (_history_candidates_sql); the hash comparison still decides what is a new
-    version, so the result is the one a full comparison would give.
-    """
-    # 1. A deletion mark lost by a reload that is not a genuine new observation (replay rebuilds
-    #    rows from raw payloads with is_deleted = false) is restored from the history. A row loaded
-    #    by this run, or with a newer last-modified time, is a real sighting: it stays un-deleted.
-    con.execute(
-        """UPDATE main.invoices AS i SET is_deleted = true, deleted_detected_at = h.deleted_detected_at
-        FROM main.invoice_history AS h
-        WHERE i.source_name = $src AND h.source_name = i.source_name AND h.invoice_id = i.invoice_id
-          AND h.valid_to IS NULL AND h.is_deleted AND NOT coalesce(i.is_deleted, false)
-          AND i.last_modified_at <= h.last_modified_at AND i._run_id IS DISTINCT FROM $run_id""",
-        {"src": source_name, "run_id": run_id},
-    )
-    # 2. The candidates, cheaply (after step 1, whose restored marks they must see).
-    con.execute(f"CREATE OR REPLACE TEMP TABLE _history_candidates AS {_history_candidates_sql(con)}",
-                {"src": source_name})
-    examined = con.execute("SELECT count(*) FROM _history_candidates").fetchall()[0][0]
-    added = 0
-    if examined:
-        added = _stage_and_insert_versions(con, source_name)
-    con.execute("DROP TABLE _history_candidates")
-    log.debug("source '%s': history examined %d candidate invoices, added %d versions", source_name, examined, added)
-    return added
-
-
-def _stage_and_insert_versions(con: duckdb.DuckDBPyConnection, source_name: str) -> int:
-    """3. Candidates whose version differs from the current history row (or that have none) are new versions."""
-    values = ", ".join(f"c.{c}" for c in HISTORY_VALUE_COLUMNS)
-    cur_columns = ", ".join(HISTORY_VALUE_COLUMNS)
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE _history_stage AS
-        WITH cur AS (
-            SELECT {cur_columns}, _loaded_at, _run_id, {version_hash_sql()} AS version_hash FROM main.invoices
-            WHERE source_name = $src AND invoice_id IN (SELECT invoice_id FROM _history_candidates)),
-        prev AS (
-            SELECT invoice_id, valid_from, last_modified_at, is_deleted, version_hash
-            FROM main.invoice_history WHERE source_name = $src AND valid_to IS NULL
-              AND invoice_id IN (SELECT invoice_id FROM _history_candidates))
-        SELECT {values}, c.version_hash, c._loaded_at AS observed_at, c._run_id AS run_id,
-          CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
-          ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,
-            CASE WHEN c.is_deleted AND NOT coalesce(p.is_deleted, false) THEN coalesce(c.deleted_detected_at, c._loaded_at)
-                 WHEN c.last_modified_at > p.last_modified_at THEN c.last_modified_at
-                 ELSE c._loaded_at END)
-          END AS valid_from
-        FROM cur c LEFT JOIN prev p ON p.invoice_id = c.invoice_id
-        WHERE p.invoice_id IS NULL OR p.version_hash <> c.version_hash""",
-        {"src": source_name},
-    )
-    added = con.execute("SELECT count(*) FROM _history_stage").fetchall()[0][0]
-    if added:
-        con.execute(
-            """UPDATE main.invoice_history AS h SET valid_to = n.valid_from FROM _history_stage AS n
-            WHERE h.source_name = $src AND h.invoice_id = n.invoice_id AND h.valid_to IS NULL""",
-            {"src": source_name},
-        )
-        con.execute("INSERT INTO main.invoice_history BY NAME SELECT *, NULL::TIMESTAMPTZ AS valid_to FROM _history_stage")
-    con.execute("DROP TABLE _history_stage")
-    return added
-
-
-def record_history(
-    wh: Warehouse, source_name: str, run_id: str | None = None, con: duckdb.DuckDBPyConnection | None = None
-) -> int:
-    """Bring main.invoice_history up to date with main.invoices for one source; returns versions added.
-
-    run_id: the run that just loaded (its rows are genuine sightings, see step 1). With `con`,
-    runs inside the caller's open transaction; otherwise takes the writer lock and commits.
-    """
-    if con is not None:
-        return _record_history(con, source_name, run_id)
-    with wh.writer() as own:
-        _prepare(wh, own)
-        own.execute("BEGIN TRANSACTION")
-        try:
-            added = _record_history(own, source_name, run_id)
-            own.execute("COMMIT")
-        except BaseException:
-            rollback(own)
-            raise
-    if added:
-        log.info("source '%s': %d invoice versions added to main.invoice_history", source_name, added)
-    return added
-
-
-HISTORY_RULES: dict[str, str] = {
-    "history_overlap": "a version starts before the previous one ended (or after a current version)",
-    "history_gap": "a version starts after the previous one ended",
-    "history_empty_interval": "valid_to is not after valid_from",
-    "history_no_current_version": "every version of the invoice is closed",
-}
-
-
-def history_violations(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> tuple[int, list[tuple[str, str, str, str]]]:
-    """(count, first rows as (rule, source, invoice, detail)) of gaps/overlaps in main.invoice_history."""
-    query = """
-        WITH h AS (
-          SELECT source_name, invoice_id, valid_from, valid_to,
-            lead(valid_from) OVER w AS next_from,
-            count(*) FILTER (WHERE valid_to IS NULL) OVER (PARTITION BY source_name, invoice_id) AS n_current,
-            row_number() OVER w AS n
-          FROM main.invoice_history
-          WINDOW w AS (PARTITION BY source_name, invoice_id ORDER BY valid_from, valid_to NULLS LAST))
-        SELECT 'history_overlap', source_name, invoice_id,
-               'version from ' || valid_from || ' to ' || coalesce(valid_to::VARCHAR, 'now') || ', next from ' || next_from
-          FROM h WHERE next_from IS NOT NULL AND (valid_to IS NULL OR next_from < valid_to)
-        UNION ALL
-        SELECT 'history_gap', source_name, invoice_id, 'version ends ' || valid_to || ', next starts ' || next_from
-          FROM h WHERE next_from > valid_to
-        UNION ALL
-        SELECT 'history_empty_interval', source_name, invoice_id, 'from ' || valid_from || ' to ' || valid_to
-          FROM h WHERE valid_to <= valid_from
-        UNION ALL
-        SELECT 'history_no_current_version', source_name, invoice_id, 'last version ends ' || valid_to
-          FROM h WHERE n_current = 0 AND next_from IS NULL
-    """
-    total = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
-    rows = con.execute(f"{query} ORDER BY 2, 3" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
-    return total, [cast(tuple[str, str, str, str], tuple(r)) for r in rows]
-
-
-def history_out_of_sync(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> tuple[int, list[tuple[str, str]]]:
-    """Invoices whose current history version is not what main.invoices holds (history not yet
-    maintained after a load, or deletion marks lost by a replay)."""
-    query = f"""
-        SELECT i.source_name, i.invoice_id FROM main.invoices i
-        LEFT JOIN main.invoice_history h
-          ON h.source_name = i.source_name AND h.invoice_id = i.invoice_id AND h.valid_to IS NULL
-        WHERE h.invoice_id IS NULL OR h.version_hash <> {version_hash_sql('i')}"""
-    total = con.execute(f"SELECT count(*) FROM ({query})").fetchall()[0][0]
-    rows = con.execute(f"{query} ORDER BY 1, 2" + (f" LIMIT {int(limit)}" if limit else "")).fetchall()
-    return total, [(r[0], r[1]) for r in rows]
 
 
 # -- loading specific invoices through run_source --------------------------------------------------

@@ -21,6 +21,7 @@ from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.flatten import FIELD, ROOT_TABLE
+from invoice_pipeline.history import record_history
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
 from invoice_pipeline.sources.base import Source, Window
@@ -159,8 +160,6 @@ def run_source(
             pending.cursor = window.end  # committed in the same transaction as the last rows
         _write(turns, pending, summary)
         turns.close()
-        from invoice_pipeline.lifecycle import record_history  # lazy: lifecycle builds on this module
-
         record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation
         summary.status = "success"
     except Exception as exc:

@@ -14,7 +14,7 @@ written before, on the first run of the new release, in one transaction:
   longer maps) gets what SQL can say: document_type from the sign of its total, status_category
   from its status and balance, freight 0. The reconciliation checks then show what stays off.
 - child rows get their invoice's `currency_code`;
-- main.invoice_history's versions get the same columns (lifecycle.upgrade_history).
+- main.invoice_history's versions get the same columns (upgrade_history).
 
 Idempotent: only rows whose new columns are still null are touched, so a run killed half-way
 redoes the rest next time.
@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from invoice_pipeline import jsonio  # exact numbers, as the load parsed them
 from invoice_pipeline.conformed import ARROW_SCHEMAS, CONFORMED_TABLES, finalize, to_arrow
+from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables, version_hash_sql
 from invoice_pipeline.sources.base import ConformedInvoice
 from invoice_pipeline.sql import quote
 
@@ -90,8 +91,6 @@ def upgrade_conformed(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     counts = {"remapped": 0, "sql_filled": 0}
     history = _has_table(con, "main", "invoice_history")
     if history:
-        from invoice_pipeline.lifecycle import ensure_lifecycle_tables
-
         ensure_lifecycle_tables(con)  # its new columns, so its old rows can be found and filled
         history = con.execute("SELECT count(*) FROM main.invoice_history WHERE document_type IS NULL").fetchone()[0] > 0
     if not pending(con) and not history:
@@ -110,8 +109,6 @@ def upgrade_conformed(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
                 WHERE c.currency_code IS NULL AND i.source_name = c.source_name AND i.invoice_id = c.invoice_id"""
             )
         if history:
-            from invoice_pipeline.lifecycle import upgrade_history
-
             counts["history_versions"] = upgrade_history(con)
         con.execute("COMMIT")
     except BaseException:
@@ -204,4 +201,47 @@ def _fill_by_sql(con: duckdb.DuckDBPyConnection) -> int:
         )
         con.execute("UPDATE main.invoices SET is_void = (status_category = 'void') "
                     "WHERE is_void IS DISTINCT FROM (status_category = 'void')")
+    return n
+
+
+def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
+    """Fill document_type, status_category and freight_amount on versions an earlier release recorded,
+    and bring their amounts to the signs and tax of the upgraded main.invoices (upgrade.py), so the
+    upgrade itself adds no version. Returns the versions filled.
+
+    document_type and freight come from the invoice's current row; status_category from the version's
+    own status and balance; a SoftwareOne credit's versions are negated (the release before sent them
+    as the source does, positive); the version of the current source version takes the current net
+    and tax (e.g. a CRM.COM tax now read from the item's own tax_amount). The hash is recomputed.
+    """
+    con.execute("""CREATE OR REPLACE TEMP TABLE _history_upgrade AS SELECT source_name, invoice_id, valid_from
+                   FROM main.invoice_history WHERE document_type IS NULL""")
+    n = con.execute("SELECT count(*) FROM _history_upgrade").fetchone()[0]
+    if n:
+        credit = "i.source_type = 'softwareone' AND i.document_type = 'credit_memo'"  # sent positive before
+        same = "h.last_modified_at IS NOT DISTINCT FROM i.last_modified_at"  # the current source version
+        con.execute(
+            f"""UPDATE main.invoice_history AS h SET
+                document_type = i.document_type,
+                status_category = {status_category_sql('i.source_type', 'h.status', 'CASE WHEN ' + credit + ' THEN -h.balance_due ELSE h.balance_due END', 'h.is_void')},
+                freight_amount = i.freight_amount,
+                net_amount = CASE WHEN {same} THEN i.net_amount WHEN {credit} THEN -h.net_amount ELSE h.net_amount END,
+                tax_amount = CASE WHEN {same} THEN i.tax_amount WHEN {credit} THEN -h.tax_amount ELSE h.tax_amount END,
+                total_amount = CASE WHEN {credit} THEN -h.total_amount ELSE h.total_amount END,
+                balance_due = CASE WHEN {credit} THEN -h.balance_due ELSE h.balance_due END
+            FROM main.invoices AS i
+            WHERE h.document_type IS NULL AND i.source_name = h.source_name AND i.invoice_id = h.invoice_id"""
+        )
+        # Versions of invoices no longer in main.invoices: what their own columns say.
+        con.execute(
+            """UPDATE main.invoice_history SET document_type = CASE WHEN total_amount < 0 THEN 'credit_memo' ELSE 'invoice' END,
+                status_category = CASE WHEN coalesce(is_void, false) THEN 'void' WHEN balance_due = 0 THEN 'paid' ELSE 'open' END,
+                freight_amount = 0
+            WHERE document_type IS NULL"""
+        )
+        scope = """FROM _history_upgrade AS u WHERE u.source_name = h.source_name AND u.invoice_id = h.invoice_id
+                   AND u.valid_from = h.valid_from"""
+        con.execute(f"UPDATE main.invoice_history AS h SET is_void = (h.status_category = 'void') {scope}")
+        con.execute(f"UPDATE main.invoice_history AS h SET version_hash = {version_hash_sql('h')} {scope}")
+    con.execute("DROP TABLE _history_upgrade")
     return n

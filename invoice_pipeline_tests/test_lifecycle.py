@@ -492,7 +492,9 @@ def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
         raise RuntimeError("died before its history step")
 
     # The run's batches commit, then it fails: it is in the run log, as failed.
-    monkeypatch.setattr(lifecycle, "record_history", died)
+    import invoice_pipeline.pipeline as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "record_history", died)  # the load's own history step
     with pytest.raises(RuntimeError, match="died before"):
         load(app, server, Window(datetime(2025, 2, 1, tzinfo=UTC), utc_now()))
     monkeypatch.undo()
