@@ -37,6 +37,14 @@ def source_asset_key(source_name: str) -> dg.AssetKey:
     return dg.AssetKey([source_name, "invoices"])
 
 
+def repoll_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "open_invoices_repoll"])
+
+
+def reconcile_asset_key(source_name: str) -> dg.AssetKey:
+    return dg.AssetKey([source_name, "deletion_reconciliation"])
+
+
 def summary_metadata(summary: RunSummary) -> dict:
     return {
         "source_type": summary.source_type,
@@ -124,8 +132,6 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
 
 
 def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
-    from invoice_pipeline.defs.lifecycle import reconcile_asset_key, repoll_asset_key  # builds on this module
-
     # Re-polls and deletion reconciliation also change main.*: publish follows them too.
     upstream = [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n), reconcile_asset_key(n))]
     @dg.multi_asset(

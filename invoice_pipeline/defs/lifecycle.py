@@ -19,7 +19,7 @@ import pydantic
 
 from invoice_pipeline import lifecycle
 from invoice_pipeline.config import AppConfig, SourceConfig
-from invoice_pipeline.defs.assets import WRITE_POOL, source_asset_key
+from invoice_pipeline.defs.assets import WRITE_POOL, reconcile_asset_key, repoll_asset_key, source_asset_key
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.testpoints import pause_point
 
@@ -28,14 +28,6 @@ AGING_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])
 AGING_JOB = "ar_aging_snapshot_daily"
 AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describes
 LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
-
-
-def repoll_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "open_invoices_repoll"])
-
-
-def reconcile_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "deletion_reconciliation"])
 
 
 def lifecycle_asset_keys(sources: list[str]) -> list[dg.AssetKey]:

@@ -15,6 +15,6 @@ def resolve_app_config(path: str | None = None) -> AppConfig:
     resolved = resolve_config_path(path)
     if path or os.environ.get("INVOICE_PIPELINE_CONFIG") or resolved.is_file():
         return load_config(resolved)
-    from invoice_pipeline.simulate import simulator_app_config
+    from invoice_pipeline.simulator_config import simulator_app_config
 
     return simulator_app_config()
