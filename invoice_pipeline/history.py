@@ -1,7 +1,7 @@
 """The history of every invoice version (main.invoice_history), brought up to date after every load.
 
 Below pipeline.py (each load records its versions) and lifecycle.py (re-poll, deletions, aging),
-which re-exports these names.
+which re-exports record_history, history_candidates, history_violations and history_out_of_sync.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from typing import cast
 
 import duckdb
 
-from invoice_pipeline.lifecycle_tables import HISTORY_COLUMNS, _existing_columns, ensure_lifecycle_tables, version_hash_sql
+from invoice_pipeline.lifecycle_tables import (HISTORY_COLUMNS, _existing_columns, ensure_lifecycle_tables,
+                                                version_hash_sql)
 from invoice_pipeline.sql import rollback
 from invoice_pipeline.warehouse import Warehouse
 

@@ -206,7 +206,7 @@ def _fill_by_sql(con: duckdb.DuckDBPyConnection) -> int:
 
 def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
     """Fill document_type, status_category and freight_amount on versions an earlier release recorded,
-    and bring their amounts to the signs and tax of the upgraded main.invoices (upgrade.py), so the
+    and bring their amounts to the signs and tax of the upgraded main.invoices (upgrade_conformed), so the
     upgrade itself adds no version. Returns the versions filled.
 
     document_type and freight come from the invoice's current row; status_category from the version's

@@ -17,7 +17,7 @@ LINT_IMPORTS = "import sys; from importlinter.cli import lint_imports_command; s
 
 
 def test_import_contracts_are_kept() -> None:
-    proc = subprocess.run([sys.executable, "-c", LINT_IMPORTS, "--no-cache", "--no-logo", "pyproject.toml"],
+    proc = subprocess.run([sys.executable, "-c", LINT_IMPORTS, "--no-cache", "pyproject.toml"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Contracts: 4 kept, 0 broken." in proc.stdout, proc.stdout  # all four ran
