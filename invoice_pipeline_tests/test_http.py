@@ -185,6 +185,12 @@ class DripServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
+    def at_once(self) -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(self.body)
+
+    def dripped(self) -> bytes:
+        return self.body
+
     def _serve(self) -> None:
         while not self.stop.is_set():
             try:
@@ -194,12 +200,12 @@ class DripServer:
             with conn:
                 try:
                     conn.recv(65536)
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % len(self.body))
-                    for i in range(len(self.body)):
+                    conn.sendall(self.at_once())
+                    drip = self.dripped()
+                    for i in range(len(drip)):
                         if self.stop.wait(self.gap):
                             return
-                        conn.sendall(self.body[i:i + 1])
+                        conn.sendall(drip[i:i + 1])
                 except OSError:
                     continue
 
@@ -273,22 +279,11 @@ def test_secrets_echoed_back_in_any_encoding_are_redacted(server: ScriptedServer
 class HeaderDripServer(DripServer):
     """Drips its status line and headers themselves, a byte every `gap` s (and forever)."""
 
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                try:
-                    conn.recv(65536)
-                    head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 100_000
-                    for i in range(len(head)):
-                        if self.stop.wait(self.gap):
-                            return
-                        conn.sendall(head[i:i + 1])
-                except OSError:
-                    continue
+    def at_once(self) -> bytes:
+        return b""
+
+    def dripped(self) -> bytes:
+        return b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * 100_000
 
 
 def test_a_server_dripping_its_headers_is_cut_off_at_the_deadline() -> None:
