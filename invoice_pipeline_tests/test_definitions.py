@@ -90,22 +90,66 @@ def test_backfill_from_launchpad_config_keeps_cursor(in_tmp: Path) -> None:
 
 
 def test_backfill_config_is_refused_before_the_run(in_tmp: Path) -> None:
-    """A missing bound is refused by the launch config's schema (what the launchpad checks), naming the
-    key; a bad date fails the run before any API call, naming the key and the expected form."""
+    """A missing bound, a bad date or bounds the wrong way round are refused by the config's own
+    processing (what a launch runs before it creates a run), naming the key; a good window passes."""
     from .fake_source import fake_config_block
 
     app, config_file = write_app_config(in_tmp, {"fake": fake_config_block()})
     job = build_definitions(app, str(config_file)).resolve_job_def("fake_incremental")
+
+    def config(**backfill: str) -> dict:
+        return {"ops": {"fake__invoices": {"config": {"backfill": backfill}}}}
+
     with pytest.raises(dg.DagsterInvalidConfigError, match="end"):
-        dg.validate_run_config(job, {"ops": {"fake__invoices": {"config": {"backfill": {"start": "2024-03-01"}}}}})
-    dg.validate_run_config(job, {"ops": {"fake__invoices": {"config": {"backfill": {"start": "a", "end": "b"}}}}})
-    result = job.execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
-        run_config={"ops": {"fake__invoices": {"config": {"backfill": {"start": "March 2024",
-                                                                       "end": "2024-03-31T23:59:59Z"}}}}})
-    assert not result.success
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "backfill.start: 'March 2024' is not an ISO-8601 timestamp" in str(failure.step_failure_data.error.to_string())
+        dg.validate_run_config(job, config(start="2024-03-01"))
+    with pytest.raises(dg.DagsterInvalidConfigError,
+                       match=r"(?s)fake__invoices:config:backfill:start.*'March 2024' is not an ISO-8601 timestamp"):
+        dg.validate_run_config(job, config(start="March 2024", end="2024-03-31T23:59:59Z"))
+    with pytest.raises(dg.DagsterInvalidConfigError, match=r"(?s)backfill:end.*'2024-02-30' is not an ISO-8601"):
+        dg.validate_run_config(job, config(start="2024-02-01", end="2024-02-30"))
+    with pytest.raises(dg.DagsterInvalidConfigError, match="backfill.start 2024-04-01 is after backfill.end 2024-03-01"):
+        dg.validate_run_config(job, config(start="2024-04-01", end="2024-03-01"))
+    dg.validate_run_config(job, config(start="2024-03-01", end="2024-03-31T23:59:59+02:00"))
+    dg.validate_run_config(job, {})
+
+
+_LAUNCH = """mutation($p: ExecutionParams!) { launchPipelineExecution(executionParams: $p) { __typename
+  ... on PythonError { message } ... on RunConfigValidationInvalid { errors { message } }
+  ... on LaunchRunSuccess { run { runId } } } }"""
+
+
+def test_launchpad_refuses_a_bad_backfill_date_and_creates_no_run(in_tmp: Path, monkeypatch) -> None:
+    """The launchpad's path: the webserver's GraphQL launch against the real code location (a code
+    server process loading invoice_pipeline/definitions.py), as the Launch button does."""
+    from dagster._core.test_utils import instance_for_test
+    from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
+
+    import invoice_pipeline.definitions as code_location
+
+    from .fake_source import fake_config_block
+
+    _, config_file = write_app_config(in_tmp, {"fake": fake_config_block()})
+    monkeypatch.setenv("INVOICE_PIPELINE_CONFIG", str(config_file))
+    launcher = {"module": "dagster._core.test_utils", "class": "MockedRunLauncher"}  # records, never executes
+    with instance_for_test(overrides={"run_launcher": launcher}) as instance, \
+            define_out_of_process_context(code_location.__file__, "defs", instance) as context:
+        location = context.code_locations[0].name
+        selector = {"repositoryLocationName": location, "repositoryName": "__repository__",
+                    "pipelineName": "fake_incremental"}
+
+        def launch(start: str) -> dict:
+            run_config = {"ops": {"fake__invoices": {"config": {"backfill": {"start": start, "end": "2024-03-31T23:59:59Z"}}}}}
+            params = {"selector": selector, "runConfigData": run_config, "mode": "default"}
+            return execute_dagster_graphql(context, _LAUNCH, {"p": params}).data["launchPipelineExecution"]
+
+        refused = launch("March 2024")
+        assert refused["__typename"] != "LaunchRunSuccess", refused
+        assert "fake__invoices:config:backfill:start" in refused["message"], refused
+        assert "'March 2024' is not an ISO-8601 timestamp (e.g. 2024-03-01T00:00:00Z)" in refused["message"]
+        assert instance.get_runs() == []
+        accepted = launch("2024-03-01T00:00:00Z")
+        assert accepted["__typename"] == "LaunchRunSuccess", accepted
+        assert [r.run_id for r in instance.get_runs()] == [accepted["run"]["runId"]]
 
 
 def test_a_run_that_cannot_set_up_says_why(in_tmp: Path) -> None:

@@ -2,21 +2,19 @@
 
 
 import dagster as dg
-import pydantic
 
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.conformed import CONFORMED_KEYS as TABLE_KEYS
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs.catalog import (ROW_COUNT, COLUMN_SCHEMA, conformed_catalog, conformed_definition_schema,
                                            counts_table, source_catalog)
+from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
 from invoice_pipeline.defs.drift_check import drift_check_result, drift_check_spec, drift_metadata, registry_before
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.drift import detect_drift
 from invoice_pipeline.defs.schedules import CONFORMED_CONDITION, PUBLISH_CONDITION
 from invoice_pipeline.pipeline import RunSummary, run_source
 from invoice_pipeline.publish import publish, refresh_conformed
-from invoice_pipeline.sources.base import Window
-from invoice_pipeline.timeutil import parse_timestamp
 
 # Every asset that writes the DuckDB file, for runs the UI, schedules and sensors launch: the run queue
 # holds one such run at a time (granularity `run`, limit 1 in the instance's dagster.yaml). Correctness
@@ -65,39 +63,6 @@ def summary_metadata(summary: RunSummary) -> dict:
     }
 
 
-class BackfillWindow(dg.Config):
-    """Both bounds are required: the launchpad refuses a backfill with one missing, naming it."""
-
-    start: str = pydantic.Field(description="ISO-8601 timestamp, inclusive, e.g. 2024-03-01T00:00:00Z")
-    end: str = pydantic.Field(description="ISO-8601 timestamp, inclusive, e.g. 2024-03-31T23:59:59Z")
-
-    @pydantic.field_validator("start", "end")
-    @classmethod
-    def _timestamp(cls, value: str, info: pydantic.ValidationInfo) -> str:
-        try:
-            parse_timestamp(value)
-        except ValueError:
-            raise ValueError(f"backfill.{info.field_name}: {value!r} is not an ISO-8601 timestamp "
-                             "(e.g. 2024-03-01T00:00:00Z)") from None
-        return value
-
-
-class SourceRunConfig(dg.Config):
-    """Launchpad config: leave empty for the incremental run; `backfill: {start, end}` re-reads that window."""
-
-    backfill: BackfillWindow | None = pydantic.Field(
-        default=None, description="Re-read this window of last-modified times; never moves the cursor.")
-
-
-def backfill_window(config: SourceRunConfig) -> Window | None:
-    if config.backfill is None:
-        return None
-    window = Window(parse_timestamp(config.backfill.start), parse_timestamp(config.backfill.end))
-    if window.start > window.end:
-        raise dg.Failure(f"backfill.start {config.backfill.start} is after backfill.end {config.backfill.end}")
-    return window
-
-
 def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     @dg.asset(
         key=source_asset_key(name),
@@ -105,6 +70,7 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         kinds={"duckdb", "python"},
         tags={"source_type": config.type},
         pool=pool,
+        config_schema=SOURCE_RUN_CONFIG,
         check_specs=[drift_check_spec(name, config)],
         description=(
             f"Grain: one row per {config.type} invoice of source '{name}' (latest version), in schema "
@@ -114,11 +80,11 @@ def build_source_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         ),
     )
     def _source_asset(
-        context: dg.AssetExecutionContext, config: SourceRunConfig, pipeline: PipelineResource
+        context: dg.AssetExecutionContext, pipeline: PipelineResource
     ) -> dg.MaterializeResult:
         # A backfill re-reads a past window; it never moves the cursor and never regresses newer rows.
         before = registry_before(pipeline.warehouse, name)
-        summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse, window=backfill_window(config))
+        summary = run_source(pipeline.app, name, warehouse=pipeline.warehouse, window=backfill_window(context.op_config))
         with pipeline.warehouse.writer() as con:  # schema drift; row count and columns for the catalog
             drift = detect_drift(con, name, summary.run_id, before, pipeline.app.sources[name].schema_contract)
             catalog = source_catalog(con, name)
