@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -151,6 +152,14 @@ class DagsterUI:
             if error and error["__typename"] == "PythonError":
                 pytest.fail(f"code location {entry['name']} failed to load: {error['message']}")
         return bool(entries) and all(e["loadStatus"] == "LOADED" and e["locationOrLoadError"] for e in entries)
+
+    def location_name(self) -> str:
+        data = self.graphql("{ workspaceOrError { ... on Workspace { locationEntries { name } } } }")
+        return data["workspaceOrError"]["locationEntries"][0]["name"]
+
+    def run_ids(self) -> set[str]:
+        data = self.graphql("{ runsOrError { ... on Runs { results { runId } } } }")
+        return {r["runId"] for r in data["runsOrError"]["results"]}
 
     def run_status(self, run_id: str) -> str:
         data = self.graphql("query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }", id=run_id)
@@ -329,3 +338,19 @@ def test_readme_order_demo_then_ui_materialize_all(ui) -> None:
     assert (workdir / app.warehouse.published_path).exists()
     # The demo's warehouse was not touched by the UI's run.
     assert (workdir / "data/demo/warehouse.duckdb").stat().st_mtime == demo_before
+
+    # A backfill with a malformed date, opened in the launchpad (as a link or a pasted config would) and
+    # launched: the UI shows the refusal naming the key, and no run is created.
+    source = sources[0]
+    bad = yaml.safe_dump({"ops": {f"{source}__invoices": {"config": {"backfill": {
+        "start": "March 2024", "end": "2024-03-31T23:59:59Z"}}}}})
+    runs_before = server.run_ids()
+    driver.get(f"{server.url}/locations/__repository__@{server.location_name()}/jobs/{source}_incremental"
+               f"/playground/setup?{urlencode({'config': bad})}")
+    _dismiss_welcome(driver)
+    _click_button(driver, "Launch Run")
+    _wait("the launchpad to refuse the backfill date",
+          lambda: "is not an ISO-8601 timestamp" in _body_text(driver), 60, alive=server.died)
+    shown = _body_text(driver)
+    assert f"{source}__invoices:config:backfill:start" in shown and "March 2024" in shown, shown[:3000]
+    assert server.run_ids() == runs_before
