@@ -15,7 +15,8 @@ import pytest
 import requests
 import yaml
 
-from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+from invoice_pipeline.defs import build_definitions
+from invoice_pipeline.defs.keys import ALL_ASSETS_JOB
 from invoice_pipeline.defs.loading import resolve_app_config
 from invoice_pipeline.simulate import DEFAULT_PORTS, DEMO_SOURCE_NAMES, SIMULATE_CONFIG, simulator_app_config, start_serving
 from invoice_pipeline.simulation import Knobs
