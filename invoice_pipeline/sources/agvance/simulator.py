@@ -271,6 +271,8 @@ class AgvanceSimulator(SimulatorServer):
     """
 
     base_path = "/api"
+    default_port = 8704  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "agvance_main"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, max_results: int = 2000):

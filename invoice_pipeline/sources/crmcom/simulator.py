@@ -255,6 +255,8 @@ def invoice_payload(
 
 class CrmcomSimulator(SimulatorServer):
     base_path = "/crmapi/rest/v2"
+    default_port = 8702  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "crm_eu"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, page_cap: int = CAP, paging: str = "r13", empty_pages: int = 0, ar_filter_required: bool = False,

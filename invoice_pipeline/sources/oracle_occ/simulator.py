@@ -288,6 +288,8 @@ class OracleOccSimulator(SimulatorServer):
     """The self-service invoices API over `size` generated invoices (ids ascending with creation)."""
 
     base_path = ""
+    default_port = 8701  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "oracle_us"  # its source name in the demo and in `simulate`'s config
 
     def __init__(
         self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,

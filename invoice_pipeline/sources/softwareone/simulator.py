@@ -523,6 +523,8 @@ def _comparison(op: str, field: str, value: str, quoted: bool) -> Predicate:
 # -- server -------------------------------------------------------------------------------------
 class SoftwareOneSimulator(SimulatorServer):
     base_path = ""
+    default_port = 8703  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "swo"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, r2_documents: bool | None = None, page_tamper: PageTamper | None = None,
