@@ -1,4 +1,4 @@
-"""CRM.COM Web API simulator (SPEC 2.2, api-docs 002_): token login/release, AR list, invoices per AR.
+"""CRM.COM Web API simulator (docs/SOURCES.md, "crmcom"): token login/release, AR list, invoices per AR.
 
 Truth is kept in integer cents; payload amounts are computed as floats the way a JVM backend
 sums doubles, so they carry real binary noise (82.46000000000001). Invoices are shaped field by
