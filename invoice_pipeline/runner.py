@@ -216,9 +216,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     """
     from invoice_pipeline.defs import build_definitions
     from invoice_pipeline.defs.catalog import plain_value
-    from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, PUBLISHED_KEY, reconcile_asset_key,
-                                            source_asset_key)
-    from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys
+    from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, PUBLISHED_KEY, lifecycle_asset_keys,
+                                            reconcile_asset_key, source_asset_key)
 
     ensure_dagster_home(Path(app.warehouse.duckdb_path))
     defs = build_definitions(app, config_path, write_pool=None)  # no pool slot a killed run could keep

@@ -41,6 +41,11 @@ def reconcile_asset_key(source_name: str) -> dg.AssetKey:
     return dg.AssetKey([source_name, "deletion_reconciliation"])
 
 
+def lifecycle_asset_keys(sources: list[str]) -> list[dg.AssetKey]:
+    """What a run of these sources should also materialize (re-poll and history), e.g. for the CLI."""
+    return [*(repoll_asset_key(s) for s in sources), HISTORY_KEY]
+
+
 # -- checks (besides the reconciliation rules) -----------------------------------------------------------
 SCHEMA_DRIFT_CHECK = "schema_drift"  # on each source asset
 SOURCES_FRESH_CHECK = "sources_fresh"  # on INVOICES_KEY

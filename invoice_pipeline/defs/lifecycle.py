@@ -29,11 +29,6 @@ AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describ
 LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
 
 
-def lifecycle_asset_keys(sources: list[str]) -> list[dg.AssetKey]:
-    """What a run of these sources should also materialize (re-poll and history), e.g. for the CLI."""
-    return [*(repoll_asset_key(s) for s in sources), HISTORY_KEY]
-
-
 def _metadata(values: dict[str, Any]) -> dict[str, Any]:
     return {k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
             for k, v in values.items() if v is not None}
