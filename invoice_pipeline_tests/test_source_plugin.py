@@ -60,11 +60,11 @@ def plugin_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     source_types.refresh()
 
 
-def _config(tmp_path: Path, sim: FakebillSimulator) -> Path:
+def _config(tmp_path: Path, sim: FakebillSimulator, **keys: object) -> Path:
     warehouse = {"duckdb_path": str(tmp_path / "warehouse.duckdb"), "parquet_dir": str(tmp_path / "parquet"),
                  "published_path": str(tmp_path / "published" / "warehouse.duckdb")}
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"warehouse": warehouse, "sources": {"fb": sim.source_config()}}))
+    path.write_text(yaml.safe_dump({"warehouse": warehouse, "sources": {"fb": {**sim.source_config(), **keys}}}))
     return path
 
 
@@ -85,7 +85,7 @@ def test_cli_runs_a_plugin_source(tmp_path: Path, plugin_env: dict[str, str]) ->
     the first run loads everything, the second only what changed (the cursor moved)."""
     home = tmp_path / "dagster_home"
     with FakebillSimulator(size=30) as sim:
-        config = _config(tmp_path, sim)
+        config = _config(tmp_path, sim, batch_size=10)  # batches 2 and 3 prepared in other processes
         run = [sys.executable, "-m", "invoice_pipeline.cli", "run", "--config", str(config)]
         first = subprocess.run(run, cwd=tmp_path, env={**plugin_env, "DAGSTER_HOME": str(home)},
                                capture_output=True, text=True, timeout=300)
@@ -101,8 +101,11 @@ def test_cli_runs_a_plugin_source(tmp_path: Path, plugin_env: dict[str, str]) ->
                                             "WHERE source_name = 'fb' AND mode = 'incremental' ORDER BY started_at").fetchall()]
     assert loaded == [30, len(changed["updated"]) + len(changed["new"]) + len(changed["voided"])]
     with dg.DagsterInstance.from_config(str(home)) as instance:  # both runs are kept in the one instance
-        event = instance.get_latest_materialization_event(dg.AssetKey(["fb", "invoices"]))
-        assert event is not None and len(instance.get_run_records()) == 2
+        records = instance.fetch_materializations(dg.AssetKey(["fb", "invoices"]), limit=10).records
+        assert len(records) == 2 and len(instance.get_run_records()) == 2
+        first = records[-1].asset_materialization.metadata  # newest first
+        assert first["invoices_loaded"].value == 30
+        assert first["source_stats"].value["preparing_processes"] > 0  # the plugin's mapping ran there too
 
 
 def test_demo_includes_a_plugin_source(tmp_path: Path, plugin_env: dict[str, str]) -> None:
