@@ -19,7 +19,6 @@ import dagster as dg
 from filelock import FileLock
 
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.conformed import CONFORMED_TABLES
 
 log = logging.getLogger("invoice_pipeline.runner")
 
@@ -189,7 +188,7 @@ def reconciliations_due(instance: dg.DagsterInstance, app: AppConfig, sources: l
     """
     from dagster._utils.schedules import reverse_cron_string_iterator
 
-    from invoice_pipeline.defs.lifecycle import reconcile_asset_key
+    from invoice_pipeline.defs.keys import reconcile_asset_key
 
     now = now or datetime.now(UTC)
     due = []
@@ -215,9 +214,10 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     backfill: (start, end) ISO timestamps, the source assets' launchpad config `backfill: {start, end}`
     (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
-    from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+    from invoice_pipeline.defs import build_definitions
     from invoice_pipeline.defs.catalog import plain_value
-    from invoice_pipeline.defs.lifecycle import lifecycle_asset_keys, reconcile_asset_key
+    from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, PUBLISHED_KEY, lifecycle_asset_keys,
+                                            reconcile_asset_key, source_asset_key)
 
     ensure_dagster_home(Path(app.warehouse.duckdb_path))
     defs = build_definitions(app, config_path, write_pool=None)  # no pool slot a killed run could keep
@@ -232,17 +232,17 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             selection = [reconcile_asset_key(s) for s in selected] + lifecycle_asset_keys([])
             reconciled = selected
         else:
-            selection = [dg.AssetKey([s, "invoices"]) for s in selected]
+            selection = [source_asset_key(s) for s in selected]
             selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
             reconciled = reconciliations_due(instance, app, selected)
             selection += [reconcile_asset_key(s) for s in reconciled]
             if reconciled:
                 log.info("deletion reconciliation due for %s (config key reconcile_schedule)", ", ".join(reconciled))
-        selection += [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES] + [dg.AssetKey(["published", "warehouse"])]
-        ops = {f"{s}__deletion_reconciliation": {"config": {"allow_mass_deletion": True}}
+        selection += [*CONFORMED_ASSET_KEYS, PUBLISHED_KEY]
+        ops = {reconcile_asset_key(s).to_python_identifier(): {"config": {"allow_mass_deletion": True}}
                for s in reconciled} if allow_mass_deletion else {}
         if backfill is not None and reconcile != "only":
-            ops.update({f"{s}__invoices": {"config": {"backfill": {"start": backfill[0], "end": backfill[1]}}}
+            ops.update({source_asset_key(s).to_python_identifier(): {"config": {"backfill": {"start": backfill[0], "end": backfill[1]}}}
                         for s in selected})
         tags = {CONFIG_TAG: str(Path(config_path).resolve()),
                 WAREHOUSE_TAG: str(Path(app.warehouse.duckdb_path).resolve()), **process_tags()}
@@ -257,12 +257,13 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     for event in result.all_events:
         if event.is_step_materialization:
             mat = event.event_specific_data.materialization
-            key = mat.asset_key.path
-            if len(key) == 2 and key[1] == "invoices" and key[0] in app.sources:
-                report.sources[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
-            if len(key) == 2 and key[1] == "deletion_reconciliation" and key[0] in app.sources:
-                report.reconciled[key[0]] = {k: plain_value(v) for k, v in mat.metadata.items()}
-            if key == ["published", "warehouse"]:
+            key = mat.asset_key
+            for name in app.sources:
+                if key == source_asset_key(name):
+                    report.sources[name] = {k: plain_value(v) for k, v in mat.metadata.items()}
+                elif key == reconcile_asset_key(name):
+                    report.reconciled[name] = {k: plain_value(v) for k, v in mat.metadata.items()}
+            if key == PUBLISHED_KEY:
                 report.published = True
         elif event.is_step_failure:
             error = event.step_failure_data.error

@@ -15,8 +15,8 @@ import yaml
 from invoice_pipeline.config import parse_config
 from invoice_pipeline.simulation import Knobs, SimulatorServer
 from invoice_pipeline.simulator_config import (  # noqa: F401 - simulator_app_config re-exported
-    DEFAULT_PORTS, DEMO_SOURCE_NAMES, SIMULATE_CONFIG, available_simulators, simulator_app_config)
-from invoice_pipeline.sources import simulator_class
+    SIMULATE_CONFIG, available_simulators, default_ports, simulator_app_config)
+from invoice_pipeline.source_types import demo_source_name, simulator_class
 
 log = logging.getLogger("invoice_pipeline.simulate")
 
@@ -25,13 +25,14 @@ def start_simulators(
     stack: ExitStack, size: int = 200, knobs: Knobs | None = None, ports: dict[str, int] | None = None,
     types: list[str] | None = None,
 ) -> dict[str, SimulatorServer]:
-    """Start one simulator per source type (closed with the stack); returns them by source name."""
+    """Start one simulator per source type (closed with the stack); returns them by source name (each
+    simulator's `demo_name`). ports: type -> port, 0 or absent = a free one."""
     sims: dict[str, SimulatorServer] = {}
     for type_name in types or available_simulators():
         port = (ports or {}).get(type_name, 0)
         sim = simulator_class(type_name)(size=size, knobs=knobs or Knobs(), port=port)
         stack.enter_context(sim)
-        sims[DEMO_SOURCE_NAMES[type_name]] = sim
+        sims[demo_source_name(type_name)] = sim
     return sims
 
 
@@ -58,17 +59,18 @@ def start_serving(
     """
     from invoice_pipeline.runner import ensure_dagster_home
 
-    sims = start_simulators(stack, size=size, knobs=knobs, ports=DEFAULT_PORTS if ports is None else ports)
+    sims = start_simulators(stack, size=size, knobs=knobs, ports=default_ports() if ports is None else ports)
     write_config(config_document(sims), config_path)
     ensure_dagster_home(Path(parse_config(yaml.safe_load(config_path.read_text())).warehouse.duckdb_path))
     return sims
 
 
 def serve_forever(size: int, knobs: Knobs, port_base: int | None = None) -> None:
-    """port_base: the simulators' first port (the others follow); 0 = free ports; None = DEFAULT_PORTS."""
+    """port_base: the simulators' first port (the others follow in registry order); 0 = free ports;
+    None = each simulator's `default_port`."""
     ports = None
     if port_base is not None:
-        ports = {t: (port_base + i if port_base else 0) for i, t in enumerate(DEFAULT_PORTS)}
+        ports = {t: (port_base + i if port_base else 0) for i, t in enumerate(available_simulators())}
     with ExitStack() as stack:
         sims = start_serving(stack, size, knobs, ports)
         for name, sim in sims.items():

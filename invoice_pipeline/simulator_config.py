@@ -1,7 +1,9 @@
-"""The built-in simulators' default config: the fixed ports `invoice-pipeline simulate` serves on, and
-the config pointing at them that Dagster loads when no config file is given (defs/loading.py).
+"""The built-in simulators' default config: the ports `invoice-pipeline simulate` serves on, and the
+config pointing at them that Dagster loads when no config file is given (defs/loading.py).
 
-Below the Dagster definitions and simulate.py, which both use it.
+Each simulator declares its own `default_port` and `demo_name` (its class attributes, read through
+source_types.py): nothing here names a source type. Below the Dagster definitions and simulate.py,
+which both use it.
 """
 
 from __future__ import annotations
@@ -13,17 +15,15 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 
 from invoice_pipeline.config import AppConfig, parse_config
-from invoice_pipeline.source_types import known_types, simulator_class
+from invoice_pipeline.source_types import default_port, demo_source_name, known_types, simulator_class
 
 log = logging.getLogger("invoice_pipeline.simulate")
 
-# Fixed ports for `invoice-pipeline simulate`, so `dagster dev` finds the simulators without a config.
-DEFAULT_PORTS = {"oracle_occ": 8701, "crmcom": 8702, "softwareone": 8703, "agvance": 8704}
-DEMO_SOURCE_NAMES = {"oracle_occ": "oracle_us", "crmcom": "crm_eu", "softwareone": "swo", "agvance": "agvance_main"}
 SIMULATE_CONFIG = Path("data/simulate.yaml")
 
 
 def available_simulators() -> list[str]:
+    """The registered source types that ship a simulator, in registry order."""
     types = []
     for t in known_types():
         try:
@@ -34,16 +34,31 @@ def available_simulators() -> list[str]:
     return types
 
 
+def default_ports() -> dict[str, int]:
+    """Type -> the port `invoice-pipeline simulate` serves its simulator on (0: a free one)."""
+    return {t: default_port(t) for t in available_simulators()}
+
+
+def demo_source_names() -> dict[str, str]:
+    """Type -> the source name its simulator gets in the demo's and `simulate`'s config."""
+    return {t: demo_source_name(t) for t in available_simulators()}
+
+
 def simulator_app_config() -> AppConfig:
-    """Config for simulators on DEFAULT_PORTS (what `invoice-pipeline simulate` serves)."""
+    """Config for the simulators `invoice-pipeline simulate` serves: its file, else their default ports.
+
+    Without the file each simulator is created once, on a free loopback port and never served, only
+    to ask it for its config block; call this when the config is needed, never at import."""
     if SIMULATE_CONFIG.is_file():
         return parse_config(yaml.safe_load(SIMULATE_CONFIG.read_text()))
     sources = {}
     for type_name in available_simulators():
-        sim = simulator_class(type_name)(size=1, port=0)  # only to ask it for its config block
+        sim = simulator_class(type_name)(size=1, port=0)
         block = sim.source_config()
         sim.stop()
-        parts = urlsplit(block["base_url"])
-        block["base_url"] = urlunsplit(parts._replace(netloc=f"127.0.0.1:{DEFAULT_PORTS[type_name]}"))
-        sources[DEMO_SOURCE_NAMES[type_name]] = block
+        port = default_port(type_name)
+        if port:  # 0: served on a free port, found only in SIMULATE_CONFIG
+            parts = urlsplit(block["base_url"])
+            block["base_url"] = urlunsplit(parts._replace(netloc=f"127.0.0.1:{port}"))
+        sources[demo_source_name(type_name)] = block
     return parse_config({"sources": sources})

@@ -19,7 +19,7 @@ from dagster._core.events import DagsterEventType
 from invoice_pipeline.config import AlertsConfig, parse_config
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.defs.alerts import build_alert_sensors, post_alert
-from invoice_pipeline.defs.schedules import source_job_name
+from invoice_pipeline.defs.keys import source_job_name
 from invoice_pipeline.errors import ConfigError
 from invoice_pipeline.runner import run_pipeline
 from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS

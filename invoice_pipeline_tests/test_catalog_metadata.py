@@ -10,7 +10,7 @@ import dagster as dg
 
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs import build_definitions
-from invoice_pipeline.defs.assets import AGING_SNAPSHOT_KEY, CONFORMED_ASSET_KEYS, RUN_ID_TAG_PREFIX
+from invoice_pipeline.defs.keys import AGING_KEY, CONFORMED_ASSET_KEYS, RUN_ID_TAG_PREFIX
 from invoice_pipeline.defs.catalog import COLUMN_SCHEMA, ROW_COUNT
 from invoice_pipeline.runner import run_pipeline
 from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
@@ -68,12 +68,12 @@ def test_aging_snapshot_is_upstream_of_publish_but_never_holds_it_back(in_tmp: P
     app, _ = write_app_config(in_tmp, {"a": fake_config_block()})
     defs = build_definitions(app)
     publish_deps = {dep.asset_key for spec in defs.resolve_assets_def(PUBLISHED).specs for dep in spec.deps}
-    assert AGING_SNAPSHOT_KEY in publish_deps  # publish copies main.ar_aging_snapshot into the snapshot
+    assert AGING_KEY in publish_deps  # publish copies main.ar_aging_snapshot into the snapshot
     spec = next(iter(defs.resolve_assets_def(CONFORMED_ASSET_KEYS[0]).specs))
     assert spec.metadata[COLUMN_SCHEMA].columns[0].description  # the catalog shows columns before any run
     with dg.instance_for_test() as instance:
         cursor = dg.evaluate_automation_conditions(defs=defs, instance=instance).cursor  # a first tick
-        for key in publish_deps - {AGING_SNAPSHOT_KEY}:  # the daily aging snapshot never ran yet
+        for key in publish_deps - {AGING_KEY}:  # the daily aging snapshot never ran yet
             instance.report_runless_asset_event(dg.AssetMaterialization(key))
         for checks in defs.asset_checks or []:
             for check in checks.check_specs:

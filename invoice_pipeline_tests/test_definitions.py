@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -14,15 +17,35 @@ from .conftest import write_app_config
 
 
 def test_definitions_module_loads_without_config(in_tmp: Path) -> None:
-    import importlib
-
+    """No config file: the code location shows the built-in simulators' sources (built when Dagster
+    calls the `@dg.definitions` function, not at import)."""
     import invoice_pipeline.definitions as module
 
-    defs = importlib.reload(module).defs
+    defs = module.defs()
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
     assert {"main/invoices", "main/invoice_lines", "published/warehouse"} <= keys
     assert any(k.endswith("/invoices") and not k.startswith("main") for k in keys)
+
+
+def test_importing_the_code_location_touches_no_socket(in_tmp: Path) -> None:
+    """Importing invoice_pipeline.definitions (no config file) binds, connects and starts nothing: a
+    fresh interpreter in which any socket bind/connect/listen raises imports it and has one thread."""
+    code = (
+        "import socket, threading\n"
+        "def refuse(*args, **kwargs):\n"
+        "    raise AssertionError('socket touched while importing the code location')\n"
+        "socket.socket.bind = socket.socket.connect = socket.socket.listen = refuse\n"
+        "import invoice_pipeline.definitions as module\n"
+        "assert threading.active_count() == 1, threading.enumerate()\n"
+        "print(type(module.defs).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INVOICE_PIPELINE_")}
+    done = subprocess.run([sys.executable, "-c", code], cwd=in_tmp, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "LazyDefinitions"
+    assert not list(in_tmp.iterdir()) or {p.name for p in in_tmp.iterdir()} <= {"dagster_home"}
 
 
 def test_materialize_assets_against_simulator(in_tmp: Path) -> None:

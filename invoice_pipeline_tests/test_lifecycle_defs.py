@@ -8,9 +8,9 @@ import dagster as dg
 
 from invoice_pipeline import lifecycle
 from invoice_pipeline.config import parse_config
-from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
-from invoice_pipeline.defs.assets import source_asset_key
-from invoice_pipeline.defs.lifecycle import AGING_KEY, HISTORY_KEY, reconcile_asset_key, repoll_asset_key
+from invoice_pipeline.defs import build_definitions
+from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, AGING_KEY, HISTORY_KEY, reconcile_asset_key, repoll_asset_key,
+                                        source_asset_key)
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import Warehouse
 

@@ -142,7 +142,8 @@ def test_failed_publish_leaves_the_last_good_snapshot_and_no_temporary_files(loa
 
 
 def test_failed_blocking_check_keeps_last_good_snapshot_and_lake(in_tmp: Path) -> None:
-    from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+    from invoice_pipeline.defs import build_definitions
+    from invoice_pipeline.defs.keys import ALL_ASSETS_JOB
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=40) as sim:

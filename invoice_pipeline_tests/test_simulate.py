@@ -15,9 +15,11 @@ import pytest
 import requests
 import yaml
 
-from invoice_pipeline.defs import ALL_ASSETS_JOB, build_definitions
+from invoice_pipeline.defs import build_definitions
+from invoice_pipeline.defs.keys import ALL_ASSETS_JOB
 from invoice_pipeline.defs.loading import resolve_app_config
-from invoice_pipeline.simulate import DEFAULT_PORTS, DEMO_SOURCE_NAMES, SIMULATE_CONFIG, simulator_app_config, start_serving
+from invoice_pipeline.simulate import SIMULATE_CONFIG, default_ports, simulator_app_config, start_serving
+from invoice_pipeline.simulator_config import demo_source_names
 from invoice_pipeline.simulation import Knobs
 
 
@@ -37,14 +39,14 @@ def _assert_instance(home: Path) -> None:
 def test_simulate_config_is_what_the_definitions_load(in_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAGSTER_HOME")  # as on a fresh clone: simulate creates data/dagster_home
     with ExitStack() as stack:
-        sims = start_serving(stack, size=20, knobs=Knobs(), ports={t: 0 for t in DEFAULT_PORTS})
+        sims = start_serving(stack, size=20, knobs=Knobs(), ports={t: 0 for t in default_ports()})
         assert (in_tmp / SIMULATE_CONFIG).is_file()
         _assert_instance(in_tmp / "data" / "dagster_home")
         assert os.environ["DAGSTER_HOME"] == str((in_tmp / "data" / "dagster_home").resolve())
 
         # No invoice_pipeline.yaml here: the definitions take data/simulate.yaml, i.e. these simulators.
         app = resolve_app_config()
-        assert sorted(app.sources) == sorted(sims) == sorted(DEMO_SOURCE_NAMES.values())
+        assert sorted(app.sources) == sorted(sims) == sorted(demo_source_names().values())
         for name, sim in sims.items():
             assert app.sources[name].base_url.rstrip("/") == sim.base_url.rstrip("/")
             assert app.sources[name].type == type(sim).__module__.split(".")[-2]
@@ -64,11 +66,13 @@ def test_simulate_config_is_what_the_definitions_load(in_tmp: Path, monkeypatch:
 def test_without_a_written_config_the_definitions_expect_the_fixed_ports(in_tmp: Path) -> None:
     app = simulator_app_config()
     ports = {cfg.type: int(str(cfg.base_url).split(":")[2].split("/")[0]) for cfg in app.sources.values()}
-    assert ports == DEFAULT_PORTS
+    assert ports == default_ports()
+    # Each simulator declares its port (`default_port`): the ones docs/OPERATIONS.md tells users.
+    assert default_ports() == {"oracle_occ": 8701, "crmcom": 8702, "softwareone": 8703, "agvance": 8704}
 
 
 def _ports_free() -> bool:
-    for port in DEFAULT_PORTS.values():
+    for port in default_ports().values():
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
@@ -79,7 +83,7 @@ def _ports_free() -> bool:
 
 def test_simulate_command_serves_on_the_fixed_ports(tmp_path: Path) -> None:
     if not _ports_free():
-        pytest.skip(f"ports {sorted(DEFAULT_PORTS.values())} are taken (another `invoice-pipeline simulate`?)")
+        pytest.skip(f"ports {sorted(default_ports().values())} are taken (another `invoice-pipeline simulate`?)")
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME", "INVOICE_PIPELINE_CONFIG")}
     proc = subprocess.Popen([sys.executable, "-u", "-m", "invoice_pipeline.cli", "simulate", "--size", "10"],
                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -95,8 +99,9 @@ def test_simulate_command_serves_on_the_fixed_ports(tmp_path: Path) -> None:
         assert f"export DAGSTER_HOME={home}" in printed
         _assert_instance(home)
         written = yaml.safe_load((tmp_path / SIMULATE_CONFIG).read_text())
-        for type_name, port in DEFAULT_PORTS.items():
-            block = written["sources"][DEMO_SOURCE_NAMES[type_name]]
+        names = demo_source_names()
+        for type_name, port in default_ports().items():
+            block = written["sources"][names[type_name]]
             assert block["type"] == type_name and f"127.0.0.1:{port}" in block["base_url"]
             assert block["base_url"] in printed
             assert _answers(block["base_url"])

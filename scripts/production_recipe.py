@@ -24,12 +24,13 @@ TERMINAL = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def cmd_simulators(args: argparse.Namespace) -> int:
-    from invoice_pipeline.simulate import DEFAULT_PORTS, config_document, start_simulators, write_config
+    from invoice_pipeline.simulate import config_document, default_ports, start_simulators, write_config
 
+    types = list(default_ports())
     ports = [int(p) for p in args.ports.split(",")]
     if len(ports) == 1:
-        ports = ports * len(DEFAULT_PORTS)
-    by_type = dict(zip(DEFAULT_PORTS, ports, strict=True))
+        ports = ports * len(types)
+    by_type = dict(zip(types, ports, strict=True))
     work = Path(args.workdir).resolve()
     warehouse = {"duckdb_path": str(work / "warehouse.duckdb"),
                  "published_path": str(work / "published" / "warehouse.duckdb"),

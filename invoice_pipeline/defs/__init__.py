@@ -4,13 +4,12 @@ import dagster as dg
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.defs.alerts import build_alert_sensors
-from invoice_pipeline.defs.assets import WRITE_POOL, build_conformed_asset, build_publish_asset, build_source_asset
+from invoice_pipeline.defs.assets import build_conformed_asset, build_publish_asset, build_source_asset
 from invoice_pipeline.defs.checks import build_checks
+from invoice_pipeline.defs.keys import ALL_ASSETS_JOB, WRITE_POOL
 from invoice_pipeline.defs.lifecycle import build_lifecycle
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import automation_sensor, build_schedules, build_source_jobs, log_run_failures
-
-ALL_ASSETS_JOB = "invoice_pipeline_job"
 
 
 def build_definitions(app: AppConfig, config_path: str | None = None,

@@ -10,37 +10,20 @@ from invoice_pipeline.defs.catalog import (ROW_COUNT, COLUMN_SCHEMA, conformed_c
                                            counts_table, source_catalog)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
 from invoice_pipeline.defs.drift_check import drift_check_result, drift_check_spec, drift_metadata, registry_before
+from invoice_pipeline.defs.keys import (AGING_KEY, CONFORMED_ASSET_KEYS, HISTORY_KEY, PUBLISHED_KEY, RUN_ID_TAG_PREFIX,
+                                        WRITE_POOL, reconcile_asset_key, repoll_asset_key, source_asset_key)
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.drift import detect_drift
 from invoice_pipeline.defs.schedules import CONFORMED_CONDITION, PUBLISH_CONDITION
 from invoice_pipeline.pipeline import RunSummary, run_source
 from invoice_pipeline.publish import publish, refresh_conformed
 
-# Every asset that writes the DuckDB file, for runs the UI, schedules and sensors launch: the run queue
-# holds one such run at a time (granularity `run`, limit 1 in the instance's dagster.yaml). Correctness
-# rests on the warehouse's file lock, not on the pool (docs/DESIGN.md, "One writer, many runs").
-WRITE_POOL = "duckdb_write"
-CONFORMED_ASSET_KEYS = [dg.AssetKey(["main", t]) for t in CONFORMED_TABLES]
-RUN_ID_TAG_PREFIX = "invoice_pipeline/run_id."  # + source name: that source's pipeline run id in this Dagster run
-AGING_SNAPSHOT_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])  # defs/lifecycle.py builds it
 # The aging snapshot is copied into the published file, so it is drawn upstream of publish; it is
 # materialized daily, so publish must not wait for its first materialization (eager() would).
 PUBLISH_AUTOMATION = PUBLISH_CONDITION.replace(
     "any_deps_missing",
-    dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(AGING_SNAPSHOT_KEY))
+    dg.AutomationCondition.any_deps_missing().ignore(dg.AssetSelection.assets(AGING_KEY))
     .with_label("any_deps_missing (the aging snapshot aside)"))
-
-
-def source_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "invoices"])
-
-
-def repoll_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "open_invoices_repoll"])
-
-
-def reconcile_asset_key(source_name: str) -> dg.AssetKey:
-    return dg.AssetKey([source_name, "deletion_reconciliation"])
 
 
 def summary_metadata(summary: RunSummary) -> dict:
@@ -135,10 +118,10 @@ def build_conformed_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.A
 
 def build_publish_asset(pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
     @dg.asset(
-        key=dg.AssetKey(["published", "warehouse"]),
+        key=PUBLISHED_KEY,
         group_name="published",
         kinds={"duckdb", "parquet"},
-        deps=[*CONFORMED_ASSET_KEYS, dg.AssetKey(["main", "invoice_history"]), AGING_SNAPSHOT_KEY],
+        deps=[*CONFORMED_ASSET_KEYS, HISTORY_KEY, AGING_KEY],
         pool=pool,
         automation_condition=PUBLISH_AUTOMATION,
         description="Read-only DuckDB snapshot for analysts/BI and the Parquet lake; replaced only after the "

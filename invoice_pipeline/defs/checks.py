@@ -3,6 +3,8 @@
 
 import dagster as dg
 
+from invoice_pipeline.defs.keys import INVOICES_KEY as CHECKED_ASSET
+from invoice_pipeline.defs.keys import NO_QUARANTINE_CHECK, SOURCES_FRESH_CHECK
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.reconcile import (
@@ -14,9 +16,6 @@ from invoice_pipeline.reconcile import (
     violations_by_rule,
 )
 from invoice_pipeline.timeutil import utc_now
-
-CHECKED_ASSET = dg.AssetKey(["main", "invoices"])
-
 
 def _rule_result(rule: Rule, total: int, first: list[tuple[str, str, str]]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
@@ -35,7 +34,7 @@ def _rule_result(rule: Rule, total: int, first: list[tuple[str, str, str]]) -> d
 
 def _sources_fresh(stale: list[tuple[str, str]]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        check_name="sources_fresh",
+        check_name=SOURCES_FRESH_CHECK,
         asset_key=CHECKED_ASSET,
         passed=not stale,
         severity=dg.AssetCheckSeverity.WARN,
@@ -46,7 +45,7 @@ def _sources_fresh(stale: list[tuple[str, str]]) -> dg.AssetCheckResult:
 
 def _no_quarantined_records(found: dict[str, list[tuple[str, str]]]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
-        check_name="no_quarantined_records",
+        check_name=NO_QUARANTINE_CHECK,
         asset_key=CHECKED_ASSET,
         passed=not found,
         severity=dg.AssetCheckSeverity.WARN,
@@ -63,9 +62,9 @@ def _no_quarantined_records(found: dict[str, list[tuple[str, str]]]) -> dg.Asset
     specs=[
         *(dg.AssetCheckSpec(rule.name, asset=CHECKED_ASSET, description=rule.description, blocking=rule.blocking)
           for rule in RULES),
-        dg.AssetCheckSpec("sources_fresh", asset=CHECKED_ASSET, blocking=False,
+        dg.AssetCheckSpec(SOURCES_FRESH_CHECK, asset=CHECKED_ASSET, blocking=False,
                           description="Each configured source's cursor is no older than its max_staleness (config key)."),
-        dg.AssetCheckSpec("no_quarantined_records", asset=CHECKED_ASSET, blocking=False,
+        dg.AssetCheckSpec(NO_QUARANTINE_CHECK, asset=CHECKED_ASSET, blocking=False,
                           description="Records that could not be mapped sit in <source>._quarantine with their reason."),
     ],
     can_subset=True,
@@ -81,9 +80,9 @@ def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: Pipel
         create_exceptions_view(con)
         found = violations_by_rule(con, [rule.name for rule in RULES if rule.name in selected], limit=10)
         results += [_rule_result(rule, *found[rule.name]) for rule in RULES if rule.name in found]
-        if "sources_fresh" in selected:
+        if SOURCES_FRESH_CHECK in selected:
             results.append(_sources_fresh(stale_sources(con, pipeline.app, utc_now())))
-        if "no_quarantined_records" in selected:
+        if NO_QUARANTINE_CHECK in selected:
             results.append(_no_quarantined_records(quarantined(con, list(pipeline.app.sources))))
     yield from results
 

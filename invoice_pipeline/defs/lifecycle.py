@@ -19,20 +19,14 @@ import pydantic
 
 from invoice_pipeline import lifecycle
 from invoice_pipeline.config import AppConfig, SourceConfig
-from invoice_pipeline.defs.assets import WRITE_POOL, reconcile_asset_key, repoll_asset_key, source_asset_key
+from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, HISTORY_CONTIGUOUS_CHECK, HISTORY_KEY,
+                                        HISTORY_MATCHES_CHECK, WRITE_POOL, lifecycle_job_name, reconcile_asset_key,
+                                        repoll_asset_key, schedule_name, source_asset_key)
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.testpoints import pause_point
 
-HISTORY_KEY = dg.AssetKey(["main", "invoice_history"])
-AGING_KEY = dg.AssetKey(["main", "ar_aging_snapshot"])
-AGING_JOB = "ar_aging_snapshot_daily"
 AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describes
 LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
-
-
-def lifecycle_asset_keys(sources: list[str]) -> list[dg.AssetKey]:
-    """What a run of these sources should also materialize (re-poll and history), e.g. for the CLI."""
-    return [*(repoll_asset_key(s) for s in sources), HISTORY_KEY]
 
 
 def _metadata(values: dict[str, Any]) -> dict[str, Any]:
@@ -155,10 +149,10 @@ def build_history_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Ass
 
 @dg.multi_asset_check(
     specs=[
-        dg.AssetCheckSpec("history_contiguous", asset=HISTORY_KEY, blocking=True,
+        dg.AssetCheckSpec(HISTORY_CONTIGUOUS_CHECK, asset=HISTORY_KEY, blocking=True,
                           description="Per invoice, versions follow each other without gap or overlap and exactly "
                                       "the last one is current (valid_to NULL)."),
-        dg.AssetCheckSpec("history_matches_invoices", asset=HISTORY_KEY, blocking=False,
+        dg.AssetCheckSpec(HISTORY_MATCHES_CHECK, asset=HISTORY_KEY, blocking=False,
                           description="The current history version of every invoice is what main.invoices holds (a "
                                       "load whose history step did not run, or deletion marks lost by a replay, show "
                                       "here)."),
@@ -171,10 +165,10 @@ def history_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineRes
     results: list[dg.AssetCheckResult] = []
     with pipeline.warehouse.writer() as con:
         lifecycle.ensure_lifecycle_tables(con)
-        if "history_contiguous" in selected:
+        if HISTORY_CONTIGUOUS_CHECK in selected:
             total, first = lifecycle.history_violations(con, limit=10)
             results.append(dg.AssetCheckResult(
-                check_name="history_contiguous",
+                check_name=HISTORY_CONTIGUOUS_CHECK,
                 asset_key=HISTORY_KEY,
                 passed=total == 0,
                 severity=dg.AssetCheckSeverity.ERROR,
@@ -184,10 +178,10 @@ def history_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineRes
                 description=None if total == 0 else f"{total} history rows fail: "
                             + ", ".join(f"{r} {s}/{i}" for r, s, i, _ in first[:5]),
             ))
-        if "history_matches_invoices" in selected:
+        if HISTORY_MATCHES_CHECK in selected:
             total, first = lifecycle.history_out_of_sync(con, limit=10)
             results.append(dg.AssetCheckResult(
-                check_name="history_matches_invoices",
+                check_name=HISTORY_MATCHES_CHECK,
                 asset_key=HISTORY_KEY,
                 passed=total == 0,
                 severity=dg.AssetCheckSeverity.WARN,
@@ -247,18 +241,18 @@ def build_lifecycle(app: AppConfig, pool: str | None = WRITE_POOL) -> LifecycleD
         out.assets += [build_repoll_asset(name, cfg, pool), build_reconcile_asset(name, cfg, pool)]
         for kind, key, cron in (("repoll", repoll_asset_key(name), settings.repoll_schedule),
                                 ("deletion_reconciliation", reconcile_asset_key(name), settings.reconcile_schedule)):
-            job_name = f"{name}_{kind}"
+            job_name = lifecycle_job_name(name, kind)
             out.jobs.append(dg.define_asset_job(job_name, selection=dg.AssetSelection.keys(key, HISTORY_KEY),
                                                 tags={"source": name}, description=f"{kind} of source '{name}'."))
             if cron and cron != "always":  # "always": part of every run of the source (schedules.py)
                 out.schedules.append(dg.ScheduleDefinition(
-                    name=f"{job_name}_schedule", job_name=job_name, cron_schedule=cron, execution_timezone="UTC",
+                    name=schedule_name(job_name), job_name=job_name, cron_schedule=cron, execution_timezone="UTC",
                     default_status=dg.DefaultScheduleStatus.RUNNING,
                     description=f"{kind} of '{name}' on cron '{cron}'."))
     out.assets += [build_history_asset(app, pool), build_aging_asset(app, pool)]
     out.jobs.append(dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
                                         description="Daily AR aging snapshot from the invoice history."))
     out.schedules.append(dg.ScheduleDefinition(
-        name=f"{AGING_JOB}_schedule", job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
+        name=schedule_name(AGING_JOB), job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
         default_status=dg.DefaultScheduleStatus.RUNNING, description="AR aging snapshot of the UTC day, late that day."))
     return out

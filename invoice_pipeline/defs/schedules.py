@@ -11,6 +11,7 @@ import logging
 import dagster as dg
 
 from invoice_pipeline.config import AppConfig
+from invoice_pipeline.defs.keys import reconcile_asset_key, source_asset_key, source_job_name, source_schedule_name
 
 log = logging.getLogger("invoice_pipeline.sensors")
 
@@ -24,16 +25,12 @@ CONFORMED_CONDITION = (
 PUBLISH_CONDITION = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
-def source_job_name(source_name: str) -> str:
-    return f"{source_name}_incremental"
-
-
 def build_source_jobs(app: AppConfig) -> list:
     return [
         dg.define_asset_job(
             source_job_name(name),
-            selection=dg.AssetSelection.keys(dg.AssetKey([name, "invoices"]), *(
-                [dg.AssetKey([name, "deletion_reconciliation"])] if cfg.reconcile_schedule == "always" else [])),
+            selection=dg.AssetSelection.keys(source_asset_key(name), *(
+                [reconcile_asset_key(name)] if cfg.reconcile_schedule == "always" else [])),
             description=f"Incremental extraction of source '{name}' ({cfg.type}).",
             tags={"source": name},
         )
@@ -44,7 +41,7 @@ def build_source_jobs(app: AppConfig) -> list:
 def build_schedules(app: AppConfig) -> list[dg.ScheduleDefinition]:
     return [
         dg.ScheduleDefinition(
-            name=f"{name}_schedule",
+            name=source_schedule_name(name),
             job_name=source_job_name(name),
             cron_schedule=cfg.schedule,
             execution_timezone="UTC",

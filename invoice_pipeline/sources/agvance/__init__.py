@@ -1,4 +1,4 @@
-"""Agvance (SSI) Web API invoices: session login and self-splitting lastModified windows (SPEC 2.4)."""
+"""Agvance (SSI) Web API invoices: session login and self-splitting lastModified windows (docs/SOURCES.md, "agvance")."""
 
 from invoice_pipeline.sources.agvance.client import AgvanceSource
 

@@ -1,4 +1,4 @@
-"""Agvance Web API simulator (SPEC 2.4) with a deterministic ag-retailer data set.
+"""Agvance Web API simulator (docs/SOURCES.md, "agvance") with a deterministic ag-retailer data set.
 
 Several locations number their invoices independently (numbers overlap), bulk updates give many
 invoices the same LastModifiedUtc second, and five tenant-specific child arrays carry awkward
@@ -261,7 +261,7 @@ def _error(status: int, message: str) -> SimResponse:
 
 
 class AgvanceSimulator(SimulatorServer):
-    """Agvance Web API (SPEC 2.4): Login, Invoice/GetInvoicesList, sessions idle-expiring.
+    """Agvance Web API: Login, Invoice/GetInvoicesList, sessions idle-expiring.
 
     `max_results` is the per-call limit above which a window is refused (2,000 like the real
     API; tests pass a small one). Test hooks: `fail_next` (Status Error on HTTP 200, "{session}"
@@ -271,6 +271,8 @@ class AgvanceSimulator(SimulatorServer):
     """
 
     base_path = "/api"
+    default_port = 8704  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "agvance_main"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, max_results: int = 2000):

@@ -1,4 +1,4 @@
-"""CRM.COM Web API invoices (SPEC 2.2)."""
+"""CRM.COM Web API invoices (docs/SOURCES.md, "crmcom")."""
 
 from invoice_pipeline.sources.crmcom.client import CrmcomSource
 

@@ -1,4 +1,4 @@
-"""CRM.COM Web API simulator (SPEC 2.2, api-docs 002_): token login/release, AR list, invoices per AR.
+"""CRM.COM Web API simulator (docs/SOURCES.md, "crmcom"): token login/release, AR list, invoices per AR.
 
 Truth is kept in integer cents; payload amounts are computed as floats the way a JVM backend
 sums doubles, so they carry real binary noise (82.46000000000001). Invoices are shaped field by
@@ -255,6 +255,8 @@ def invoice_payload(
 
 class CrmcomSimulator(SimulatorServer):
     base_path = "/crmapi/rest/v2"
+    default_port = 8702  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "crm_eu"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, page_cap: int = CAP, paging: str = "r13", empty_pages: int = 0, ar_filter_required: bool = False,

@@ -1,4 +1,4 @@
-"""Oracle Fusion Receivables invoices through Oracle Commerce Cloud self-service (SPEC 2.1)."""
+"""Oracle Fusion Receivables invoices through Oracle Commerce Cloud self-service (docs/SOURCES.md, "oracle_occ")."""
 
 from invoice_pipeline.sources.oracle_occ.client import OracleOccSource
 

@@ -1,4 +1,4 @@
-"""Local Oracle Commerce Cloud self-service invoices API (SPEC 2.1, api-docs 000 list / 001 detail).
+"""Local Oracle Commerce Cloud self-service invoices API (docs/SOURCES.md, "oracle_occ": list and detail).
 
 Serves login/refresh, the capped and filterable list, and the detail whose nested collections are
 cut at 25 items, over a deterministic data set. Money is kept in integer cents so every total the
@@ -197,7 +197,7 @@ def _midnight(d: date) -> datetime:
     return datetime(d.year, d.month, d.day, tzinfo=UTC)
 
 
-# Queryable / sortable fields (SPEC 2.1); dates compare as midnight UTC.
+# Queryable / sortable fields (docs/SOURCES.md, "oracle_occ"); dates compare as midnight UTC.
 FIELDS: dict[str, Callable[[Invoice], Any]] = {
     "LastUpdateDate": lambda inv: inv.updated,
     "CreationDate": lambda inv: inv.created,
@@ -288,6 +288,8 @@ class OracleOccSimulator(SimulatorServer):
     """The self-service invoices API over `size` generated invoices (ids ascending with creation)."""
 
     base_path = ""
+    default_port = 8701  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "oracle_us"  # its source name in the demo and in `simulate`'s config
 
     def __init__(
         self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,

@@ -1,4 +1,4 @@
-"""SoftwareOne Marketplace billing invoices (SPEC 2.3): RQL incremental filter, $meta paging."""
+"""SoftwareOne Marketplace billing invoices (docs/SOURCES.md, "softwareone"): RQL incremental filter, $meta paging."""
 
 from invoice_pipeline.sources.softwareone.client import SoftwareOneSource
 

@@ -1,4 +1,4 @@
-"""SoftwareOne Marketplace billing API simulator (SPEC 2.3, api-docs/003_053d7a5a8b099e34.txt).
+"""SoftwareOne Marketplace billing API simulator (docs/SOURCES.md, "softwareone").
 
 Serves `GET /public/v1/billing/invoices` with the RQL subset the pipeline relies on, `select`,
 `order`, limit/offset paging in a `$meta` envelope and problem-JSON errors. Invoices are shaped
@@ -26,7 +26,7 @@ from invoice_pipeline.simulation import Knobs, PageTamper, SimRequest, SimRespon
 from invoice_pipeline.timeutil import parse_timestamp
 
 PATH = "/public/v1/billing/invoices"
-MAX_LIMIT = 100  # SPEC 2.3: limit is capped at 100 (pagination.limit echoes what was used)
+MAX_LIMIT = 100  # the documented cap on limit (docs/SOURCES.md) (pagination.limit echoes what was used)
 DEFAULT_LIMIT = 10
 FIELDS = ("id", "status", "audit.created.at", "audit.updated.at")
 # Left out unless selected, then listed in $meta.omitted (erpData and price: SoftwareOne's OpenAPI).
@@ -427,7 +427,7 @@ class DataSet:
         return inv.id
 
     def expected(self, since: datetime | None) -> dict:
-        """Truth as the conformed model shows it: a Credit document's amounts negated (SPEC 3 signs)."""
+        """Truth as the conformed model shows it: a Credit document's amounts negated (the conformed signs: docs/DATA_DICTIONARY.md)."""
         chosen = [inv for inv in self.invoices if since is None or inv.last_modified >= since]
         sign = lambda inv: -1 if inv.credit else 1  # noqa: E731
         return {
@@ -523,6 +523,8 @@ def _comparison(op: str, field: str, value: str, quoted: bool) -> Predicate:
 # -- server -------------------------------------------------------------------------------------
 class SoftwareOneSimulator(SimulatorServer):
     base_path = ""
+    default_port = 8703  # where `invoice-pipeline simulate` serves it (invoice_pipeline/source_types.py)
+    demo_name = "swo"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
                  *, r2_documents: bool | None = None, page_tamper: PageTamper | None = None,
