@@ -10,20 +10,20 @@ costs list pages, not a detail call per open invoice.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Collection, Iterator
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import SourceError
-from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
+from invoice_pipeline.sources.auth import TokenAuth
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.helpers import require_objects, same_value
+from invoice_pipeline.sources.paging import PageGuard
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 from invoice_pipeline.logfold import fold_repeats
@@ -44,62 +44,42 @@ COMPARE_CHUNK = 500  # re-poll: listed invoices compared with the warehouse per 
 
 
 class OracleOccConfig(SourceConfig):
+    credential_keys: ClassVar[tuple[str, ...]] = ("username", "password")
     type: Literal["oracle_occ"]
     username: str
     password: SecretStr
 
 
-class OracleTokenAuth(Auth):
+class OracleTokenAuth(TokenAuth):
     """Password-grant bearer token, refreshed before it expires and re-obtained on a 401."""
 
-    REFRESH_AT = 0.8  # share of the token's life after which it is refreshed
+    RENEW_AT = 0.8  # share of the token's life after which it is refreshed
 
     def __init__(self, http: HttpClient, username: str, password: str):
-        self._http = http
+        super().__init__(http)
         self._form = {"grant_type": "password", "username": username, "password": password}
-        self._token: str | None = None
-        self._refresh_after = 0.0
-        self._lock = threading.Lock()
-        self._used = threading.local()  # the token this thread last sent
 
-    def _store(self, body: Any, endpoint: str) -> None:
+    def _token_of(self, body: Any, endpoint: str) -> tuple[str, float | None]:
         if not isinstance(body, dict) or not body.get("access_token"):
             raise self._http.error("login answered without an access_token", endpoint=endpoint)
-        self._token = body["access_token"]
-        lifetime = float(body.get("expires_in") or 300)
-        self._refresh_after = time.monotonic() + lifetime * self.REFRESH_AT
+        return body["access_token"], float(body.get("expires_in") or 300)
 
-    def _login(self) -> None:
+    def login(self) -> tuple[str, float | None]:
         resp = self._http.request("POST", "/ccstore/v1/login", data=self._form, use_auth=False)
-        self._store(resp.body, "POST /ccstore/v1/login")
+        return self._token_of(resp.body, "POST /ccstore/v1/login")
 
-    def _refresh(self) -> None:
+    def refresh(self, token: str) -> tuple[str, float | None]:
         try:
             resp = self._http.request(
-                "POST", "/ccstore/v1/refresh", headers={"Authorization": f"Bearer {self._token}"}, use_auth=False
+                "POST", "/ccstore/v1/refresh", headers={"Authorization": f"Bearer {token}"}, use_auth=False
             )
-            self._store(resp.body, "POST /ccstore/v1/refresh")
+            return self._token_of(resp.body, "POST /ccstore/v1/refresh")
         except SourceError as exc:
             log.info("source '%s': token refresh failed (%s); logging in again", self._http.source, exc.status)
-            self._login()
+            return self._logged_in()
 
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        with self._lock:
-            if self._token is None:
-                self._login()
-            elif time.monotonic() >= self._refresh_after:
-                self._refresh()
-            self._used.token = self._token
-            headers["Authorization"] = f"Bearer {self._token}"
-
-    def renew(self) -> None:
-        with self._lock:
-            # Several workers see the same expired token: only the first logs in again.
-            if self._token is None or getattr(self._used, "token", None) == self._token:
-                self._login()
-
-    def secrets(self) -> list[str]:
-        return [self._token] if self._token else []
+    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
+        headers["Authorization"] = f"Bearer {token}"
 
 
 class OracleOccSource(Source):
@@ -115,7 +95,6 @@ class OracleOccSource(Source):
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())
         self._mode: str | None = None  # list mode, probed once per source instance (one run)
         self._changed: set[str] = set()  # listed ids whose list fields differ from the stored version
-        self._pages_lock = threading.Lock()
         self._changed_unwritten = False  # a changed invoice was left out (newer than the window)
         self._compared_all = False  # list-only mode compared every listed invoice with the warehouse
 
@@ -124,19 +103,15 @@ class OracleOccSource(Source):
         body = self.http.request("GET", LIST_PATH, params=params).body
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
-        items = body["items"]
-        for item in items:
-            if not isinstance(item, dict):
-                raise self.http.error(f"list item at offset {params['offset']} is not an object: {item!r}"[:300],
-                                      endpoint=f"GET {LIST_PATH}")
+        items = require_objects(self.http, body["items"], f"list page at offset {params['offset']}", f"GET {LIST_PATH}")
         if count:
-            with self._pages_lock:  # re-poll walks run in parallel
-                self.stats.pages += 1
+            self.stats.count("pages")  # re-poll walks run in parallel
         return body, items
 
     @staticmethod
-    def _ends_early(body: dict[str, Any], items: list[dict[str, Any]], offset: int) -> str | None:
+    def _ends_early(page: tuple[dict[str, Any], list[dict[str, Any]]], offset: int) -> str | None:
         """Why this page ends the listing before the API itself said it would, or None."""
+        body, items = page
         total = body.get("totalResults")
         if not items and body.get("hasMore"):
             return "an empty page (items: []) that says hasMore: true"
@@ -147,7 +122,7 @@ class OracleOccSource(Source):
     def _walk(self, q: str | None) -> Iterator[list[dict[str, Any]]]:
         """List items in id order, page by page (each page: the items not seen before).
 
-        Guards (a listing is never cut short silently and never loops):
+        Guards (paging.PageGuard; a listing is never cut short silently and never loops):
         - a page that ends the listing before `hasMore`/`totalResults` said it would is requested
           again (PAGE_RETRIES times); still short, the run fails naming the URL and offset;
         - a page without a single new id (the API ignores `offset`) fails the run;
@@ -155,52 +130,30 @@ class OracleOccSource(Source):
           window or was deleted, shifting later ones back) is re-read from `offset - shrink`.
         The order key is immutable, so joins and leaves are the only way items move.
         """
-        offset, seen, prev_total, after_step_back = 0, set[str](), None, False
+        guard = PageGuard(self.http, self.stats, log, f"GET {LIST_PATH}", retries=PAGE_RETRIES,
+                          pause=self.page_retry_pause)
+        offset, prev_total, after_step_back = 0, None, False
         while True:
             params: dict[str, Any] = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size,
                                       "offset": offset, "totalResults": "true"}
             if q is not None:
                 params["q"] = q
-            body, items = self._page(params)
-            tries = 0
-            while (why := self._ends_early(body, items, offset)) is not None:
-                url = f"GET {LIST_PATH}?{_query(params)}"
-                if tries >= PAGE_RETRIES:
-                    raise self.http.error(
-                        f"the invoice list ended early at offset {offset}: {why}, still after {tries} "
-                        f"re-requests of {url}; refusing to treat it as the end of the list (invoices would "
-                        "be lost). The cursor was not moved; re-run when the API answers consistently.",
-                        endpoint=f"GET {LIST_PATH}",
-                    )
-                tries += 1
-                self.stats.extra["pages_rerequested"] = self.stats.extra.get("pages_rerequested", 0) + 1
-                log.warning("source '%s': %s at offset %d (%s); requesting it again (%d/%d)",
-                            self.name, why, offset, url, tries, PAGE_RETRIES)
-                time.sleep(self.page_retry_pause * tries)
-                body, items = self._page(params)
-            fresh = []
-            for item in items:
-                invoice_id = _item_id(item) or "#" + repr(sorted(item.items()))  # no id: keyed by its content
-                if invoice_id not in seen:
-                    seen.add(invoice_id)
-                    fresh.append(item)
-            self.stats.extra["ids_listed"] = len(seen)
+            url = f"GET {LIST_PATH}?{_query(params)}"
+            body, items = guard.full_page(lambda: self._page(params), lambda page: self._ends_early(page, offset),
+                                          offset, url)
+            # An item without an id is keyed by its content.
+            fresh = guard.fresh(items, lambda item: _item_id(item) or "#" + repr(sorted(item.items())))
+            self.stats.extra["ids_listed"] = len(guard.seen)
             total = body.get("totalResults") if isinstance(body.get("totalResults"), int) else None
             grew = total - prev_total if total is not None and prev_total is not None else 0
-            if items and not fresh and not after_step_back and grew < len(items):
-                raise self.http.error(
-                    f"the invoice list repeated itself at offset {offset}: page "
-                    f"GET {LIST_PATH}?{_query(params)} holds no invoice not already listed (the API seems "
-                    "to ignore 'offset'); stopping rather than paging forever. The cursor was not moved.",
-                    endpoint=f"GET {LIST_PATH}",
-                )
+            guard.check_repeat(len(items), len(fresh), offset, url, len(items) if after_step_back else grew)
             if fresh:
                 yield fresh
             shrink = prev_total - total if total is not None and prev_total is not None and total < prev_total else 0
             prev_total = total if total is not None else prev_total
             after_step_back = shrink > 0
             if shrink:
-                self.stats.extra["list_step_backs"] = self.stats.extra.get("list_step_backs", 0) + 1
+                self.stats.count("list_step_backs")
                 log.info("source '%s': the list shrank by %d while paging; re-reading from offset %d",
                          self.name, shrink, max(0, offset - shrink))
                 offset = max(0, offset - shrink)
@@ -271,7 +224,7 @@ class OracleOccSource(Source):
                 before = stored.get(invoice_id)
                 if before is None:
                     extra["ids_new"] += 1
-                elif any(not _same(item.get(f), before.get(f)) for f in LIST_FIELDS):
+                elif any(not same_value(item.get(f), before.get(f)) for f in LIST_FIELDS):
                     extra["ids_changed"] += 1
                     self._changed.add(invoice_id)
                 else:
@@ -283,7 +236,7 @@ class OracleOccSource(Source):
     def _without_id(self, item: dict[str, Any]) -> dict[str, Any]:
         log.warning("source '%s': a list item has no CustomerTransactionId; quarantining it: %s", self.name,
                     repr(item)[:300])
-        self.stats.extra["items_without_id"] = self.stats.extra.get("items_without_id", 0) + 1
+        self.stats.count("items_without_id")
         return item
 
     def _detail(self, invoice_id: str | dict[str, Any]) -> dict[str, Any] | None:
@@ -295,12 +248,12 @@ class OracleOccSource(Source):
         except SourceError as exc:
             if exc.status == 404:  # deleted between the list call and this one
                 log.warning("source '%s': invoice %s vanished before its detail call", self.name, invoice_id)
-                self.stats.extra["vanished"] = self.stats.extra.get("vanished", 0) + 1
+                self.stats.count("vanished")
                 return None
             raise
         if not isinstance(body, dict):
             raise self.http.error(f"invoice {invoice_id}: detail response is not a JSON object", endpoint=f"GET {path}")
-        self.stats.extra["detail_calls"] = self.stats.extra.get("detail_calls", 0) + 1
+        self.stats.count("detail_calls")
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
@@ -308,7 +261,7 @@ class OracleOccSource(Source):
                           f"source '{self.name}': {{count}} invoices vanished before their detail call in all "
                           "({folded} more than logged above), e.g. {examples}",
                           example=lambda r: str(r.args[1]), when=lambda r: r.args[0] == self.name):
-            yield from batched(self._window_records(window), self.config.batch_size)
+            yield from self.batches(self._window_records(window))
         extra = self.stats.extra
         log.info(
             "source '%s': list mode %s: %d list pages, %d ids listed, %d new, %d changed, %d unchanged, "
@@ -333,7 +286,7 @@ class OracleOccSource(Source):
                 record = self.record_or_raw(payload)
                 modified = record.last_modified_at
                 if modified is not None and modified < window.start and record.invoice_id in self._changed:
-                    self.stats.extra["changed_before_window"] = self.stats.extra.get("changed_before_window", 0) + 1
+                    self.stats.count("changed_before_window")
                     self.stats.kept += 1
                     yield record
                 elif modified is not None and not window.start <= modified <= window.end:
@@ -367,7 +320,7 @@ class OracleOccSource(Source):
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
-        yield from batched(self._records_by_ids(ids), self.config.batch_size)
+        yield from self.batches(self._records_by_ids(ids))
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         workers = self.config.concurrency
@@ -385,7 +338,7 @@ class OracleOccSource(Source):
         in list-only mode) and the detail is fetched only of those whose list fields differ from the
         stored version (all of them when run without a warehouse), plus any not listed (a 404
         there is skipped: deletion reconciliation decides). customer_ids is not needed here."""
-        yield from batched(self._repoll_records(ids), self.config.batch_size)
+        yield from self.batches(self._repoll_records(ids))
 
     def _repoll_ids(self, wanted: set[str]) -> Iterator[str]:
         extra = self.stats.extra
@@ -414,7 +367,7 @@ class OracleOccSource(Source):
                 stored = lookup(page_ids, LIST_FIELDS) if lookup is not None else {}
                 for invoice_id, item in zip(page_ids, items):
                     before = stored.get(invoice_id)
-                    if before is not None and all(_same(item.get(f), before.get(f)) for f in LIST_FIELDS):
+                    if before is not None and all(same_value(item.get(f), before.get(f)) for f in LIST_FIELDS):
                         extra["repoll_unchanged"] += 1
                         continue
                     extra["repoll_changed"] += 1
@@ -495,12 +448,3 @@ def _timestamp_or_none(value: Any) -> datetime | None:
     except MappingError:
         return None
 
-
-def _same(listed: Any, stored: Any) -> bool:
-    """A list field equals its stored value: amounts as numbers ("1250" == "1250.00"), else as text."""
-    if listed is None or stored is None:
-        return listed is None and stored is None
-    try:
-        return Decimal(str(listed)) == Decimal(str(stored))
-    except InvalidOperation:
-        return str(listed) == str(stored)
