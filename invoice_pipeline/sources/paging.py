@@ -19,10 +19,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from contextlib import closing
 from dataclasses import dataclass, fields
 from typing import Any, Literal, TypeVar
 
 from invoice_pipeline.http import HttpClient
+from invoice_pipeline.sources.pool import ordered_map
 
 B = TypeVar("B")
 Fetch = Callable[[dict[str, Any], str], list[Any]]  # (query parameters, what for messages) -> the page's items
@@ -229,3 +231,165 @@ class _Walk:
             raise run.http.error(f"{self.what}: the server ignores offset and its answer holds exactly {len(answer)} "
                                  "items, the page cap it showed in this run: the rest of the list cannot be read",
                                  endpoint=self.endpoint)
+
+
+class HasMorePaginator:
+    """Offset/limit paging where every page says whether more follow (`hasMore`) and how many the
+    listing holds (`totalResults`, optional), in an immutable order (joins and leaves are the only
+    way items move). Guards:
+    - a page that ends the listing before `hasMore`/`totalResults` said it would is requested again
+      (PageGuard.full_page); still short, the run fails naming the URL and offset;
+    - a page without a single new item (the API ignores `offset`) fails the run, unless the total
+      grew by at least a page meanwhile or the walk just stepped back;
+    - a result set that shrank between two pages (`totalResults` fell: an item left, shifting later
+      ones back) is re-read from `offset - shrink`.
+    """
+
+    def __init__(self, guard: PageGuard, *, has_more: str = "hasMore", total: str = "totalResults"):
+        self.guard, self.has_more, self.total = guard, has_more, total
+
+    def _ends_early(self, body: dict[str, Any], items: list[Any], offset: int) -> str | None:
+        """Why this page ends the listing before the API itself said it would, or None."""
+        total = body.get(self.total)
+        if not items and body.get(self.has_more):
+            return f"an empty page (items: []) that says {self.has_more}: true"
+        if not body.get(self.has_more) and isinstance(total, int) and offset + len(items) < total:
+            return f"the last page ({self.has_more}: false) ends at {offset + len(items)} of {self.total} {total}"
+        return None
+
+    def walk(self, fetch: Callable[[int], tuple[dict[str, Any], list[Any]]], url: Callable[[int], str],
+             key: Callable[[Any], str]) -> Iterator[list[Any]]:
+        """The items not seen before, page by page; fetch(offset) -> (body, items)."""
+        guard, stats = self.guard, self.guard.stats
+        offset, prev_total, after_step_back = 0, None, False
+        while True:
+            body, items = guard.full_page(lambda: fetch(offset), lambda page: self._ends_early(*page, offset),
+                                          offset, url(offset))
+            fresh = guard.fresh(items, key)
+            stats.extra["ids_listed"] = len(guard.seen)
+            total = body.get(self.total) if isinstance(body.get(self.total), int) else None
+            grew = total - prev_total if total is not None and prev_total is not None else 0
+            guard.check_repeat(len(items), len(fresh), offset, url(offset), len(items) if after_step_back else grew)
+            if fresh:
+                yield fresh
+            shrink = prev_total - total if total is not None and prev_total is not None and total < prev_total else 0
+            prev_total = total if total is not None else prev_total
+            after_step_back = shrink > 0
+            if shrink:
+                stats.count("list_step_backs")
+                guard.log.info("source '%s': the list shrank by %d while paging; re-reading from offset %d",
+                               guard.http.source, shrink, max(0, offset - shrink))
+                offset = max(0, offset - shrink)
+                continue
+            if not body.get(self.has_more):
+                return
+            offset += len(items)
+
+
+class Shrunk(Exception):
+    """The result set lost items while we paged: later pages may have shifted past us."""
+
+
+class TotalsPaginator:
+    """Offset/limit paging where every page states the listing's total and the limit the server
+    really used, in an immutable order. The first page tells both; the rest are fetched in parallel
+    (ordered_map, bounded by `workers`), and a total that grew meanwhile extends the walk. Guards:
+    - a page short of its own total (fewer than min(limit, total - offset) items) is requested
+      again (PageGuard.full_page); still short, the run fails;
+    - a page without a new id fails the run (the API ignores `offset`), unless the set grew by at
+      least a page meanwhile (joins shift later pages back: repeats, never skips);
+    - a total that fell (a deletion shifts later items back past pages already read) restarts the
+      walk from the start, at most `max_restarts` times, then fails; the caller drops repeated ids;
+    - without a total the walk is sequential until a short page.
+    `total_of(body)` / `limit_of(body)` read the page's metadata (None when absent); `items_of(body)`
+    its items.
+    """
+
+    def __init__(self, guard_for: Callable[[], PageGuard], *, workers: int, name: str, max_restarts: int,
+                 items_of: Callable[[Any], list[Any]], total_of: Callable[[Any], int | None],
+                 limit_of: Callable[[Any], int | None], key: Callable[[Any], str], meta: str = "totals"):
+        self.guard_for, self.workers, self.name, self.max_restarts = guard_for, workers, name, max_restarts
+        self.items_of, self.total_of, self.limit_of, self.key = items_of, total_of, limit_of, key
+        self.meta = meta  # what the page's totals are called, for messages
+
+    def _short(self, body: Any, offset: int, limit: int) -> str | None:
+        total, used = self.total_of(body), self.limit_of(body)
+        used = used if used is not None and 0 < used < limit else limit  # the server's cap may be below ours
+        want = min(used, total - offset) if total is not None else 0
+        got = len(self.items_of(body))
+        if got >= want:
+            return None
+        return f"the page holds {got} invoices where its {self.meta} (total {total}, limit {limit}) promises {want}"
+
+    def pages(self, fetch: Callable[[int, int], Any], url: Callable[[int, int], str], page_size: int) -> Iterator[Any]:
+        """All pages, in order, each checked; fetch(offset, limit) -> body."""
+        restarts = 0
+        while True:
+            guard = self.guard_for()
+            try:
+                yield from self._walk(guard, fetch, url, page_size)
+                return
+            except Shrunk as exc:
+                restarts += 1
+                guard.stats.extra["list_restarts"] = restarts
+                if restarts > self.max_restarts:
+                    raise guard.http.error(
+                        f"the invoice list kept shrinking while it was read ({exc}); gave up after "
+                        f"{self.max_restarts} restarts rather than risk skipping invoices. The cursor was not moved.",
+                        endpoint=guard.endpoint,
+                    ) from None
+                guard.log.warning("source '%s': the invoice list shrank while paging (%s); reading it again",
+                                  guard.http.source, exc)
+
+    def _walk(self, guard: PageGuard, fetch: Callable[[int, int], Any], url: Callable[[int, int], str],
+              page_size: int) -> Iterator[Any]:
+        stats = guard.stats
+
+        def full(offset: int, limit: int, body: Any = None) -> Any:
+            return guard.full_page(lambda: fetch(offset, limit), lambda page: self._short(page, offset, limit),
+                                   offset, url(offset, limit), body)
+
+        def checked(body: Any, offset: int, limit: int, grown: int) -> Any:
+            keys = [self.key(item) for item in self.items_of(body) if isinstance(item, dict)]
+            fresh = guard.fresh(keys, str)
+            stats.extra["ids_listed"] = len(guard.seen)
+            guard.check_repeat(len(keys), len(fresh), offset, url(offset, limit), grown)
+            return body
+
+        first = full(0, page_size)
+        first_items = self.items_of(first)
+        limit = self.limit_of(first)
+        step = limit if limit is not None and limit > 0 else len(first_items)
+        total = first_total = self.total_of(first)
+        stats.expected_total = total  # progress lines show % done and an ETA
+        yield checked(first, 0, page_size, 0)
+        if not first_items or step <= 0:
+            return
+        if total is None:  # no totals: sequential until a short or empty page
+            stats.extra["pagination_metadata"] = False
+            offset = len(first_items)
+            while True:
+                body = checked(fetch(offset, step), offset, step, 0)
+                yield body
+                if len(self.items_of(body)) < step:
+                    return
+                offset += len(self.items_of(body))
+        next_offset = step
+
+        def offsets() -> Iterator[int]:  # read lazily: a total that grows extends it
+            nonlocal next_offset
+            while next_offset < total:
+                yield next_offset
+                next_offset += step
+
+        while next_offset < total:  # again when the total grew after the last offset was handed out
+            with closing(ordered_map(lambda at: (at, fetch(at, step)), offsets(), self.workers, self.workers * 2,
+                                     self.name)) as results:
+                for offset, body in results:
+                    body = full(offset, step, body)
+                    new_total = self.total_of(body)
+                    if new_total is not None and new_total < total:
+                        raise Shrunk(f"total {total} fell to {new_total} at offset {offset}")
+                    if new_total is not None and new_total > total:
+                        total = new_total
+                    yield checked(body, offset, step, total - first_total)

@@ -23,7 +23,7 @@ from invoice_pipeline.money import MappingError, to_timestamp
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 from invoice_pipeline.sources.helpers import require_objects, same_value
-from invoice_pipeline.sources.paging import PageGuard
+from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 from invoice_pipeline.logfold import fold_repeats
@@ -108,59 +108,20 @@ class OracleOccSource(Source):
             self.stats.count("pages")  # re-poll walks run in parallel
         return body, items
 
-    @staticmethod
-    def _ends_early(page: tuple[dict[str, Any], list[dict[str, Any]]], offset: int) -> str | None:
-        """Why this page ends the listing before the API itself said it would, or None."""
-        body, items = page
-        total = body.get("totalResults")
-        if not items and body.get("hasMore"):
-            return "an empty page (items: []) that says hasMore: true"
-        if not body.get("hasMore") and isinstance(total, int) and offset + len(items) < total:
-            return f"the last page (hasMore: false) ends at {offset + len(items)} of totalResults {total}"
-        return None
-
     def _walk(self, q: str | None) -> Iterator[list[dict[str, Any]]]:
-        """List items in id order, page by page (each page: the items not seen before).
+        """List items in id order (immutable), page by page, each page the items not seen before,
+        with the guards of paging.HasMorePaginator (short pages, repeated pages, a shrinking list)."""
+        def params(offset: int) -> dict[str, Any]:
+            at = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size, "offset": offset, "totalResults": "true"}
+            return at if q is None else {**at, "q": q}
 
-        Guards (paging.PageGuard; a listing is never cut short silently and never loops):
-        - a page that ends the listing before `hasMore`/`totalResults` said it would is requested
-          again (PAGE_RETRIES times); still short, the run fails naming the URL and offset;
-        - a page without a single new id (the API ignores `offset`) fails the run;
-        - a result set that shrank between two pages (`totalResults` fell: an invoice left the
-          window or was deleted, shifting later ones back) is re-read from `offset - shrink`.
-        The order key is immutable, so joins and leaves are the only way items move.
-        """
         guard = PageGuard(self.http, self.stats, log, f"GET {LIST_PATH}", retries=PAGE_RETRIES,
                           pause=self.page_retry_pause)
-        offset, prev_total, after_step_back = 0, None, False
-        while True:
-            params: dict[str, Any] = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size,
-                                      "offset": offset, "totalResults": "true"}
-            if q is not None:
-                params["q"] = q
-            url = f"GET {LIST_PATH}?{_query(params)}"
-            body, items = guard.full_page(lambda: self._page(params), lambda page: self._ends_early(page, offset),
-                                          offset, url)
-            # An item without an id is keyed by its content.
-            fresh = guard.fresh(items, lambda item: _item_id(item) or "#" + repr(sorted(item.items())))
-            self.stats.extra["ids_listed"] = len(guard.seen)
-            total = body.get("totalResults") if isinstance(body.get("totalResults"), int) else None
-            grew = total - prev_total if total is not None and prev_total is not None else 0
-            guard.check_repeat(len(items), len(fresh), offset, url, len(items) if after_step_back else grew)
-            if fresh:
-                yield fresh
-            shrink = prev_total - total if total is not None and prev_total is not None and total < prev_total else 0
-            prev_total = total if total is not None else prev_total
-            after_step_back = shrink > 0
-            if shrink:
-                self.stats.count("list_step_backs")
-                log.info("source '%s': the list shrank by %d while paging; re-reading from offset %d",
-                         self.name, shrink, max(0, offset - shrink))
-                offset = max(0, offset - shrink)
-                continue
-            if not body.get("hasMore"):
-                return
-            offset += len(items)
+        return HasMorePaginator(guard).walk(
+            lambda offset: self._page(params(offset)),
+            lambda offset: f"GET {LIST_PATH}?{_query(params(offset))}",
+            lambda item: _item_id(item) or "#" + repr(sorted(item.items())),  # no id: keyed by its content
+        )
 
     def _filter_mode(self) -> str:
         """Whether the tenant honours the list filter `q` (FILTER), refuses it (400) or ignores it.

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterator
-from contextlib import closing
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -15,7 +14,7 @@ from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
 from invoice_pipeline.sources.helpers import require_objects
-from invoice_pipeline.sources.paging import PageGuard
+from invoice_pipeline.sources.paging import PageGuard, TotalsPaginator
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
 
 log = logging.getLogger("invoice_pipeline.softwareone")
@@ -32,10 +31,6 @@ ORDER = "order=+audit.created.at,+id"
 REFETCH_CHUNK = 50  # ids per or(eq(id,..),...) re-request: half the page cap (100), a URL of ~1.5 KB
 PAGE_RETRIES = 2  # re-requests of a page short of its own total, before failing the run
 MAX_RESTARTS = 2  # walks again of a list that shrank while paging
-
-
-class _Shrunk(Exception):
-    """The result set lost invoices while we paged: later pages may have shifted past us."""
 
 
 class SoftwareOneConfig(SourceConfig):
@@ -115,97 +110,23 @@ class SoftwareOneSource(Source):
         total = cls._pagination(body).get("total")
         return total if isinstance(total, int) and not isinstance(total, bool) else None
 
-    @classmethod
-    def _short(cls, body: dict[str, Any], offset: int, limit: int) -> str | None:
-        """Why the page at `offset` holds fewer invoices than its own `total` says it must
-        (min(limit, total - offset); the server's cap may be below the limit asked), or None."""
-        total = cls._total(body)
-        used = cls._pagination(body).get("limit")
-        used = used if isinstance(used, int) and 0 < used < limit else limit
-        want = min(used, total - offset) if total is not None else 0
-        got = len(body["data"])
-        if got >= want:
-            return None
-        return f"the page holds {got} invoices where its $meta.pagination (total {total}, limit {limit}) promises {want}"
-
     def _pages(self, rql: str, select: str = SELECT) -> Iterator[dict[str, Any]]:
-        """All pages of a query, in order, each checked (see _walk). A result set that shrank while
-        we paged (a deletion shifts later invoices back past pages already read) is walked again
-        from the start, at most MAX_RESTARTS times; the caller drops the repeated ids."""
-        restarts = 0
-        while True:
-            try:
-                yield from self._walk(rql, select)
-                return
-            except _Shrunk as exc:
-                restarts += 1
-                self.stats.extra["list_restarts"] = restarts
-                if restarts > MAX_RESTARTS:
-                    raise self.http.error(
-                        f"the invoice list kept shrinking while it was read ({exc}); gave up after {MAX_RESTARTS} "
-                        "restarts rather than risk skipping invoices. The cursor was not moved.", endpoint=ENDPOINT,
-                    ) from None
-                log.warning("source '%s': the invoice list shrank while paging (%s); reading it again", self.name, exc)
+        """All pages of a query, in order, each checked by paging.TotalsPaginator: `$meta.pagination`
+        tells the total and the limit the server really used (capped at 100); pages after the first
+        are fetched in parallel; a total that fell restarts the walk (MAX_RESTARTS), so the caller
+        drops repeated ids."""
+        def limit_of(body: dict[str, Any]) -> int | None:
+            limit = self._pagination(body).get("limit")
+            return limit if isinstance(limit, int) else None
 
-    def _walk(self, rql: str, select: str) -> Iterator[dict[str, Any]]:
-        """One pass over the pages. The first page tells the total and the limit the server really
-        used (capped at 100); the rest are fetched in parallel, bounded by `concurrency`. A total
-        that grew meanwhile extends the walk. Guards (paging.PageGuard): a page short of its own
-        total is re-requested; a page without a new id (the API ignores `offset`) fails the run,
-        unless the set grew by at least a page meanwhile. Without pagination metadata the walk is
-        sequential until a short page."""
-        guard = PageGuard(self.http, self.stats, log, ENDPOINT, retries=PAGE_RETRIES, pause=self.page_retry_pause)
-
-        def url(offset: int, limit: int) -> str:
-            return f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
-
-        def full(offset: int, limit: int, body: dict[str, Any] | None = None) -> dict[str, Any]:
-            return guard.full_page(lambda: self._get(rql, offset, limit, select),
-                                   lambda page: self._short(page, offset, limit), offset, url(offset, limit), body)
-
-        def checked(body: dict[str, Any], offset: int, limit: int, grown: int) -> dict[str, Any]:
-            ids = [str(item.get("id")) for item in body["data"] if isinstance(item, dict)]
-            fresh = guard.fresh(ids, str)
-            self.stats.extra["ids_listed"] = len(guard.seen)
-            guard.check_repeat(len(ids), len(fresh), offset, url(offset, limit), grown)
-            return body
-
-        first = full(0, self.page_size)
-        limit = self._pagination(first).get("limit")
-        step = limit if isinstance(limit, int) and limit > 0 else len(first["data"])
-        total = first_total = self._total(first)
-        self.stats.expected_total = total  # progress lines show % done and an ETA
-        yield checked(first, 0, self.page_size, 0)
-        if not first["data"] or step <= 0:
-            return
-        if total is None:  # no pagination block: walk sequentially until a short or empty page
-            self.stats.extra["pagination_metadata"] = False
-            offset = len(first["data"])
-            while True:
-                body = checked(self._get(rql, offset, step, select), offset, step, 0)
-                yield body
-                if len(body["data"]) < step:
-                    return
-                offset += len(body["data"])
-        next_offset, workers = step, self.config.concurrency
-
-        def offsets() -> Iterator[int]:  # read lazily: a total that grows extends it
-            nonlocal next_offset
-            while next_offset < total:
-                yield next_offset
-                next_offset += step
-
-        while next_offset < total:  # again when the total grew after the last offset was handed out
-            with closing(ordered_map(lambda at: (at, self._get(rql, at, step, select)), offsets(), workers,
-                                     workers * 2, f"{self.name}-page")) as pages:
-                for offset, body in pages:
-                    body = full(offset, step, body)
-                    new_total = self._total(body)
-                    if new_total is not None and new_total < total:
-                        raise _Shrunk(f"total {total} fell to {new_total} at offset {offset}")
-                    if new_total is not None and new_total > total:
-                        total = new_total
-                    yield checked(body, offset, step, total - first_total)
+        return TotalsPaginator(
+            lambda: PageGuard(self.http, self.stats, log, ENDPOINT, retries=PAGE_RETRIES, pause=self.page_retry_pause),
+            workers=self.config.concurrency, name=f"{self.name}-page", max_restarts=MAX_RESTARTS,
+            items_of=lambda body: body["data"], total_of=self._total, limit_of=limit_of,
+            key=lambda item: str(item.get("id")), meta="$meta.pagination",
+        ).pages(lambda offset, limit: self._get(rql, offset, limit, select),
+                lambda offset, limit: f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}",
+                self.page_size)
 
     def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """A page's invoices, those the API left a selected field out of requested again (last)."""
