@@ -181,6 +181,13 @@ class Source(ABC):
         """Every invoice id modified at or after `since` (default start_date); a superset is allowed."""
         raise PipelineError(f"source '{self.name}' ({self.type_name}) cannot list its invoice ids (no list_ids)")
 
+    def parallel(self, fn: Callable[[Any], Any], items: Iterable[Any], name: str, depth: int = 2,
+                 stop: threading.Event | None = None) -> Iterator[Any]:
+        """fn over items on `concurrency` threads, `depth` x as many calls in flight, results in order
+        (ordered_map: bounded, lazy in `items`, stops the workers when the consumer stops)."""
+        workers = self.config.concurrency
+        return ordered_map(fn, items, workers, workers * depth, f"{self.name}-{name}", stop)
+
     def batches(self, records: Iterable[SourceRecord]) -> Iterator[list[SourceRecord]]:
         """`batched(records, config.batch_size)`: what extract() and fetch_by_ids() yield."""
         return batched(records, self.config.batch_size)

@@ -21,7 +21,7 @@ from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
 from invoice_pipeline.sources.auth import TokenAuth
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import require_objects
 
 log = logging.getLogger("invoice_pipeline.agvance")
@@ -232,7 +232,6 @@ class AgvanceSource(Source):
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         # The API has whole seconds: flooring both ends keeps every record of the window.
         start, end = _floor(window.start), _floor(window.end)
-        workers = self.config.concurrency
         newest: dict[str, datetime | None] = {}
         for key in ("window_splits", "duplicates", "keys_new", "windows"):
             self.stats.extra.setdefault(key, 0)
@@ -244,8 +243,7 @@ class AgvanceSource(Source):
                 yield span
 
         # A slice is taken whole before any of it is yielded.
-        for payloads in ordered_map(lambda span: self._fetch(*span), slices(), workers, workers * 2,
-                                    f"{self.name}-window"):
+        for payloads in self.parallel(lambda span: self._fetch(*span), slices(), "window"):
             for payload in payloads:
                 rec = self.record_or_raw(payload)
                 # Inclusive bounds and re-read windows deliver a record more than once:
@@ -317,10 +315,8 @@ class AgvanceSource(Source):
                     lo = hi = n
         start, end = self._all_time()
         groups = [items[i : i + ITEMS_PER_CALL] for i in range(0, len(items), ITEMS_PER_CALL)]
-        workers = self.config.concurrency
         newest: dict[str, SourceRecord] = {}
-        for payloads in ordered_map(lambda group: self._fetch(start, end, group), groups, workers, workers * 2,
-                                    f"{self.name}-byid"):
+        for payloads in self.parallel(lambda group: self._fetch(start, end, group), groups, "byid"):
             for payload in payloads:
                 rec = self.record_or_raw(payload)
                 if rec.invoice_id in wanted:
@@ -347,5 +343,4 @@ class AgvanceSource(Source):
         def keys(span: tuple[datetime, datetime]) -> set[str]:
             return {self.record_or_raw(p).invoice_id for p in self._fetch(*span)}
 
-        workers = self.config.concurrency
-        return set().union(*ordered_map(keys, slices, workers, workers * 2, f"{self.name}-ids"))
+        return set().union(*self.parallel(keys, slices, "ids"))

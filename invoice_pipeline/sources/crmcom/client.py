@@ -30,7 +30,7 @@ from invoice_pipeline.http import HttpClient, Validator
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
 from invoice_pipeline.timeutil import wall_time_readings
 from invoice_pipeline.sources.auth import TokenAuth
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import same_value
 from invoice_pipeline.sources.paging import UntilEmptyPaginator, WalkCounts
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
@@ -367,7 +367,6 @@ class CrmcomSource(Source):
         return changed
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
-        workers = self.config.concurrency
         stop = threading.Event()
         seen: set[str] = set()
         older: list[SourceRecord] = []  # compared with the warehouse in chunks (one query per chunk)
@@ -380,8 +379,8 @@ class CrmcomSource(Source):
                 older.clear()
 
         # Bounded, results in AR order; closing() stops the workers at once when the consumer stops or fails.
-        with closing(ordered_map(lambda ar_id: self._account_invoices(ar_id, window, stop), self._accounts(),
-                                 workers, workers * 2, f"{self.name}-ar", stop=stop)) as results:
+        with closing(self.parallel(lambda ar_id: self._account_invoices(ar_id, window, stop), self._accounts(),
+                                   "ar", stop=stop)) as results:
             for result in results:
                 yield from merge(result)
                 self.stats.progress(self.name)
@@ -427,9 +426,8 @@ class CrmcomSource(Source):
         everything = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
         stop = threading.Event()
         accounts = sorted(set(customer_ids)) if customer_ids else list(self._accounts())
-        workers = self.config.concurrency
-        with closing(ordered_map(lambda ar: self._account_or_none(ar, everything, stop), accounts, workers,
-                                 workers * 2, f"{self.name}-byid", stop=stop)) as results:
+        with closing(self.parallel(lambda ar: self._account_or_none(ar, everything, stop), accounts, "byid",
+                                   stop=stop)) as results:
             for result in results:
                 if result is None:
                     continue
@@ -459,10 +457,9 @@ class CrmcomSource(Source):
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id of every AR. `since` is ignored: the API has no date filter."""
-        workers = self.config.concurrency
         found: set[str] = set()
         try:
-            for ids, pages in ordered_map(self._account_ids, self._accounts(), workers, workers * 2, f"{self.name}-ids"):
+            for ids, pages in self.parallel(self._account_ids, self._accounts(), "ids"):
                 self.stats.pages += pages
                 self.stats.scanned += len(ids)
                 found.update(ids)

@@ -21,7 +21,7 @@ from invoice_pipeline.errors import SourceError
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
 from invoice_pipeline.sources.auth import TokenAuth
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import require_objects, same_value
 from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
@@ -237,10 +237,9 @@ class OracleOccSource(Source):
         (a backfill must not write newer versions; the next incremental run reads them), except an
         older version whose list fields changed since stored (list-only mode): that is the current
         version, changed by a receipt that did not move LastUpdateDate, and the merge takes it."""
-        workers = self.config.concurrency
         self.stats.extra.setdefault("outside_window", 0)
         # A few rounds queued so list paging never starves the detail workers.
-        details = ordered_map(self._detail, self._ids_to_fetch(window), workers, workers * 4, f"{self.name}-detail")
+        details = self.parallel(self._detail, self._ids_to_fetch(window), "detail", depth=4)
         for payload in details:
             self.stats.scanned += payload is not None
             if payload is not None:
@@ -284,8 +283,7 @@ class OracleOccSource(Source):
         yield from self.batches(self._records_by_ids(ids))
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        workers = self.config.concurrency
-        for payload in ordered_map(self._detail, sorted(set(ids)), workers, workers * 4, f"{self.name}-byid"):
+        for payload in self.parallel(self._detail, sorted(set(ids)), "byid", depth=4):
             self.stats.scanned += 1
             if payload is None:
                 continue
@@ -317,7 +315,7 @@ class OracleOccSource(Source):
             """The list items of the wanted invoices in one walk (walks run in parallel)."""
             return [item for page in self._walk(q) for item in page if _item_id(item) in wanted]
 
-        for found in ordered_map(listed, walks, workers, workers * 2, f"{self.name}-repoll-list"):
+        for found in self.parallel(listed, walks, "repoll-list"):
             for start in range(0, len(found), COMPARE_CHUNK):
                 items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
                 if not items:
@@ -339,9 +337,8 @@ class OracleOccSource(Source):
         yield from sorted(left)
 
     def _repoll_records(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        workers = self.config.concurrency
         wanted = {str(i) for i in ids}
-        for payload in ordered_map(self._detail, self._repoll_ids(wanted), workers, workers * 4, f"{self.name}-repoll"):
+        for payload in self.parallel(self._detail, self._repoll_ids(wanted), "repoll", depth=4):
             if payload is None:
                 continue
             self.stats.scanned += 1

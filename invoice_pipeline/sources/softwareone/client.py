@@ -12,7 +12,7 @@ from pydantic import SecretStr
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import require_objects
 from invoice_pipeline.sources.paging import PageGuard, TotalsPaginator
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
@@ -221,8 +221,7 @@ class SoftwareOneSource(Source):
         wanted = sorted(set(ids))
         wanted_set = set(wanted)
         chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
-        workers = self.config.concurrency
-        for items in ordered_map(self._by_ids_chunk, chunks, workers, workers * 2, f"{self.name}-byid"):
+        for items in self.parallel(self._by_ids_chunk, chunks, "byid"):
             self.stats.scanned += len(items)
             fresh: list[SourceRecord] = []
             for item in items:
