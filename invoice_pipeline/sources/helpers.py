@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -16,6 +17,23 @@ def same_value(read: Any, stored: Any) -> bool:
         return Decimal(str(read)) == Decimal(str(stored))
     except InvalidOperation:
         return str(read) == str(stored)
+
+
+def compare_stored(lookup: Callable[[Sequence[str], Sequence[str]], dict[str, dict[str, Any]]] | None,
+                   keyed: list[tuple[str, dict[str, Any]]], fields: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """(id, state) for each (id, fields read now), in order, with one warehouse query for all (the
+    source's `stored_fields`): "new" (not stored, or no warehouse to ask: lookup None), "changed" (a
+    field differs from the stored version: e.g. a payment that did not move the modification time)
+    or "unchanged"."""
+    stored = lookup([key for key, _ in keyed], fields) if lookup is not None and keyed else {}
+    for key, read in keyed:
+        before = stored.get(key)
+        if before is None:
+            yield key, "new"
+        elif any(not same_value(read.get(f), before.get(f)) for f in fields):
+            yield key, "changed"
+        else:
+            yield key, "unchanged"
 
 
 def require_objects(http: HttpClient, items: list[Any], what: str, endpoint: str) -> list[dict[str, Any]]:

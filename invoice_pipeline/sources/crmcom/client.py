@@ -31,7 +31,7 @@ from invoice_pipeline.money import MappingError, to_text, to_timestamp
 from invoice_pipeline.timeutil import wall_time_readings
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import same_value
+from invoice_pipeline.sources.helpers import compare_stored
 from invoice_pipeline.sources.paging import UntilEmptyPaginator, WalkCounts
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
 
@@ -351,14 +351,12 @@ class CrmcomSource(Source):
         lookup = self.stored_fields
         if lookup is None or not older:
             return []
-        stored = lookup([r.invoice_id for r in older], BALANCE_FIELDS)
         extra = self.stats.extra
         changed = []
-        for record in older:
-            before = stored.get(record.invoice_id)
-            if before is None or record.invoice_id in seen:
-                continue  # not in the warehouse: older than its start or never loaded; not ours to add here
-            if any(not same_value(record.payload.get(f), before.get(f)) for f in BALANCE_FIELDS):
+        # "new" = not in the warehouse: older than its start or never loaded; not ours to add here.
+        for record, (_, state) in zip(older, compare_stored(lookup, [(r.invoice_id, r.payload) for r in older],
+                                                            BALANCE_FIELDS)):
+            if state == "changed" and record.invoice_id not in seen:
                 seen.add(record.invoice_id)
                 changed.append(record)
         extra["invoices_changed_before_window"] = extra.get("invoices_changed_before_window", 0) + len(changed)

@@ -22,7 +22,7 @@ from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import require_objects, same_value
+from invoice_pipeline.sources.helpers import compare_stored, require_objects
 from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
@@ -179,19 +179,12 @@ class OracleOccSource(Source):
                     candidates.append(item)
             if not candidates:
                 continue
-            ids = [_item_id(item) for item in candidates]
-            stored = lookup(ids, LIST_FIELDS) if lookup is not None else {}
-            for invoice_id, item in zip(ids, candidates):
-                before = stored.get(invoice_id)
-                if before is None:
-                    extra["ids_new"] += 1
-                elif any(not same_value(item.get(f), before.get(f)) for f in LIST_FIELDS):
-                    extra["ids_changed"] += 1
+            for invoice_id, state in compare_stored(lookup, [(_item_id(i), i) for i in candidates], LIST_FIELDS):
+                extra[f"ids_{state}"] += 1
+                if state == "changed":
                     self._changed.add(invoice_id)
-                else:
-                    extra["ids_unchanged"] += 1
-                    continue
-                yield invoice_id
+                if state != "unchanged":
+                    yield invoice_id
         self._compared_all = lookup is not None  # see _window_records
 
     def _without_id(self, item: dict[str, Any]) -> dict[str, Any]:
@@ -320,17 +313,12 @@ class OracleOccSource(Source):
                 items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
                 if not items:
                     continue
-                page_ids = [_item_id(item) for item in items]
-                left.difference_update(page_ids)
+                left.difference_update(_item_id(item) for item in items)
                 extra["repoll_listed"] += len(items)
-                stored = lookup(page_ids, LIST_FIELDS) if lookup is not None else {}
-                for invoice_id, item in zip(page_ids, items):
-                    before = stored.get(invoice_id)
-                    if before is not None and all(same_value(item.get(f), before.get(f)) for f in LIST_FIELDS):
-                        extra["repoll_unchanged"] += 1
-                        continue
-                    extra["repoll_changed"] += 1
-                    yield invoice_id
+                for invoice_id, state in compare_stored(lookup, [(_item_id(i), i) for i in items], LIST_FIELDS):
+                    extra["repoll_unchanged" if state == "unchanged" else "repoll_changed"] += 1
+                    if state != "unchanged":
+                        yield invoice_id
         extra["repoll_not_listed"] += len(left)
         if left:
             log.info("source '%s': %d open invoices were not in the list; reading them directly", self.name, len(left))
