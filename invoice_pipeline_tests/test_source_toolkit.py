@@ -22,7 +22,7 @@ from invoice_pipeline.source_types import known_types, source_class
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ExtractStats, ordered_map
 from invoice_pipeline.sources.oracle_occ.client import OracleOccConfig
-from invoice_pipeline.sources.paging import PageGuard, UntilEmptyPaginator, WalkCounts
+from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard, TotalsPaginator, UntilEmptyPaginator, WalkCounts
 from invoice_pipeline_tests.fake_source import FakeSource, fake_config_block
 
 log = logging.getLogger("test_source_toolkit")
@@ -212,6 +212,91 @@ def test_a_page_of_nothing_new_is_fatal_unless_the_set_grew_by_as_much() -> None
     g.check_repeat(2, len(fresh), 2, "GET /list?o=2", grown=2)  # two joined meanwhile: a shift, not a loop
     with pytest.raises(SourceError, match="repeated itself at offset 2.*ignore 'offset'"):
         g.check_repeat(2, len(fresh), 2, "GET /list?o=2", grown=1)
+
+
+class HasMoreServer:
+    """Oracle-style pages of 10: items, hasMore, totalResults; `after_first(items)` runs once after page one."""
+
+    def __init__(self, n: int, after_first=None, ignores_offset: bool = False, empty_once_at: int | None = None):
+        self.items = [{"id": str(i)} for i in range(n)]
+        self.after_first, self.ignores_offset, self.empty_once_at = after_first, ignores_offset, empty_once_at
+        self.offsets: list[int] = []
+
+    def fetch(self, offset: int) -> tuple[dict[str, Any], list[Any]]:
+        self.offsets.append(offset)
+        start = 0 if self.ignores_offset else offset
+        page = self.items[start:start + 10]
+        if offset == self.empty_once_at:
+            self.empty_once_at, page = None, []
+        body = {"items": page, "hasMore": start + 10 < len(self.items), "totalResults": len(self.items)}
+        if len(self.offsets) == 1 and self.after_first:
+            self.after_first(self.items)
+        return body, page
+
+
+def has_more_walk(server: HasMoreServer) -> list[str]:
+    g, _ = guard()
+    pages = HasMorePaginator(g).walk(server.fetch, lambda offset: f"GET /list?offset={offset}", lambda i: i["id"])
+    return [item["id"] for page in pages for item in page]
+
+
+def test_has_more_steps_back_when_the_list_shrinks_while_paging() -> None:
+    # "2" (already read) leaves after page one: "10" shifts back to offset 9, which page two (offset 10) skips.
+    server = HasMoreServer(30, after_first=lambda items: items.pop(2))
+    ids = has_more_walk(server)
+    assert sorted(ids, key=int) == [str(i) for i in range(30)]  # "10" was not lost
+    assert server.offsets == [0, 10, 9, 19]  # totalResults fell by one at offset 10: re-read from 9
+
+
+def test_has_more_rerequests_an_empty_page_that_says_more_follow() -> None:
+    server = HasMoreServer(30, empty_once_at=10)
+    assert has_more_walk(server) == [str(i) for i in range(30)]
+    assert server.offsets == [0, 10, 10, 20]
+
+
+def test_has_more_fails_on_a_server_that_ignores_offset() -> None:
+    with pytest.raises(SourceError, match="repeated itself at offset 10"):
+        has_more_walk(HasMoreServer(30, ignores_offset=True))
+
+
+def totals_walk(items: list[dict[str, Any]], on_fetch=None, max_restarts: int = 2) -> tuple[list[str], ExtractStats]:
+    _, stats = guard()
+
+    def fetch(offset: int, limit: int) -> dict[str, Any]:
+        if on_fetch:
+            on_fetch(offset, items)
+        return {"data": items[offset:offset + min(limit, 10)], "total": len(items), "limit": min(limit, 10)}
+
+    pager = TotalsPaginator(lambda: PageGuard(HttpClient("toolkit", "http://127.0.0.1:9"), stats, log, "GET /l",
+                                              retries=1, pause=0),
+                            workers=3, name="t", max_restarts=max_restarts, items_of=lambda b: b["data"],
+                            total_of=lambda b: b["total"], limit_of=lambda b: b["limit"], key=lambda i: i["id"])
+    pages = pager.pages(fetch, lambda offset, limit: f"GET /l?offset={offset}", 100)
+    return [item["id"] for body in pages for item in body["data"]], stats
+
+
+def test_totals_paginator_follows_a_total_that_grows() -> None:
+    items = [{"id": str(i)} for i in range(25)]
+    grown = []
+
+    def grow(offset: int, items: list[dict[str, Any]]) -> None:
+        if offset == 20 and not grown:  # the last page of the first total: five more joined meanwhile
+            grown.append(1)
+            items.extend({"id": str(i)} for i in range(25, 30))
+
+    ids, stats = totals_walk(items, grow)
+    assert ids == [str(i) for i in range(30)] and stats.expected_total == 25
+
+
+def test_totals_paginator_restarts_a_shrinking_list_then_gives_up() -> None:
+    items = [{"id": str(i)} for i in range(100)]
+
+    def shrink(offset: int, items: list[dict[str, Any]]) -> None:
+        if offset == 50:
+            items.pop(0)
+
+    with pytest.raises(SourceError, match="kept shrinking.*gave up after 2 restarts"):
+        totals_walk(items, shrink)
 
 
 class Server:
