@@ -18,9 +18,11 @@ import pytest
 
 from invoice_pipeline.errors import PipelineError, SourceError
 from invoice_pipeline.http import HttpClient
+from invoice_pipeline.money import MappingError
 from invoice_pipeline.source_types import known_types, source_class
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ExtractStats, ordered_map
+from invoice_pipeline.sources.helpers import compare_stored, nested_object, object_array, require_objects
 from invoice_pipeline.sources.oracle_occ.client import OracleOccConfig
 from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard, TotalsPaginator, UntilEmptyPaginator, WalkCounts
 from invoice_pipeline_tests.fake_source import FakeSource, fake_config_block
@@ -386,3 +388,35 @@ def test_each_config_model_names_its_credential_keys() -> None:
     for type_name in known_types():
         keys = source_class(type_name).config_model.credential_keys
         assert keys and all(k in source_class(type_name).config_model.model_fields for k in keys), type_name
+
+
+# -- shared helpers -----------------------------------------------------------------------------
+def test_nested_parts_are_objects_or_arrays_of_objects_else_the_record_is_unmappable() -> None:
+    payload = {"customer": {"id": 1}, "lines": [{"n": 1}], "bad": "x", "mixed": [{"n": 1}, 7], "empty": None}
+    assert nested_object(payload, "customer") == {"id": 1} and nested_object(payload, "empty") == {}
+    assert object_array(payload, "lines") == [{"n": 1}] and object_array(payload, "missing") == []
+    with pytest.raises(MappingError, match=r"invoice 7: bad: expected an object, got str"):
+        nested_object(payload, "bad", "invoice 7: ")
+    with pytest.raises(MappingError, match=r"mixed\[1\]: expected an object, got int"):
+        object_array(payload, "mixed")
+
+
+def test_compare_stored_tells_new_changed_and_unchanged_with_one_query() -> None:
+    queries = []
+
+    def lookup(ids, fields):
+        queries.append(list(ids))
+        return {"1": {"balance": "10.00", "status": "OPEN"}, "2": {"balance": "5", "status": "OPEN"}}
+
+    read = [("1", {"balance": 10, "status": "OPEN"}), ("2", {"balance": "4.99", "status": "OPEN"}), ("3", {})]
+    assert list(compare_stored(lookup, read, ("balance", "status"))) == [("1", "unchanged"), ("2", "changed"),
+                                                                         ("3", "new")]
+    assert queries == [["1", "2", "3"]]
+    assert list(compare_stored(None, read, ("balance",))) == [("1", "new"), ("2", "new"), ("3", "new")]
+
+
+def test_require_objects_names_the_offending_item() -> None:
+    http = HttpClient("shop", "http://127.0.0.1:9")
+    assert require_objects(http, [{"a": 1}], "page", "GET /l") == [{"a": 1}]
+    with pytest.raises(SourceError, match=r"page at offset 50: item 1 is not an object: 'oops'"):
+        require_objects(http, [{"a": 1}, "oops"], "page at offset 50", "GET /l")
