@@ -24,7 +24,8 @@ from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ExtractStats, ordered_map
 from invoice_pipeline.sources.helpers import compare_stored, nested_object, object_array, require_objects
 from invoice_pipeline.sources.oracle_occ.client import OracleOccConfig
-from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard, TotalsPaginator, UntilEmptyPaginator, WalkCounts
+from invoice_pipeline.sources.paging import (HasMorePaginator, PageGuard, TotalsPaginator, UntilEmptyPaginator,
+                                             WalkCounts)
 from invoice_pipeline_tests.fake_source import FakeSource, fake_config_block
 
 log = logging.getLogger("test_source_toolkit")
@@ -202,7 +203,8 @@ def test_short_page_is_requested_again_until_whole() -> None:
 def test_short_page_still_short_after_the_retries_fails_naming_offset_and_url() -> None:
     g, stats = guard(retries=2)
     calls = []
-    with pytest.raises(SourceError, match=r"ended early at offset 50: 1 of 3, still after 2 re-requests of GET /list\?o=50"):
+    with pytest.raises(SourceError, match=r"ended early at offset 50: 1 of 3, still after 2 re-requests of "
+                                          r"GET /list\?o=50"):
         g.full_page(lambda: calls.append(1) or [1], lambda p: f"{len(p)} of 3", 50, "GET /list?o=50")
     assert len(calls) == 3 and stats.extra["pages_rerequested"] == 2
 

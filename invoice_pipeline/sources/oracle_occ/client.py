@@ -112,7 +112,8 @@ class OracleOccSource(Source):
         """List items in id order (immutable), page by page, each page the items not seen before,
         with the guards of paging.HasMorePaginator (short pages, repeated pages, a shrinking list)."""
         def params(offset: int) -> dict[str, Any]:
-            at = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size, "offset": offset, "totalResults": "true"}
+            at = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size, "offset": offset,
+                  "totalResults": "true"}
             return at if q is None else {**at, "q": q}
 
         guard = PageGuard(self.http, self.stats, log, f"GET {LIST_PATH}", retries=PAGE_RETRIES,
