@@ -9,7 +9,7 @@ import os
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 from urllib.parse import urlparse
 
 import yaml
@@ -53,6 +53,8 @@ class SourceConfig(BaseModel):
     """Keys every source type accepts; each type subclasses it with its own (credentials etc.)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+    # The keys an operator checks when the API refuses the login (named in that error message).
+    credential_keys: ClassVar[tuple[str, ...]] = ()
 
     type: str
     base_url: str

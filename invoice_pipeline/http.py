@@ -46,7 +46,8 @@ Validator = Callable[[int, Any], None]
 
 
 class Auth:
-    """A credential scheme. Subclasses log in lazily, decorate requests and renew on demand."""
+    """A credential scheme. Subclasses log in lazily, decorate requests and renew on demand
+    (sources/auth.py's TokenAuth does that for every API with a login call)."""
 
     def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -60,17 +61,6 @@ class Auth:
 
     def close(self) -> None:
         """Release server-side state (e.g. CRM.COM's token release)."""
-
-
-class BearerAuth(Auth):
-    def __init__(self, token: str):
-        self.token = token
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers["Authorization"] = f"Bearer {self.token}"
-
-    def secrets(self) -> list[str]:
-        return [self.token]
 
 
 @dataclass(frozen=True)
@@ -93,7 +83,6 @@ class _Transient(Exception):
 class HttpStats:
     api_calls: int = 0
     retries: int = 0
-    bytes_received: int = 0
 
 
 class HttpClient:
@@ -249,8 +238,6 @@ class HttpClient:
             if isinstance(exc, HTTPError):
                 raise _Transient(f"transfer failed: {type(exc).__name__}") from None
             raise
-        with self._lock:
-            self.stats.bytes_received += len(content)
         status = resp.status
         body = _parse_json(content)
         if status in RETRY_STATUSES:

@@ -9,45 +9,23 @@ cursors, Dagster) is generic and lives outside `sources/`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 from invoice_pipeline.config import SourceConfig
+from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.http import HttpClient
+from invoice_pipeline.sources.pool import ordered_map  # noqa: F401 - the clients' pool, re-exported here
 
 log = logging.getLogger("invoice_pipeline.extract")
-CREDENTIAL_KEYS = ("username", "password", "organisation", "api_token", "api_key", "database_id")
-T = TypeVar("T")
-R = TypeVar("R")
 # (invoice ids, top-level raw field names) -> {invoice id: {field: stored value}} for the ids the
 # warehouse holds (an id it lacks is absent). Lets a client skip invoices that did not change.
 StoredFields = Callable[[Sequence[str], Sequence[str]], dict[str, dict[str, Any]]]
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int, depth: int, name: str) -> Iterator[R]:
-    """fn over items on `workers` threads, at most `depth` calls queued, results in input order.
-
-    The bounded queue keeps memory flat and lets a slow producer (list paging) overlap the calls.
-    """
-    inflight: deque[Future[R]] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name) as pool:
-        try:
-            for item in items:
-                inflight.append(pool.submit(fn, item))
-                while len(inflight) >= depth:
-                    yield inflight.popleft().result()
-            while inflight:
-                yield inflight.popleft().result()
-        except BaseException:
-            for future in inflight:
-                future.cancel()
-            raise
 
 
 def batched(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceRecord]]:
@@ -97,7 +75,12 @@ class ConformedInvoice:
 
 @dataclass
 class ExtractStats:
-    """What one extraction did, for logs and Dagster metadata."""
+    """What one extraction did, for logs and Dagster metadata.
+
+    Thread safety: a counter a worker thread may touch (anything updated inside a function given to
+    `ordered_map`) is changed only through `count()`, which holds the lock; plain `+=` and `extra[...] =`
+    are for the consuming thread alone (writes to different counters never lose one another).
+    """
 
     pages: int = 0
     scanned: int = 0  # invoices the API returned
@@ -107,6 +90,15 @@ class ExtractStats:
     http: Any = None  # the client's HttpStats, for request counts and rates in progress lines
     started: float = field(default_factory=time.monotonic)
     _last_progress: float = field(default_factory=time.monotonic)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add n to a counter, from any thread: `pages`, `scanned`, `kept` or an `extra` key."""
+        with self._lock:
+            if name in ("pages", "scanned", "kept"):
+                setattr(self, name, getattr(self, name) + n)
+            else:
+                self.extra[name] = self.extra.get(name, 0) + n
 
     def progress(self, source: str, every: float = 5.0, force: bool = False) -> None:
         """A steady log line with counts and rates (visible in Dagster's run logs)."""
@@ -140,7 +132,7 @@ class Source(ABC):
     type_name: ClassVar[str]
     config_model: ClassVar[type[SourceConfig]]
     default_page_size: ClassVar[int] = 100
-    # Sources without installment objects get one derived installment per invoice (SPEC 3).
+    # Sources without installment objects get one derived installment per invoice (docs/DATA_DICTIONARY.md).
     has_installments: ClassVar[bool] = False
     key_field: ClassVar[str | None] = None  # top-level field holding the invoice key, when there is one
     # identify() and to_conformed() use only name and config, so another process can rebuild them
@@ -159,7 +151,7 @@ class Source(ABC):
             max_retries=config.max_retries,
             pool_size=config.concurrency,
             secrets=config.secrets(),
-            credential_keys=[k for k in CREDENTIAL_KEYS if k in type(config).model_fields],
+            credential_keys=type(config).credential_keys,
         )
         self.stats = ExtractStats(http=self.http.stats)
 
@@ -178,6 +170,27 @@ class Source(ABC):
     @abstractmethod
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         """Map one raw invoice to the conformed model; raises MappingError to quarantine it."""
+
+    # -- lifecycle: specific invoices and the full id list (re-poll, deletion reconciliation) -------
+    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+        """Batches of the current version of these invoices; an id the API no longer knows is absent.
+        customer_ids: the stored customer keys of these invoices, for APIs that list per customer."""
+        raise PipelineError(f"source '{self.name}' ({self.type_name}) cannot read specific invoices (no fetch_by_ids)")
+
+    def list_ids(self, since: datetime | None = None) -> set[str]:
+        """Every invoice id modified at or after `since` (default start_date); a superset is allowed."""
+        raise PipelineError(f"source '{self.name}' ({self.type_name}) cannot list its invoice ids (no list_ids)")
+
+    def parallel(self, fn: Callable[[Any], Any], items: Iterable[Any], name: str, depth: int = 2,
+                 stop: threading.Event | None = None) -> Iterator[Any]:
+        """fn over items on `concurrency` threads, `depth` x as many calls in flight, results in order
+        (ordered_map: bounded, lazy in `items`, stops the workers when the consumer stops)."""
+        workers = self.config.concurrency
+        return ordered_map(fn, items, workers, workers * depth, f"{self.name}-{name}", stop)
+
+    def batches(self, records: Iterable[SourceRecord]) -> Iterator[list[SourceRecord]]:
+        """`batched(records, config.batch_size)`: what extract() and fetch_by_ids() yield."""
+        return batched(records, self.config.batch_size)
 
     def mapper(self) -> Source:
         """What identify()/to_conformed() run on; a wrapper (lifecycle's given batches) reaches its inner source."""

@@ -9,22 +9,20 @@ and halves any slice the API refuses until it fits (one second at the smallest).
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import deque
 from collections.abc import Collection, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, SecretStr, field_validator
 
 from invoice_pipeline.config import Duration, SourceConfig
 from invoice_pipeline.errors import AuthExpired
-from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
+from invoice_pipeline.sources.auth import TokenAuth
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.helpers import require_objects
 
 log = logging.getLogger("invoice_pipeline.agvance")
 
@@ -45,10 +43,11 @@ def _text(value: Any) -> Any:
 
 
 class AgvanceConfig(SourceConfig):
-    """Agvance keys (SPEC 1). `window_size`: the span of LastModifiedUtc asked for per call
+    """Agvance keys (docs/SOURCES.md). `window_size`: the span of LastModifiedUtc asked for per call
     (default 7 days); a slice the API refuses as too large is halved automatically, so this
     only tunes the number of calls, never correctness."""
 
+    credential_keys: ClassVar[tuple[str, ...]] = ("username", "password", "api_key", "database_id")
     type: Literal["agvance"]
     api_key: SecretStr
     username: str
@@ -65,20 +64,19 @@ class AgvanceConfig(SourceConfig):
         return value
 
 
-class AgvanceSessionAuth(Auth):
+class AgvanceSessionAuth(TokenAuth):
     """Login once per session; the session dies after 60 idle minutes -> log in again once."""
 
     IDLE_LIMIT = 55 * 60  # seconds: re-login proactively a little before the documented 60
 
     def __init__(self, http: HttpClient, api_key: str, username: str, password: str, database_id: str):
-        self._http = http
+        super().__init__(http)
         self._api_key = api_key
         self._credentials = {"UserName": username, "Password": password, "DatabaseID": database_id}
-        self._session: str | None = None
-        self._last_used = 0.0
-        self._lock = threading.Lock()
-        self._local = threading.local()  # the session id this thread last sent
-        self.logins = 0
+
+    @property
+    def _session(self) -> str | None:
+        return self._token
 
     def _check_login(self, status: int, body: Any) -> None:
         if not isinstance(body, dict):
@@ -91,36 +89,19 @@ class AgvanceSessionAuth(Auth):
                 status=status,
             )
 
-    def _login(self) -> None:
+    def login(self) -> tuple[str, float | None]:
         resp = self._http.request(
             "POST", LOGIN_PATH, headers={"ApiKey": self._api_key}, json=self._credentials,
             use_auth=False, validate=self._check_login,
         )
-        self._session = str(resp.body["SessionID"])
-        self._last_used = time.monotonic()
-        self.logins += 1
+        return str(resp.body["SessionID"]), None  # no fixed lifetime: it dies when idle
 
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        with self._lock:
-            now = time.monotonic()
-            if self._session is None or now - self._last_used > self.IDLE_LIMIT:
-                self._login()
-            self._last_used = now
-            session = self._session
-        self._local.session = session
+    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
         headers["ApiKey"] = self._api_key
-        headers["SessionID"] = session
-
-    def renew(self) -> None:
-        with self._lock:
-            # Parallel calls fail together when the session expires: the first one logs in
-            # again, the others just retry with the new session.
-            if self._session is not None and getattr(self._local, "session", None) != self._session:
-                return
-            self._login()
+        headers["SessionID"] = token
 
     def secrets(self) -> list[str]:
-        return [s for s in (self._api_key, self._session) if s]
+        return [s for s in (self._api_key, self._token) if s]
 
 
 class _TooLarge(Exception):
@@ -149,7 +130,6 @@ class AgvanceSource(Source):
             config.password.get_secret_value(), config.database_id,
         )
         self.http.auth = self.auth
-        self._stats_lock = threading.Lock()
 
     # -- one call ------------------------------------------------------------------------------
     def _validate(self, status: int, body: Any) -> None:
@@ -192,12 +172,10 @@ class AgvanceSource(Source):
                 raise self.http.error(
                     f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT
                 ) from None
-            with self._stats_lock:
-                self.stats.pages += 1
+            self.stats.count("pages")
             if count == len(records):
                 break
-            with self._stats_lock:
-                self.stats.extra["count_mismatches"] = self.stats.extra.get("count_mismatches", 0) + 1
+            self.stats.count("count_mismatches")
             if attempt == COUNT_ATTEMPTS:
                 raise self.http.error(
                     f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)} "
@@ -205,11 +183,8 @@ class AgvanceSource(Source):
                 )
             log.warning("source '%s': %s: Count says %d invoices but InvoiceRecords holds %d; asking again (%d/%d)",
                         self.name, span, count, len(records), attempt, COUNT_ATTEMPTS - 1)
-        for pos, rec in enumerate(records):
-            if not isinstance(rec, dict):
-                raise self.http.error(f"{span}: InvoiceRecords[{pos}] is not an object", endpoint=LIST_ENDPOINT)
-        with self._stats_lock:
-            self.stats.scanned += len(records)
+        require_objects(self.http, records, f"{span}: InvoiceRecords", LIST_ENDPOINT)
+        self.stats.count("scanned", len(records))
         return records
 
     def _fetch(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
@@ -224,8 +199,7 @@ class AgvanceSource(Source):
                     endpoint=LIST_ENDPOINT,
                 ) from None
         mid = start + timedelta(seconds=int((end - start).total_seconds()) // 2)
-        with self._stats_lock:
-            self.stats.extra["window_splits"] = self.stats.extra.get("window_splits", 0) + 1
+        self.stats.count("window_splits")
         log.debug("source '%s': window %s..%s too large, splitting at %s", self.name, _fmt(start), _fmt(end), _fmt(mid))
         return self._fetch(start, mid, items) + self._fetch(mid + SECOND, end, items)
 
@@ -241,7 +215,7 @@ class AgvanceSource(Source):
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
         try:
-            yield from batched(self._window_records(window), self.config.batch_size)
+            yield from self.batches(self._window_records(window))
             self.stats.progress(self.name, force=True)
         finally:
             extra = self.stats.extra
@@ -258,17 +232,19 @@ class AgvanceSource(Source):
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         # The API has whole seconds: flooring both ends keeps every record of the window.
         start, end = _floor(window.start), _floor(window.end)
-        workers = self.config.concurrency
         newest: dict[str, datetime | None] = {}
-        inflight: deque[Future] = deque()
-        self.stats.extra.setdefault("window_splits", 0)
-        self.stats.extra.setdefault("duplicates", 0)
-        self.stats.extra.setdefault("keys_new", 0)
+        for key in ("window_splits", "duplicates", "keys_new", "windows"):
+            self.stats.extra.setdefault(key, 0)
 
-        def collect(future: Future) -> list[SourceRecord]:
-            """One slice's new records (a slice is taken whole before any of it is yielded)."""
-            fresh: list[SourceRecord] = []
-            for payload in future.result():
+        def slices() -> Iterator[tuple[datetime, datetime]]:
+            for span in self._windows(start, end):
+                self.stats.extra["windows"] += 1
+                self.stats.progress(self.name)
+                yield span
+
+        # A slice is taken whole before any of it is yielded.
+        for payloads in self.parallel(lambda span: self._fetch(*span), slices(), "window"):
+            for payload in payloads:
                 rec = self.record_or_raw(payload)
                 # Inclusive bounds and re-read windows deliver a record more than once:
                 # keep the first copy of each version and any newer version.
@@ -280,24 +256,8 @@ class AgvanceSource(Source):
                 else:
                     self.stats.extra["keys_new"] += 1
                 newest[rec.invoice_id] = rec.last_modified_at
-                fresh.append(rec)
                 self.stats.kept += 1
-            return fresh
-
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-window") as pool:
-            try:
-                for lo, hi in self._windows(start, end):
-                    self.stats.extra["windows"] = self.stats.extra.get("windows", 0) + 1
-                    inflight.append(pool.submit(self._fetch, lo, hi))
-                    while len(inflight) >= workers * 2:
-                        yield from collect(inflight.popleft())
-                    self.stats.progress(self.name)
-                while inflight:
-                    yield from collect(inflight.popleft())
-            except BaseException:  # also GeneratorExit: the consumer stopped early
-                for f in inflight:
-                    f.cancel()
-                raise
+                yield rec
 
     def record_or_raw(self, payload: dict[str, Any]) -> SourceRecord:
         """identify(), but a payload without usable keys still travels on (to quarantine)."""
@@ -326,7 +286,7 @@ class AgvanceSource(Source):
         endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
         beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
         still correct (it only returns more, and a too-large answer splits by time as usual)."""
-        yield from batched(self._records_by_ids(ids), self.config.batch_size)
+        yield from self.batches(self._records_by_ids(ids))
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         """Newest version of each asked-for invoice. A later answer can supersede an earlier one,
@@ -355,10 +315,8 @@ class AgvanceSource(Source):
                     lo = hi = n
         start, end = self._all_time()
         groups = [items[i : i + ITEMS_PER_CALL] for i in range(0, len(items), ITEMS_PER_CALL)]
-        workers = self.config.concurrency
         newest: dict[str, SourceRecord] = {}
-        for payloads in ordered_map(lambda group: self._fetch(start, end, group), groups, workers, workers * 2,
-                                    f"{self.name}-byid"):
+        for payloads in self.parallel(lambda group: self._fetch(start, end, group), groups, "byid"):
             for payload in payloads:
                 rec = self.record_or_raw(payload)
                 if rec.invoice_id in wanted:
@@ -385,5 +343,4 @@ class AgvanceSource(Source):
         def keys(span: tuple[datetime, datetime]) -> set[str]:
             return {self.record_or_raw(p).invoice_id for p in self._fetch(*span)}
 
-        workers = self.config.concurrency
-        return set().union(*ordered_map(keys, slices, workers, workers * 2, f"{self.name}-ids"))
+        return set().union(*self.parallel(keys, slices, "ids"))

@@ -10,20 +10,20 @@ costs list pages, not a detail call per open invoice.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Collection, Iterator
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import SourceError
-from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
+from invoice_pipeline.sources.auth import TokenAuth
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.helpers import compare_stored, require_objects
+from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 from invoice_pipeline.logfold import fold_repeats
@@ -44,62 +44,42 @@ COMPARE_CHUNK = 500  # re-poll: listed invoices compared with the warehouse per 
 
 
 class OracleOccConfig(SourceConfig):
+    credential_keys: ClassVar[tuple[str, ...]] = ("username", "password")
     type: Literal["oracle_occ"]
     username: str
     password: SecretStr
 
 
-class OracleTokenAuth(Auth):
+class OracleTokenAuth(TokenAuth):
     """Password-grant bearer token, refreshed before it expires and re-obtained on a 401."""
 
-    REFRESH_AT = 0.8  # share of the token's life after which it is refreshed
+    RENEW_AT = 0.8  # share of the token's life after which it is refreshed
 
     def __init__(self, http: HttpClient, username: str, password: str):
-        self._http = http
+        super().__init__(http)
         self._form = {"grant_type": "password", "username": username, "password": password}
-        self._token: str | None = None
-        self._refresh_after = 0.0
-        self._lock = threading.Lock()
-        self._used = threading.local()  # the token this thread last sent
 
-    def _store(self, body: Any, endpoint: str) -> None:
+    def _token_of(self, body: Any, endpoint: str) -> tuple[str, float | None]:
         if not isinstance(body, dict) or not body.get("access_token"):
             raise self._http.error("login answered without an access_token", endpoint=endpoint)
-        self._token = body["access_token"]
-        lifetime = float(body.get("expires_in") or 300)
-        self._refresh_after = time.monotonic() + lifetime * self.REFRESH_AT
+        return body["access_token"], float(body.get("expires_in") or 300)
 
-    def _login(self) -> None:
+    def login(self) -> tuple[str, float | None]:
         resp = self._http.request("POST", "/ccstore/v1/login", data=self._form, use_auth=False)
-        self._store(resp.body, "POST /ccstore/v1/login")
+        return self._token_of(resp.body, "POST /ccstore/v1/login")
 
-    def _refresh(self) -> None:
+    def refresh(self, token: str) -> tuple[str, float | None]:
         try:
             resp = self._http.request(
-                "POST", "/ccstore/v1/refresh", headers={"Authorization": f"Bearer {self._token}"}, use_auth=False
+                "POST", "/ccstore/v1/refresh", headers={"Authorization": f"Bearer {token}"}, use_auth=False
             )
-            self._store(resp.body, "POST /ccstore/v1/refresh")
+            return self._token_of(resp.body, "POST /ccstore/v1/refresh")
         except SourceError as exc:
             log.info("source '%s': token refresh failed (%s); logging in again", self._http.source, exc.status)
-            self._login()
+            return self._logged_in()
 
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        with self._lock:
-            if self._token is None:
-                self._login()
-            elif time.monotonic() >= self._refresh_after:
-                self._refresh()
-            self._used.token = self._token
-            headers["Authorization"] = f"Bearer {self._token}"
-
-    def renew(self) -> None:
-        with self._lock:
-            # Several workers see the same expired token: only the first logs in again.
-            if self._token is None or getattr(self._used, "token", None) == self._token:
-                self._login()
-
-    def secrets(self) -> list[str]:
-        return [self._token] if self._token else []
+    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
+        headers["Authorization"] = f"Bearer {token}"
 
 
 class OracleOccSource(Source):
@@ -115,7 +95,6 @@ class OracleOccSource(Source):
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())
         self._mode: str | None = None  # list mode, probed once per source instance (one run)
         self._changed: set[str] = set()  # listed ids whose list fields differ from the stored version
-        self._pages_lock = threading.Lock()
         self._changed_unwritten = False  # a changed invoice was left out (newer than the window)
         self._compared_all = False  # list-only mode compared every listed invoice with the warehouse
 
@@ -124,90 +103,26 @@ class OracleOccSource(Source):
         body = self.http.request("GET", LIST_PATH, params=params).body
         if not isinstance(body, dict) or not isinstance(body.get("items"), list):
             raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
-        items = body["items"]
-        for item in items:
-            if not isinstance(item, dict):
-                raise self.http.error(f"list item at offset {params['offset']} is not an object: {item!r}"[:300],
-                                      endpoint=f"GET {LIST_PATH}")
+        items = require_objects(self.http, body["items"], f"list page at offset {params['offset']}", f"GET {LIST_PATH}")
         if count:
-            with self._pages_lock:  # re-poll walks run in parallel
-                self.stats.pages += 1
+            self.stats.count("pages")  # re-poll walks run in parallel
         return body, items
 
-    @staticmethod
-    def _ends_early(body: dict[str, Any], items: list[dict[str, Any]], offset: int) -> str | None:
-        """Why this page ends the listing before the API itself said it would, or None."""
-        total = body.get("totalResults")
-        if not items and body.get("hasMore"):
-            return "an empty page (items: []) that says hasMore: true"
-        if not body.get("hasMore") and isinstance(total, int) and offset + len(items) < total:
-            return f"the last page (hasMore: false) ends at {offset + len(items)} of totalResults {total}"
-        return None
-
     def _walk(self, q: str | None) -> Iterator[list[dict[str, Any]]]:
-        """List items in id order, page by page (each page: the items not seen before).
+        """List items in id order (immutable), page by page, each page the items not seen before,
+        with the guards of paging.HasMorePaginator (short pages, repeated pages, a shrinking list)."""
+        def params(offset: int) -> dict[str, Any]:
+            at = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size, "offset": offset,
+                  "totalResults": "true"}
+            return at if q is None else {**at, "q": q}
 
-        Guards (a listing is never cut short silently and never loops):
-        - a page that ends the listing before `hasMore`/`totalResults` said it would is requested
-          again (PAGE_RETRIES times); still short, the run fails naming the URL and offset;
-        - a page without a single new id (the API ignores `offset`) fails the run;
-        - a result set that shrank between two pages (`totalResults` fell: an invoice left the
-          window or was deleted, shifting later ones back) is re-read from `offset - shrink`.
-        The order key is immutable, so joins and leaves are the only way items move.
-        """
-        offset, seen, prev_total, after_step_back = 0, set[str](), None, False
-        while True:
-            params: dict[str, Any] = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size,
-                                      "offset": offset, "totalResults": "true"}
-            if q is not None:
-                params["q"] = q
-            body, items = self._page(params)
-            tries = 0
-            while (why := self._ends_early(body, items, offset)) is not None:
-                url = f"GET {LIST_PATH}?{_query(params)}"
-                if tries >= PAGE_RETRIES:
-                    raise self.http.error(
-                        f"the invoice list ended early at offset {offset}: {why}, still after {tries} "
-                        f"re-requests of {url}; refusing to treat it as the end of the list (invoices would "
-                        "be lost). The cursor was not moved; re-run when the API answers consistently.",
-                        endpoint=f"GET {LIST_PATH}",
-                    )
-                tries += 1
-                self.stats.extra["pages_rerequested"] = self.stats.extra.get("pages_rerequested", 0) + 1
-                log.warning("source '%s': %s at offset %d (%s); requesting it again (%d/%d)",
-                            self.name, why, offset, url, tries, PAGE_RETRIES)
-                time.sleep(self.page_retry_pause * tries)
-                body, items = self._page(params)
-            fresh = []
-            for item in items:
-                invoice_id = _item_id(item) or "#" + repr(sorted(item.items()))  # no id: keyed by its content
-                if invoice_id not in seen:
-                    seen.add(invoice_id)
-                    fresh.append(item)
-            self.stats.extra["ids_listed"] = len(seen)
-            total = body.get("totalResults") if isinstance(body.get("totalResults"), int) else None
-            grew = total - prev_total if total is not None and prev_total is not None else 0
-            if items and not fresh and not after_step_back and grew < len(items):
-                raise self.http.error(
-                    f"the invoice list repeated itself at offset {offset}: page "
-                    f"GET {LIST_PATH}?{_query(params)} holds no invoice not already listed (the API seems "
-                    "to ignore 'offset'); stopping rather than paging forever. The cursor was not moved.",
-                    endpoint=f"GET {LIST_PATH}",
-                )
-            if fresh:
-                yield fresh
-            shrink = prev_total - total if total is not None and prev_total is not None and total < prev_total else 0
-            prev_total = total if total is not None else prev_total
-            after_step_back = shrink > 0
-            if shrink:
-                self.stats.extra["list_step_backs"] = self.stats.extra.get("list_step_backs", 0) + 1
-                log.info("source '%s': the list shrank by %d while paging; re-reading from offset %d",
-                         self.name, shrink, max(0, offset - shrink))
-                offset = max(0, offset - shrink)
-                continue
-            if not body.get("hasMore"):
-                return
-            offset += len(items)
+        guard = PageGuard(self.http, self.stats, log, f"GET {LIST_PATH}", retries=PAGE_RETRIES,
+                          pause=self.page_retry_pause)
+        return HasMorePaginator(guard).walk(
+            lambda offset: self._page(params(offset)),
+            lambda offset: f"GET {LIST_PATH}?{_query(params(offset))}",
+            lambda item: _item_id(item) or "#" + repr(sorted(item.items())),  # no id: keyed by its content
+        )
 
     def _filter_mode(self) -> str:
         """Whether the tenant honours the list filter `q` (FILTER), refuses it (400) or ignores it.
@@ -265,25 +180,18 @@ class OracleOccSource(Source):
                     candidates.append(item)
             if not candidates:
                 continue
-            ids = [_item_id(item) for item in candidates]
-            stored = lookup(ids, LIST_FIELDS) if lookup is not None else {}
-            for invoice_id, item in zip(ids, candidates):
-                before = stored.get(invoice_id)
-                if before is None:
-                    extra["ids_new"] += 1
-                elif any(not _same(item.get(f), before.get(f)) for f in LIST_FIELDS):
-                    extra["ids_changed"] += 1
+            for invoice_id, state in compare_stored(lookup, [(_item_id(i), i) for i in candidates], LIST_FIELDS):
+                extra[f"ids_{state}"] += 1
+                if state == "changed":
                     self._changed.add(invoice_id)
-                else:
-                    extra["ids_unchanged"] += 1
-                    continue
-                yield invoice_id
+                if state != "unchanged":
+                    yield invoice_id
         self._compared_all = lookup is not None  # see _window_records
 
     def _without_id(self, item: dict[str, Any]) -> dict[str, Any]:
         log.warning("source '%s': a list item has no CustomerTransactionId; quarantining it: %s", self.name,
                     repr(item)[:300])
-        self.stats.extra["items_without_id"] = self.stats.extra.get("items_without_id", 0) + 1
+        self.stats.count("items_without_id")
         return item
 
     def _detail(self, invoice_id: str | dict[str, Any]) -> dict[str, Any] | None:
@@ -295,12 +203,12 @@ class OracleOccSource(Source):
         except SourceError as exc:
             if exc.status == 404:  # deleted between the list call and this one
                 log.warning("source '%s': invoice %s vanished before its detail call", self.name, invoice_id)
-                self.stats.extra["vanished"] = self.stats.extra.get("vanished", 0) + 1
+                self.stats.count("vanished")
                 return None
             raise
         if not isinstance(body, dict):
             raise self.http.error(f"invoice {invoice_id}: detail response is not a JSON object", endpoint=f"GET {path}")
-        self.stats.extra["detail_calls"] = self.stats.extra.get("detail_calls", 0) + 1
+        self.stats.count("detail_calls")
         return body
 
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
@@ -308,7 +216,7 @@ class OracleOccSource(Source):
                           f"source '{self.name}': {{count}} invoices vanished before their detail call in all "
                           "({folded} more than logged above), e.g. {examples}",
                           example=lambda r: str(r.args[1]), when=lambda r: r.args[0] == self.name):
-            yield from batched(self._window_records(window), self.config.batch_size)
+            yield from self.batches(self._window_records(window))
         extra = self.stats.extra
         log.info(
             "source '%s': list mode %s: %d list pages, %d ids listed, %d new, %d changed, %d unchanged, "
@@ -323,17 +231,16 @@ class OracleOccSource(Source):
         (a backfill must not write newer versions; the next incremental run reads them), except an
         older version whose list fields changed since stored (list-only mode): that is the current
         version, changed by a receipt that did not move LastUpdateDate, and the merge takes it."""
-        workers = self.config.concurrency
         self.stats.extra.setdefault("outside_window", 0)
         # A few rounds queued so list paging never starves the detail workers.
-        details = ordered_map(self._detail, self._ids_to_fetch(window), workers, workers * 4, f"{self.name}-detail")
+        details = self.parallel(self._detail, self._ids_to_fetch(window), "detail", depth=4)
         for payload in details:
             self.stats.scanned += payload is not None
             if payload is not None:
                 record = self.record_or_raw(payload)
                 modified = record.last_modified_at
                 if modified is not None and modified < window.start and record.invoice_id in self._changed:
-                    self.stats.extra["changed_before_window"] = self.stats.extra.get("changed_before_window", 0) + 1
+                    self.stats.count("changed_before_window")
                     self.stats.kept += 1
                     yield record
                 elif modified is not None and not window.start <= modified <= window.end:
@@ -367,11 +274,10 @@ class OracleOccSource(Source):
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
-        yield from batched(self._records_by_ids(ids), self.config.batch_size)
+        yield from self.batches(self._records_by_ids(ids))
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        workers = self.config.concurrency
-        for payload in ordered_map(self._detail, sorted(set(ids)), workers, workers * 4, f"{self.name}-byid"):
+        for payload in self.parallel(self._detail, sorted(set(ids)), "byid", depth=4):
             self.stats.scanned += 1
             if payload is None:
                 continue
@@ -385,7 +291,7 @@ class OracleOccSource(Source):
         in list-only mode) and the detail is fetched only of those whose list fields differ from the
         stored version (all of them when run without a warehouse), plus any not listed (a 404
         there is skipped: deletion reconciliation decides). customer_ids is not needed here."""
-        yield from batched(self._repoll_records(ids), self.config.batch_size)
+        yield from self.batches(self._repoll_records(ids))
 
     def _repoll_ids(self, wanted: set[str]) -> Iterator[str]:
         extra = self.stats.extra
@@ -403,31 +309,25 @@ class OracleOccSource(Source):
             """The list items of the wanted invoices in one walk (walks run in parallel)."""
             return [item for page in self._walk(q) for item in page if _item_id(item) in wanted]
 
-        for found in ordered_map(listed, walks, workers, workers * 2, f"{self.name}-repoll-list"):
+        for found in self.parallel(listed, walks, "repoll-list"):
             for start in range(0, len(found), COMPARE_CHUNK):
                 items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
                 if not items:
                     continue
-                page_ids = [_item_id(item) for item in items]
-                left.difference_update(page_ids)
+                left.difference_update(_item_id(item) for item in items)
                 extra["repoll_listed"] += len(items)
-                stored = lookup(page_ids, LIST_FIELDS) if lookup is not None else {}
-                for invoice_id, item in zip(page_ids, items):
-                    before = stored.get(invoice_id)
-                    if before is not None and all(_same(item.get(f), before.get(f)) for f in LIST_FIELDS):
-                        extra["repoll_unchanged"] += 1
-                        continue
-                    extra["repoll_changed"] += 1
-                    yield invoice_id
+                for invoice_id, state in compare_stored(lookup, [(_item_id(i), i) for i in items], LIST_FIELDS):
+                    extra["repoll_unchanged" if state == "unchanged" else "repoll_changed"] += 1
+                    if state != "unchanged":
+                        yield invoice_id
         extra["repoll_not_listed"] += len(left)
         if left:
             log.info("source '%s': %d open invoices were not in the list; reading them directly", self.name, len(left))
         yield from sorted(left)
 
     def _repoll_records(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        workers = self.config.concurrency
         wanted = {str(i) for i in ids}
-        for payload in ordered_map(self._detail, self._repoll_ids(wanted), workers, workers * 4, f"{self.name}-repoll"):
+        for payload in self.parallel(self._detail, self._repoll_ids(wanted), "repoll", depth=4):
             if payload is None:
                 continue
             self.stats.scanned += 1
@@ -495,12 +395,3 @@ def _timestamp_or_none(value: Any) -> datetime | None:
     except MappingError:
         return None
 
-
-def _same(listed: Any, stored: Any) -> bool:
-    """A list field equals its stored value: amounts as numbers ("1250" == "1250.00"), else as text."""
-    if listed is None or stored is None:
-        return listed is None and stored is None
-    try:
-        return Decimal(str(listed)) == Decimal(str(stored))
-    except InvalidOperation:
-        return str(listed) == str(stored)

@@ -1,21 +1,20 @@
-"""SoftwareOne Marketplace billing invoices (SPEC 2.3): bearer token, raw RQL, $meta offset paging."""
+"""SoftwareOne Marketplace billing invoices (docs/SOURCES.md): bearer token, raw RQL, $meta offset paging."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections import deque
 from collections.abc import Collection, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import Auth, HttpClient
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched, ordered_map
+from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
+from invoice_pipeline.sources.helpers import require_objects
+from invoice_pipeline.sources.paging import PageGuard, TotalsPaginator
 from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
 
 log = logging.getLogger("invoice_pipeline.softwareone")
@@ -34,11 +33,8 @@ PAGE_RETRIES = 2  # re-requests of a page short of its own total, before failing
 MAX_RESTARTS = 2  # walks again of a list that shrank while paging
 
 
-class _Shrunk(Exception):
-    """The result set lost invoices while we paged: later pages may have shifted past us."""
-
-
 class SoftwareOneConfig(SourceConfig):
+    credential_keys: ClassVar[tuple[str, ...]] = ("api_token",)
     type: Literal["softwareone"]
     api_token: SecretStr
 
@@ -100,7 +96,7 @@ class SoftwareOneSource(Source):
     def _get(self, rql: str, offset: int, limit: int, select: str = SELECT) -> dict[str, Any]:
         query = f"{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
         body = self.http.request("GET", LIST_PATH, raw_query=query, validate=self._validate).body
-        self.stats.pages += 1
+        self.stats.count("pages")  # pages are fetched in parallel
         return body
 
     @staticmethod
@@ -114,141 +110,43 @@ class SoftwareOneSource(Source):
         total = cls._pagination(body).get("total")
         return total if isinstance(total, int) and not isinstance(total, bool) else None
 
-    def _full_page(
-        self, rql: str, select: str, offset: int, limit: int, body: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """The page at `offset`, holding as many invoices as its own `total` says it must.
-
-        A page that comes back short or empty (fewer than min(limit, total - offset) items) is
-        requested again PAGE_RETRIES times; still short, the run fails naming the URL and offset:
-        treating it as complete would silently lose the missing invoices.
-        """
-        body = body if body is not None else self._get(rql, offset, limit, select)
-        tries = 0
-        while True:
-            total = self._total(body)
-            used = self._pagination(body).get("limit")  # the server's cap may be below what we asked
-            used = used if isinstance(used, int) and 0 < used < limit else limit
-            want = min(used, total - offset) if total is not None else 0
-            got = len(body["data"])
-            if got >= want:
-                return body
-            url = f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
-            if tries >= PAGE_RETRIES:
-                raise self.http.error(
-                    f"the invoice list ended early at offset {offset}: the page holds {got} invoices where its "
-                    f"$meta.pagination (total {total}, limit {limit}) promises {want}, still after {tries} re-requests "
-                    f"of {url}; refusing to go on without them (invoices would be lost). The cursor was not moved.",
-                    endpoint=ENDPOINT,
-                )
-            tries += 1
-            self.stats.extra["pages_rerequested"] = self.stats.extra.get("pages_rerequested", 0) + 1
-            log.warning("source '%s': page at offset %d holds %d of %d invoices (%s); requesting it again (%d/%d)",
-                        self.name, offset, got, want, url, tries, PAGE_RETRIES)
-            time.sleep(self.page_retry_pause * tries)
-            body = self._get(rql, offset, limit, select)
-
     def _pages(self, rql: str, select: str = SELECT) -> Iterator[dict[str, Any]]:
-        """All pages of a query, in order, each checked (see _walk). A result set that shrank while
-        we paged (a deletion shifts later invoices back past pages already read) is walked again
-        from the start, at most MAX_RESTARTS times; the caller drops the repeated ids."""
-        restarts = 0
-        while True:
-            try:
-                yield from self._walk(rql, select)
-                return
-            except _Shrunk as exc:
-                restarts += 1
-                self.stats.extra["list_restarts"] = restarts
-                if restarts > MAX_RESTARTS:
-                    raise self.http.error(
-                        f"the invoice list kept shrinking while it was read ({exc}); gave up after {MAX_RESTARTS} "
-                        "restarts rather than risk skipping invoices. The cursor was not moved.", endpoint=ENDPOINT,
-                    ) from None
-                log.warning("source '%s': the invoice list shrank while paging (%s); reading it again", self.name, exc)
+        """All pages of a query, in order, each checked by paging.TotalsPaginator: `$meta.pagination`
+        tells the total and the limit the server really used (capped at 100); pages after the first
+        are fetched in parallel; a total that fell restarts the walk (MAX_RESTARTS), so the caller
+        drops repeated ids."""
+        def limit_of(body: dict[str, Any]) -> int | None:
+            limit = self._pagination(body).get("limit")
+            return limit if isinstance(limit, int) else None
 
-    def _walk(self, rql: str, select: str) -> Iterator[dict[str, Any]]:
-        """One pass over the pages. The first page tells the total and the limit the server really
-        used (capped at 100); the rest are fetched in parallel, bounded by `concurrency`. A total
-        that grew meanwhile extends the walk; a page short of its own total is re-requested
-        (_full_page); a page without a new id (the API ignores `offset`) fails the run; without
-        pagination metadata the walk is sequential until a short page."""
-        seen: set[str] = set()
-        first = self._full_page(rql, select, 0, self.page_size)
-        pag = self._pagination(first)
-        limit = pag.get("limit")
-        step = limit if isinstance(limit, int) and limit > 0 else len(first["data"])
-        total = first_total = self._total(first)
-        self.stats.expected_total = total  # progress lines show % done and an ETA
-        self._check_new(first, 0, seen, 0)
-        yield first
-        if not first["data"] or step <= 0:
-            return
-        if total is None:  # no pagination block: walk sequentially until a short or empty page
-            self.stats.extra["pagination_metadata"] = False
-            offset = len(first["data"])
-            while True:
-                body = self._get(rql, offset, step, select)
-                self._check_new(body, offset, seen, 0)
-                yield body
-                if len(body["data"]) < step:
-                    return
-                offset += len(body["data"])
-        next_offset, inflight = step, deque[tuple[int, Future]]()
-        workers = self.config.concurrency
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"{self.name}-page") as pool:
-            try:
-                while True:
-                    while next_offset < total and len(inflight) < workers * 2:
-                        inflight.append((next_offset, pool.submit(self._get, rql, next_offset, step, select)))
-                        next_offset += step
-                    if not inflight:
-                        return
-                    offset, future = inflight.popleft()
-                    body = self._full_page(rql, select, offset, step, future.result())
-                    new_total = self._total(body)
-                    if new_total is not None and new_total < total:
-                        raise _Shrunk(f"total {total} fell to {new_total} at offset {offset}")
-                    if new_total is not None and new_total > total:
-                        total = new_total
-                    self._check_new(body, offset, seen, total - first_total)
-                    yield body
-            finally:
-                for _, f in inflight:
-                    f.cancel()
+        return TotalsPaginator(
+            lambda: PageGuard(self.http, self.stats, log, ENDPOINT, retries=PAGE_RETRIES, pause=self.page_retry_pause),
+            workers=self.config.concurrency, name=f"{self.name}-page", max_restarts=MAX_RESTARTS,
+            items_of=lambda body: body["data"], total_of=self._total, limit_of=limit_of,
+            key=lambda item: str(item.get("id")), meta="$meta.pagination",
+        ).pages(lambda offset, limit: self._get(rql, offset, limit, select),
+                lambda offset, limit: f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}",
+                self.page_size)
 
-    def _check_new(self, body: dict[str, Any], offset: int, seen: set[str], grown: int) -> None:
-        """Fail on a page that holds no invoice not already listed in this walk, unless the set
-        grew by at least a page meanwhile (joins shift later pages back: repeats, never skips)."""
-        ids = [str(item.get("id")) for item in body["data"] if isinstance(item, dict)]
-        fresh = [i for i in ids if i not in seen]
-        seen.update(fresh)
-        self.stats.extra["ids_listed"] = len(seen)
-        if ids and not fresh and grown < len(ids):
-            raise self.http.error(
-                f"the invoice list repeated itself at offset {offset}: the page holds no invoice not already "
-                "listed (the API seems to ignore 'offset'); stopping rather than paging forever or loading the "
-                "same page again. The cursor was not moved.", endpoint=ENDPOINT,
-            )
+    def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """A page's invoices, those the API left a selected field out of requested again (last)."""
+        page_omitted = _meta_omitted(body)
+        complete, missing = [], []
+        for item in require_objects(self.http, body["data"], "list page", ENDPOINT):
+            (missing if _incomplete(item, page_omitted) else complete).append(item)
+        return complete + (self._refetch(missing) if missing else [])
 
     # -- extraction ------------------------------------------------------------------------------
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
-        yield from batched(self._window_records(window), self.config.batch_size)
+        yield from self.batches(self._window_records(window))
         self.stats.progress(self.name, force=True)
 
     def _window_records(self, window: Window) -> Iterator[SourceRecord]:
         """The window's records, page by page (a page is taken whole before any of it is yielded)."""
         seen: set[str] = set()
         for body in self._pages(window_filter(window)):
-            page_omitted = _meta_omitted(body)
-            complete, missing = [], []
-            for item in body["data"]:
-                if not isinstance(item, dict):
-                    raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
-                self.stats.scanned += 1
-                (missing if _incomplete(item, page_omitted) else complete).append(item)
-            if missing:
-                complete += self._refetch(missing)
+            self.stats.scanned += len(body["data"])
+            complete = self._complete(body)
             fresh: list[SourceRecord] = []
             for item in complete:
                 record = self.record_or_raw(item)
@@ -270,7 +168,7 @@ class SoftwareOneSource(Source):
         fail rather than load them without it (or quarantine them for what the API chose to omit)."""
         ids = [str(item.get("id")) for item in items]
         names = sorted({n for item in items for n in _missing(item, [])} or {"lines"})
-        self.stats.extra["omitted_refetched"] = self.stats.extra.get("omitted_refetched", 0) + len(ids)
+        self.stats.count("omitted_refetched", len(ids))  # also from fetch_by_ids' workers
         log.warning("source '%s': API omitted %s for %d invoice(s); requesting them again",
                     self.name, ", ".join(repr(n) for n in names), len(ids))
         found: dict[str, dict[str, Any]] = {}
@@ -312,26 +210,18 @@ class SoftwareOneSource(Source):
     # -- lifecycle: specific invoices, the full id list -------------------------------------------
     def _by_ids_chunk(self, chunk: list[str]) -> list[dict[str, Any]]:
         terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
-        body = self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk))
-        page_omitted = _meta_omitted(body)
-        complete, missing = [], []
-        for item in body["data"]:
-            if not isinstance(item, dict):
-                raise self.http.error(f"list item is not an object: {str(item)[:80]}", endpoint=ENDPOINT)
-            (missing if _incomplete(item, page_omitted) else complete).append(item)
-        return complete + (self._refetch(missing) if missing else [])
+        return self._complete(self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk)))
 
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
         ids the API no longer knows are simply absent. customer_ids is not needed here."""
-        yield from batched(self._records_by_ids(ids), self.config.batch_size)
+        yield from self.batches(self._records_by_ids(ids))
 
     def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = sorted(set(ids))
         wanted_set = set(wanted)
         chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
-        workers = self.config.concurrency
-        for items in ordered_map(self._by_ids_chunk, chunks, workers, workers * 2, f"{self.name}-byid"):
+        for items in self.parallel(self._by_ids_chunk, chunks, "byid"):
             self.stats.scanned += len(items)
             fresh: list[SourceRecord] = []
             for item in items:
