@@ -1,6 +1,8 @@
 """Run one source end to end in plain Python: plan the window, extract, prepare (batch.py), merge, cursor.
 
-This is what the Dagster assets call; tests call it directly too.
+This is what the Dagster assets call; tests call it directly too. `run_source` reads a modification
+window; `load_records` loads records read another way (re-poll, deletion reconciliation) along the
+same path without touching the cursor.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,7 @@ from invoice_pipeline.flatten import FIELD, ROOT_TABLE
 from invoice_pipeline.history import record_history
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
-from invoice_pipeline.sources.base import Source, Window
+from invoice_pipeline.sources.base import Source, SourceRecord, Window
 from invoice_pipeline.sql import quote
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import SessionTurns, Warehouse, WriterTurns
@@ -94,7 +96,6 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
-@_fewer_gc_passes()
 def run_source(
     app: AppConfig,
     source_name: str,
@@ -102,11 +103,9 @@ def run_source(
     warehouse: Warehouse | None = None,
     window: Window | None = None,
     source: Source | None = None,
-    mode: str | None = None,
 ) -> RunSummary:
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
-    an explicit window (the cursor is left alone). Raises on failure, after recording it.
-    `mode` only labels a windowed run in _pipeline_runs (backfill, repoll, reconcile)."""
+    an explicit window (the cursor is left alone). Raises on failure, after recording it."""
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
@@ -115,8 +114,56 @@ def run_source(
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
         cursor = wh.cursor(con, source_name)
-    mode = (mode or "backfill") if window is not None else "incremental"
-    window = window or plan_window(config, cursor, now)
+    incremental = window is None
+    planned = window or plan_window(config, cursor, now)
+    return _load(app, source_name, wh, source, lambda src: src.extract(planned),
+                 mode="incremental" if incremental else "backfill", window=planned,
+                 cursor=planned.end if incremental else None, now=now, started=started)
+
+
+def load_records(
+    app: AppConfig,
+    source_name: str,
+    records: Callable[[Source], Iterable[Sequence[SourceRecord]]],
+    *,
+    mode: str,
+    warehouse: Warehouse | None = None,
+    source: Source | None = None,
+) -> RunSummary:
+    """Load records read some other way than a modification window (a re-poll's reads, invoices a
+    deletion reconciliation found again) along the path of every run: merge, quarantine, raw
+    payload store, run log (as `mode`) and history step. The cursor is never moved.
+
+    records(source) gives the batches; the run log's window is start_date .. now (any invoice).
+    """
+    config = app.sources[source_name]
+    wh = warehouse or Warehouse(app.warehouse)
+    started = time.monotonic()
+    now = utc_now().replace(microsecond=0)
+    with wh.writer() as con:
+        wh.ensure_main(con)
+        wh.ensure_source(con, source_name)
+    return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, now),
+                 cursor=None, now=now, started=started)
+
+
+@_fewer_gc_passes()
+def _load(
+    app: AppConfig,
+    source_name: str,
+    wh: Warehouse,
+    source: Source | None,
+    records: Callable[[Source], Iterable[Sequence[SourceRecord]]],
+    *,
+    mode: str,
+    window: Window,
+    cursor: datetime | None,
+    now: datetime,
+    started: float,
+) -> RunSummary:
+    """Extract (records(src)), prepare, write; `cursor` (None: left alone) is committed with the
+    last batch. Closes the source; raises on failure, after recording it in the run log."""
+    config = app.sources[source_name]
     summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
@@ -143,10 +190,10 @@ def run_source(
                 writing = writer.submit(_write, turns, pending, summary)
             pending = batch
 
-        for records in src.extract(window):
-            summary.invoices_extracted += len(records)
+        for batch_records in records(src):
+            summary.invoices_extracted += len(batch_records)
             pause_point("extract")
-            preparing.append(preparer.submit(records))
+            preparing.append(preparer.submit(batch_records))
             while preparing and (len(preparing) > PREPARE_AHEAD or preparing[0].done()):
                 take_prepared()
         while preparing:
@@ -156,8 +203,7 @@ def run_source(
             done.result()
         if pending is None:
             pending, _ = prepare_batch(src, [], summary.run_id, now)
-        if mode == "incremental":
-            pending.cursor = window.end  # committed in the same transaction as the last rows
+        pending.cursor = cursor  # committed in the same transaction as the last rows
         _write(turns, pending, summary)
         turns.close()
         record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation

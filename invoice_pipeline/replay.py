@@ -13,7 +13,7 @@ import uuid
 
 from invoice_pipeline import jsonio  # exact numbers, as the load parsed them
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.lifecycle import record_history
+from invoice_pipeline.history import record_history
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.pipeline import RunSummary, build_source, record_run

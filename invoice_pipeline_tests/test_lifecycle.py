@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from invoice_pipeline import lifecycle
+from invoice_pipeline.history import history_candidates, history_out_of_sync, history_violations, record_history
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.pipeline import run_source
@@ -133,8 +134,8 @@ def test_versions_are_recorded_once_and_contiguous(tmp_path: Path) -> None:
     assert summary.invoices_stale == 1
     assert len(history(wh, "1")) == 2 and current(wh, "1")["balance_due"] == Decimal("11.11")
     with wh.reader() as con:
-        assert lifecycle.history_violations(con) == (0, [])
-        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
 
 
 def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path: Path) -> None:
@@ -248,7 +249,7 @@ def test_deletion_is_marked_kept_and_undone_when_the_invoice_reappears(tmp_path:
     load(app, server)
     assert not current(wh, "3")["is_deleted"] and len(history(wh, "3")) == 5
     with wh.reader() as con:
-        assert lifecycle.history_violations(con)[0] == 0
+        assert history_violations(con)[0] == 0
 
 
 def test_missing_from_the_listing_but_still_readable_is_not_deleted(tmp_path: Path) -> None:
@@ -288,11 +289,11 @@ def test_replay_adds_no_history_and_deletion_marks_survive_it(tmp_path: Path) ->
 
     replay_source(app, "fake", wh, source=ServerSource("fake", app.sources["fake"], server))
     assert current(wh, "2")["balance_due"] == Decimal("1.00")  # the newest payload was replayed
-    lifecycle.record_history(wh, "fake")  # what any later run of the source does
+    record_history(wh, "fake")  # what any later run of the source does
     assert current(wh, "3")["is_deleted"]
     assert history(wh) == before
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
 
 
 def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path: Path) -> None:
@@ -303,7 +304,7 @@ def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path:
         server[n] = open_inv(int(n), updated="2025-06-01T00:00:00Z")
     load(app, server, Window(datetime(2025, 5, 1, tzinfo=UTC), utc_now()))
     with wh.writer() as con:
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_violations(con) == (0, [])
         june = datetime(2025, 6, 1, tzinfo=UTC)
         con.execute("UPDATE main.invoice_history SET valid_to = valid_to - INTERVAL 1 SECOND "
                     "WHERE invoice_id = '1' AND valid_to IS NOT NULL")
@@ -311,7 +312,7 @@ def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path:
                     [june - timedelta(days=1)])
         con.execute("UPDATE main.invoice_history SET valid_to = ? WHERE invoice_id = '3' AND valid_to IS NULL",
                     [june + timedelta(days=1)])
-        total, rows = lifecycle.history_violations(con)
+        total, rows = history_violations(con)
     assert total == 3
     assert {(rule, inv) for rule, _, inv, _ in rows} == {
         ("history_gap", "1"), ("history_overlap", "2"), ("history_no_current_version", "3")}
@@ -370,13 +371,14 @@ def test_settings_defaults_and_overrides() -> None:
     from invoice_pipeline.config import parse_config
 
     cfg = parse_config({"sources": {"a": fake_config_block()}}).sources["a"]
-    s = lifecycle.lifecycle_settings(cfg)
-    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule) == (None, None, "0 3 * * *")
+    assert (cfg.repoll_horizon, cfg.repoll_schedule, cfg.reconcile_schedule, cfg.reconcile_max_deleted_share) == (
+        None, None, "0 3 * * *", 0.5)
 
     block = {**fake_config_block(), "repoll_horizon": "30d", "repoll_schedule": "*/30 * * * *",
              "reconcile_schedule": "0 4 * * 0", "reconcile_max_deleted_share": 0.2}
-    s = lifecycle.lifecycle_settings(parse_config({"sources": {"a": block}}).sources["a"])
-    assert s == lifecycle.LifecycleSettings(timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
+    s = parse_config({"sources": {"a": block}}).sources["a"]
+    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule, s.reconcile_max_deleted_share) == (
+        timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
     with pytest.raises(ConfigError, match="sources.a.repoll_schedule"):
         parse_config({"sources": {"a": {**fake_config_block(), "repoll_schedule": "often"}}})
 
@@ -385,16 +387,16 @@ def test_settings_defaults_and_overrides() -> None:
 def history_steps(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
     """(candidates examined, versions added) of every history step logged so far."""
     return [(r.args[1], r.args[2]) for r in caplog.records  # type: ignore[index]
-            if r.name == "invoice_pipeline.lifecycle" and r.msg.startswith("source '%s': history examined")]
+            if r.name == "invoice_pipeline.history" and r.msg.startswith("source '%s': history examined")]
 
 
 def candidates(wh: Warehouse) -> int:
     with wh.reader() as con:
-        return lifecycle.history_candidates(con, "fake")
+        return history_candidates(con, "fake")
 
 
 def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.history")
     app, wh = setup(tmp_path)
     server = {str(n): open_inv(n) for n in range(1, 21)}
     load(app, server)
@@ -402,7 +404,7 @@ def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog:
     assert candidates(wh) == 0
     # A sync with nothing new (the history asset, a replayed step) examines nothing.
     caplog.clear()
-    assert lifecycle.record_history(wh, "fake") == 0
+    assert record_history(wh, "fake") == 0
     assert history_steps(caplog) == [(0, 0)]
 
     # One invoice modified: a window that reads only it examines only it and adds one version.
@@ -419,16 +421,16 @@ def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog:
     result = lifecycle.repoll_open_invoices(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
     assert result.found == 20 and result.changed == 1
     assert history_steps(caplog) == [(20, 1)]
-    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 0 and record_history(wh, "fake") == 0
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
 
 
 def test_a_deletion_mark_is_examined_and_becomes_a_deleted_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.history")
     app, wh = setup(tmp_path)
     server = {str(n): open_inv(n) for n in range(1, 6)}
     load(app, server)
@@ -438,7 +440,7 @@ def test_a_deletion_mark_is_examined_and_becomes_a_deleted_version(
     lifecycle.reconcile_deletions(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
     assert history_steps(caplog) == [(1, 1)]
     assert [r["is_deleted"] for r in history(wh, "4")] == [False, True]
-    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 0 and record_history(wh, "fake") == 0
 
 
 def test_same_second_runs_and_a_crashed_run_seen_mid_run_lose_no_version(
@@ -470,14 +472,14 @@ def test_same_second_runs_and_a_crashed_run_seen_mid_run_lose_no_version(
             wh.write_batch(con, batch)
 
     write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="8.00"))
-    assert lifecycle.record_history(wh, "fake") == 1
+    assert record_history(wh, "fake") == 1
     write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="4.00"))
     assert candidates(wh) == 1  # same _loaded_at and _run_id as its current version
-    assert lifecycle.record_history(wh, "fake") == 1  # the next sync
+    assert record_history(wh, "fake") == 1  # the next sync
     assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("8.00"), Decimal("4.00")]
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
 
 
 def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
@@ -503,7 +505,7 @@ def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
         assert con.execute("SELECT status FROM main._pipeline_runs WHERE run_id = ?", [failed_run]).fetchall() == [
             ("failed",)]
     assert candidates(wh) == 1
-    assert lifecycle.record_history(wh, "fake") == 1
+    assert record_history(wh, "fake") == 1
     assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("3.00")]
     # A failed run's rows stay candidates until a later run rewrites them; the hash finds nothing.
-    assert candidates(wh) == 1 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 1 and record_history(wh, "fake") == 0
