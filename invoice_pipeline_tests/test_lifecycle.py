@@ -367,6 +367,33 @@ def test_aging_snapshot_per_day_from_history(tmp_path: Path) -> None:
     assert snapshot(day) == expected
 
 
+def test_ar_aging_view_and_snapshot_share_one_bucket_definition(tmp_path: Path) -> None:
+    """Today's snapshot and the ar_aging view put every open item in the same bucket, an undated
+    one (neither due nor invoice date) in no_due_date in both (its days_overdue is null)."""
+    app, wh = setup(tmp_path)
+    server = {
+        "1": open_inv(1, due=(TODAY + timedelta(days=3)).isoformat(), balance="10.00"),  # current
+        "2": open_inv(2, due=(TODAY - timedelta(days=1)).isoformat(), balance="20.00"),  # 1-30
+        "3": open_inv(3, due=(TODAY - timedelta(days=61)).isoformat(), balance="30.00"),  # 61-90
+        "4": open_inv(4, due=(TODAY - timedelta(days=91)).isoformat(), balance="40.00"),  # 90+
+        "5": invoice(5, balance="50.00"),  # no due date, no invoice date
+        "6": invoice(6, balance="60.00", issued=(TODAY - timedelta(days=45)).isoformat()),  # 31-60 by invoice date
+    }
+    load(app, server)
+    lifecycle.build_aging_snapshot(wh, TODAY)
+    with wh.reader() as con:
+        view = con.execute("SELECT aging_bucket, bucket_order, sum(open_items), sum(balance_due) FROM main.ar_aging "
+                           "GROUP BY ALL ORDER BY bucket_order").fetchall()
+        table = con.execute("SELECT aging_bucket, sum(invoice_count), sum(balance_due) FROM main.ar_aging_snapshot "
+                            "WHERE snapshot_date = ? GROUP BY ALL", [TODAY]).fetchall()
+        undated = con.execute("SELECT due_date, days_overdue FROM main.ar_open_items WHERE invoice_id = '5'").fetchall()
+    assert view == [("current", 0, 1, Decimal("10.00")), ("1-30", 1, 1, Decimal("20.00")),
+                    ("31-60", 2, 1, Decimal("60.00")), ("61-90", 3, 1, Decimal("30.00")),
+                    ("90+", 4, 1, Decimal("40.00")), ("no_due_date", 5, 1, Decimal("50.00"))]
+    assert sorted(table) == sorted((b, n, amount) for b, _, n, amount in view)
+    assert undated == [(None, None)]
+
+
 def test_settings_defaults_and_overrides() -> None:
     from invoice_pipeline.config import parse_config
 
