@@ -187,7 +187,7 @@ def _load(
             if pending is not None:
                 if writing is not None:
                     writing.result()
-                writing = writer.submit(_write, turns, pending, summary)
+                writing = writer.submit(_write, wh, turns, pending, summary)
             pending = batch
 
         for batch_records in records(src):
@@ -204,7 +204,7 @@ def _load(
         if pending is None:
             pending, _ = prepare_batch(src, [], summary.run_id, now)
         pending.cursor = cursor  # committed in the same transaction as the last rows
-        _write(turns, pending, summary)
+        _write(wh, turns, pending, summary)
         turns.close()
         record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation
         summary.status = "success"
@@ -255,9 +255,9 @@ def stored_fields(
     return {row[0]: dict(zip(known, row[1:])) for row in rows}
 
 
-def _write(turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:
+def _write(wh: Warehouse, turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:
     with turns.connection() as con:
-        result = turns.warehouse.write_batch(con, batch)
+        result = wh.write_batch(con, batch)
     summary.invoices_loaded += result.accepted
     summary.invoices_stale += result.stale
     summary.quarantined += batch.quarantine.num_rows
