@@ -129,12 +129,17 @@ def load_records(
     mode: str,
     warehouse: Warehouse | None = None,
     source: Source | None = None,
+    observed: bool = True,
 ) -> RunSummary:
     """Load records read some other way than a modification window (a re-poll's reads, invoices a
-    deletion reconciliation found again) along the path of every run: merge, quarantine, raw
-    payload store, run log (as `mode`) and history step. The cursor is never moved.
+    deletion reconciliation found again, a replay's raw payloads) along the path of every run:
+    merge, quarantine, raw payload store, run log (as `mode`) and history step. The cursor is never
+    moved.
 
     records(source) gives the batches; the run log's window is start_date .. now (any invoice).
+    observed=False: the records come from the raw payload store (replay.py), not from the source
+    now: each is loaded whatever its age (start_date filters only what a source sends), and the
+    history step restores the deletion marks the rebuild cleared (history.record_history, step 1).
     """
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
@@ -144,7 +149,7 @@ def load_records(
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
     return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, now),
-                 cursor=None, now=now, started=started)
+                 cursor=None, now=now, started=started, observed=observed)
 
 
 @_fewer_gc_passes()
@@ -160,9 +165,11 @@ def _load(
     cursor: datetime | None,
     now: datetime,
     started: float,
+    observed: bool = True,
 ) -> RunSummary:
     """Extract (records(src)), prepare, write; `cursor` (None: left alone) is committed with the
-    last batch. Closes the source; raises on failure, after recording it in the run log."""
+    last batch; observed: see load_records. Closes the source; raises on failure, after recording
+    it in the run log."""
     config = app.sources[source_name]
     summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,
@@ -171,7 +178,7 @@ def _load(
     # Three stages overlap: this thread extracts batch k+2 while another process prepares k+1
     # (preparing.py) and a thread writes k (DuckDB releases the GIL). Writes happen one at a time,
     # in order; the last batch carries the cursor and is written only after every earlier one committed.
-    preparer = BatchPreparer(src, summary.run_id, now, config.start_date, config.prepare_processes)
+    preparer = BatchPreparer(src, summary.run_id, now, config.start_date if observed else None, config.prepare_processes)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{source_name}-writer")
     writing: Future | None = None
     turns = wh.turns()
@@ -206,7 +213,8 @@ def _load(
         pending.cursor = cursor  # committed in the same transaction as the last rows
         _write(wh, turns, pending, summary)
         turns.close()
-        record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation
+        # one history version per new observation
+        record_history(wh, source_name, run_id=summary.run_id if observed else None)
         summary.status = "success"
     except Exception as exc:
         summary.status = "failed"

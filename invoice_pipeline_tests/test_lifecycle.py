@@ -148,10 +148,20 @@ def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path:
     load(app, server)  # the incremental window cannot see it
     assert current(wh, "1")["balance_due"] == Decimal("22.22")
 
+    with wh.reader() as con:
+        cursor = wh.cursor(con, "fake")
     src = ServerSource("fake", app.sources["fake"], server)
     result = lifecycle.repoll_open_invoices(app, "fake", source=src, horizon=timedelta(days=365))
     # Open = balance <> 0, not void, not deleted, due within the horizon: 1 and 2 (5 is too old).
     assert src.fetched == ["1", "2"] and result.open_invoices == 2 and result.found == 2 and result.changed == 1
+    # Loaded like any run (run log, raw payload store), the cursor left where the last load put it.
+    assert result.summary is not None
+    with wh.reader() as con:
+        assert wh.cursor(con, "fake") == cursor
+        assert con.execute("SELECT mode, status, invoices_loaded FROM main._pipeline_runs WHERE run_id = ?",
+                           [result.summary.run_id]).fetchall() == [("repoll", "success", 2)]
+        assert con.execute("SELECT count(*) FROM fake._raw_invoices WHERE run_id = ?",
+                           [result.summary.run_id]).fetchone()[0] == 1  # the changed payload, kept once
     assert current(wh, "1")["balance_due"] == Decimal("2.22")
     assert current(wh, "5")["balance_due"] == Decimal("22.22")
     rows = history(wh, "1")
