@@ -41,13 +41,13 @@ def _history_candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
 
     A row can only differ from its current history version if
     - it has none (first load, a history table newer than the data, a lost current version);
-    - its is_deleted differs: deletion marking (_mark_deleted) and step 1 of _record_history
-      UPDATE main.invoices without writing a new _loaded_at/_run_id;
+    - its is_deleted differs: deletion marking (lifecycle/deletions.py) and step 1 of
+      _record_history UPDATE main.invoices without writing a new _loaded_at/_run_id;
     - or it was written by a run that has not finished successfully. Every other write (merge,
-      replay) rewrites the whole row with the writing run's _run_id, and run_source records a run
-      as 'success' in main._pipeline_runs only after that run's own history step, which ran after
-      its last write committed: a row still holding such a run's _run_id was examined after its
-      last write (replay.py records its run the same way, after its history step). The run now
+      replay) rewrites the whole row with the writing run's _run_id, and every load (pipeline.py:
+      runs, re-polls, reconciliations, replays) records a run as 'success' in main._pipeline_runs
+      only after that run's own history step, which ran after its last write committed: a row
+      still holding such a run's _run_id was examined after its last write. The run now
       finishing, a failed, killed or still running one (a crashed run's committed batches) and rows
       loaded before the run log existed stay candidates, so the version hash decides for them as before.
     Why not compare _loaded_at with observed_at: it is the run's start time cut to whole seconds
