@@ -355,9 +355,10 @@ def repoll(config_json: str, workdir: str, how: str) -> None:
     (list pages, details of changed ones); "details": one detail call per open invoice (fetch_by_ids,
     what the re-poll did before)."""
     from invoice_pipeline import lifecycle
+    from invoice_pipeline.lifecycle import repoll
 
     if how == "details":
-        lifecycle._repoll_reader = lifecycle._fetch_by_ids  # type: ignore[assignment]
+        repoll._repoll_reader = repoll._fetch_by_ids  # type: ignore[assignment]
     started = time.perf_counter()
     result = lifecycle.repoll_open_invoices(_repoll_app(config_json, workdir), "oracle")
     _emit(seconds=time.perf_counter() - started, **{k: v for k, v in result.as_metadata().items()

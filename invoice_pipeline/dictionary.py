@@ -65,7 +65,7 @@ def render(con: duckdb.DuckDBPyConnection) -> str:
 
 def write_dictionary(path: Path = DEFAULT_PATH) -> Path:
     """Builds the published schema in memory (the same DDL and comments as the warehouse) and documents it."""
-    from invoice_pipeline.lifecycle import ensure_lifecycle_tables
+    from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables
 
     con = duckdb.connect()
     try:

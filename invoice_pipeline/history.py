@@ -1,7 +1,11 @@
 """The history of every invoice version (main.invoice_history), brought up to date after every load.
 
-Below pipeline.py (each load records its versions) and lifecycle.py (re-poll, deletions, aging),
-which re-exports record_history, history_candidates, history_violations and history_out_of_sync.
+Below pipeline.py (each load records its versions) and the lifecycle package (re-poll, deletions,
+aging), which read and write through it. History: one row per observed version of each invoice,
+valid from `valid_from` (inclusive) to `valid_to` (exclusive; NULL = the current version),
+contiguous and never overlapping. `record_history` derives it from `main.invoices` and is
+idempotent: a re-run, an overlapping window, a backfill whose older version the merge rejected and
+a replay add nothing.
 """
 
 from __future__ import annotations
@@ -16,10 +20,10 @@ from invoice_pipeline.lifecycle_tables import (HISTORY_COLUMNS, _existing_column
 from invoice_pipeline.sql import rollback
 from invoice_pipeline.warehouse import Warehouse
 
-log = logging.getLogger("invoice_pipeline.lifecycle")
+log = logging.getLogger(__name__)
 
 
-def _prepare(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
+def prepare_tables(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
     """The conformed tables (a one-query no-op when they are this release's; otherwise created, or
     upgraded in place before any history step reads columns an earlier release lacked) and ours."""
     wh.ensure_main(con)
@@ -37,13 +41,13 @@ def _history_candidates_sql(con: duckdb.DuckDBPyConnection) -> str:
 
     A row can only differ from its current history version if
     - it has none (first load, a history table newer than the data, a lost current version);
-    - its is_deleted differs: deletion marking (_mark_deleted) and step 1 of _record_history
-      UPDATE main.invoices without writing a new _loaded_at/_run_id;
+    - its is_deleted differs: deletion marking (lifecycle/deletions.py) and step 1 of
+      _record_history UPDATE main.invoices without writing a new _loaded_at/_run_id;
     - or it was written by a run that has not finished successfully. Every other write (merge,
-      replay) rewrites the whole row with the writing run's _run_id, and run_source records a run
-      as 'success' in main._pipeline_runs only after that run's own history step, which ran after
-      its last write committed: a row still holding such a run's _run_id was examined after its
-      last write (replay.py records its run the same way, after its history step). The run now
+      replay) rewrites the whole row with the writing run's _run_id, and every load (pipeline.py:
+      runs, re-polls, reconciliations, replays) records a run as 'success' in main._pipeline_runs
+      only after that run's own history step, which ran after its last write committed: a row
+      still holding such a run's _run_id was examined after its last write. The run now
       finishing, a failed, killed or still running one (a crashed run's committed batches) and rows
       loaded before the run log existed stay candidates, so the version hash decides for them as before.
     Why not compare _loaded_at with observed_at: it is the run's start time cut to whole seconds
@@ -147,7 +151,7 @@ def record_history(
     if con is not None:
         return _record_history(con, source_name, run_id)
     with wh.writer() as own:
-        _prepare(wh, own)
+        prepare_tables(wh, own)
         own.execute("BEGIN TRANSACTION")
         try:
             added = _record_history(own, source_name, run_id)
@@ -160,16 +164,12 @@ def record_history(
     return added
 
 
-HISTORY_RULES: dict[str, str] = {
-    "history_overlap": "a version starts before the previous one ended (or after a current version)",
-    "history_gap": "a version starts after the previous one ended",
-    "history_empty_interval": "valid_to is not after valid_from",
-    "history_no_current_version": "every version of the invoice is closed",
-}
-
-
 def history_violations(con: duckdb.DuckDBPyConnection, limit: int | None = None) -> tuple[int, list[tuple[str, str, str, str]]]:
-    """(count, first rows as (rule, source, invoice, detail)) of gaps/overlaps in main.invoice_history."""
+    """(count, first rows as (rule, source, invoice, detail)) of gaps/overlaps in main.invoice_history.
+
+    Rules: history_overlap (a version starts before the previous one ended, or after a current
+    version), history_gap (starts after the previous one ended), history_empty_interval (valid_to
+    not after valid_from), history_no_current_version (every version of the invoice is closed)."""
     query = """
         WITH h AS (
           SELECT source_name, invoice_id, valid_from, valid_to,

@@ -2,7 +2,7 @@
 and ar_aging_snapshot: their columns, comments and creation, and the version hash.
 
 Plain SQL on a connection, below the warehouse: its in-place upgrade (upgrade.py) creates and
-fills these tables too. lifecycle.py re-exports ensure_lifecycle_tables and version_hash_sql.
+fills these tables too; history.py keeps invoice_history, lifecycle/aging.py fills ar_aging_snapshot.
 """
 
 from __future__ import annotations

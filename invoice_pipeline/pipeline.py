@@ -1,6 +1,8 @@
 """Run one source end to end in plain Python: plan the window, extract, prepare (batch.py), merge, cursor.
 
-This is what the Dagster assets call; tests call it directly too.
+This is what the Dagster assets call; tests call it directly too. `run_source` reads a modification
+window; `load_records` loads records read another way (re-poll, deletion reconciliation) along the
+same path without touching the cursor.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -24,7 +26,7 @@ from invoice_pipeline.flatten import FIELD, ROOT_TABLE
 from invoice_pipeline.history import record_history
 from invoice_pipeline.preparing import BatchPreparer
 from invoice_pipeline.sources import source_class
-from invoice_pipeline.sources.base import Source, Window
+from invoice_pipeline.sources.base import Source, SourceRecord, Window
 from invoice_pipeline.sql import quote
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.warehouse import SessionTurns, Warehouse, WriterTurns
@@ -94,7 +96,6 @@ def _fewer_gc_passes() -> Iterator[None]:
         gc.unfreeze()
 
 
-@_fewer_gc_passes()
 def run_source(
     app: AppConfig,
     source_name: str,
@@ -102,11 +103,9 @@ def run_source(
     warehouse: Warehouse | None = None,
     window: Window | None = None,
     source: Source | None = None,
-    mode: str | None = None,
 ) -> RunSummary:
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
-    an explicit window (the cursor is left alone). Raises on failure, after recording it.
-    `mode` only labels a windowed run in _pipeline_runs (backfill, repoll, reconcile)."""
+    an explicit window (the cursor is left alone). Raises on failure, after recording it."""
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
@@ -115,8 +114,63 @@ def run_source(
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
         cursor = wh.cursor(con, source_name)
-    mode = (mode or "backfill") if window is not None else "incremental"
-    window = window or plan_window(config, cursor, now)
+    incremental = window is None
+    planned = window or plan_window(config, cursor, now)
+    return _load(app, source_name, wh, source, lambda src: src.extract(planned),
+                 mode="incremental" if incremental else "backfill", window=planned,
+                 cursor=planned.end if incremental else None, now=now, started=started)
+
+
+def load_records(
+    app: AppConfig,
+    source_name: str,
+    records: Callable[[Source], Iterable[Sequence[SourceRecord]]],
+    *,
+    mode: str,
+    warehouse: Warehouse | None = None,
+    source: Source | None = None,
+    observed: bool = True,
+) -> RunSummary:
+    """Load records read some other way than a modification window (a re-poll's reads, invoices a
+    deletion reconciliation found again, a replay's raw payloads) along the path of every run:
+    merge, quarantine, raw payload store, run log (as `mode`) and history step. The cursor is never
+    moved.
+
+    records(source) gives the batches; the run log's window is start_date .. now (any invoice).
+    observed=False: the records come from the raw payload store (replay.py), not from the source
+    now: each is loaded whatever its age (start_date filters only what a source sends), and the
+    history step restores the deletion marks the rebuild cleared (history.record_history, step 1).
+    """
+    config = app.sources[source_name]
+    wh = warehouse or Warehouse(app.warehouse)
+    started = time.monotonic()
+    now = utc_now().replace(microsecond=0)
+    with wh.writer() as con:
+        wh.ensure_main(con)
+        wh.ensure_source(con, source_name)
+    return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, now),
+                 cursor=None, now=now, started=started, observed=observed)
+
+
+@_fewer_gc_passes()
+def _load(
+    app: AppConfig,
+    source_name: str,
+    wh: Warehouse,
+    source: Source | None,
+    records: Callable[[Source], Iterable[Sequence[SourceRecord]]],
+    *,
+    mode: str,
+    window: Window,
+    cursor: datetime | None,
+    now: datetime,
+    started: float,
+    observed: bool = True,
+) -> RunSummary:
+    """Extract (records(src)), prepare, write; `cursor` (None: left alone) is committed with the
+    last batch; observed: see load_records. Closes the source; raises on failure, after recording
+    it in the run log."""
+    config = app.sources[source_name]
     summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
@@ -124,7 +178,7 @@ def run_source(
     # Three stages overlap: this thread extracts batch k+2 while another process prepares k+1
     # (preparing.py) and a thread writes k (DuckDB releases the GIL). Writes happen one at a time,
     # in order; the last batch carries the cursor and is written only after every earlier one committed.
-    preparer = BatchPreparer(src, summary.run_id, now, config.start_date, config.prepare_processes)
+    preparer = BatchPreparer(src, summary.run_id, now, config.start_date if observed else None, config.prepare_processes)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{source_name}-writer")
     writing: Future | None = None
     turns = wh.turns()
@@ -140,13 +194,13 @@ def run_source(
             if pending is not None:
                 if writing is not None:
                     writing.result()
-                writing = writer.submit(_write, turns, pending, summary)
+                writing = writer.submit(_write, wh, turns, pending, summary)
             pending = batch
 
-        for records in src.extract(window):
-            summary.invoices_extracted += len(records)
+        for batch_records in records(src):
+            summary.invoices_extracted += len(batch_records)
             pause_point("extract")
-            preparing.append(preparer.submit(records))
+            preparing.append(preparer.submit(batch_records))
             while preparing and (len(preparing) > PREPARE_AHEAD or preparing[0].done()):
                 take_prepared()
         while preparing:
@@ -156,11 +210,11 @@ def run_source(
             done.result()
         if pending is None:
             pending, _ = prepare_batch(src, [], summary.run_id, now)
-        if mode == "incremental":
-            pending.cursor = window.end  # committed in the same transaction as the last rows
-        _write(turns, pending, summary)
+        pending.cursor = cursor  # committed in the same transaction as the last rows
+        _write(wh, turns, pending, summary)
         turns.close()
-        record_history(wh, source_name, run_id=summary.run_id)  # one history version per new observation
+        # one history version per new observation
+        record_history(wh, source_name, run_id=summary.run_id if observed else None)
         summary.status = "success"
     except Exception as exc:
         summary.status = "failed"
@@ -209,9 +263,9 @@ def stored_fields(
     return {row[0]: dict(zip(known, row[1:])) for row in rows}
 
 
-def _write(turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:
+def _write(wh: Warehouse, turns: WriterTurns | SessionTurns, batch: LoadBatch, summary: RunSummary) -> None:
     with turns.connection() as con:
-        result = turns.warehouse.write_batch(con, batch)
+        result = wh.write_batch(con, batch)
     summary.invoices_loaded += result.accepted
     summary.invoices_stale += result.stale
     summary.quarantined += batch.quarantine.num_rows

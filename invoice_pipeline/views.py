@@ -14,6 +14,31 @@ from invoice_pipeline.sql import quote, sql_literal
 # What a document must be to count: neither draft nor void nor deleted at the source.
 COUNTED = "i.status_category IN ('open', 'paid') AND NOT coalesce(i.is_deleted, false)"
 
+# The aging buckets, in order, with the most days overdue each holds (None: no upper bound); an item
+# without any due date (nor invoice date to fall back to) is in NO_DUE_DATE, sorted last. The one
+# definition of the ar_aging view and the ar_aging_snapshot table (lifecycle/aging.py).
+AGING_LIMITS: list[tuple[str, int | None]] = [("current", 0), ("1-30", 30), ("31-60", 60), ("61-90", 90), ("90+", None)]
+NO_DUE_DATE = "no_due_date"
+AGING_BUCKETS = [name for name, _ in AGING_LIMITS] + [NO_DUE_DATE]
+
+
+def aging_bucket_sql(days_overdue: str) -> str:
+    """The bucket of an item `days_overdue` (an SQL expression) days past due: <= 0 is current
+    (not yet due), NULL (no date at all) is no_due_date."""
+    whens = "".join(f" WHEN {days_overdue} <= {limit} THEN {sql_literal(name)}"
+                    for name, limit in AGING_LIMITS if limit is not None)
+    last = next(name for name, limit in AGING_LIMITS if limit is None)
+    return f"CASE WHEN {days_overdue} IS NULL THEN {sql_literal(NO_DUE_DATE)}{whens} ELSE {sql_literal(last)} END"
+
+
+def aging_bucket_order_sql(days_overdue: str) -> str:
+    """0 .. len(AGING_BUCKETS) - 1: sorts the buckets of aging_bucket_sql (no_due_date last)."""
+    buckets = "[" + ", ".join(sql_literal(b) for b in AGING_BUCKETS) + "]"
+    return f"(list_position({buckets}, {aging_bucket_sql(days_overdue)}) - 1)::INTEGER"
+
+
+_BUCKET_LIST = ", ".join(AGING_BUCKETS)
+
 # name -> (description, SQL); unqualified table names so the views work in the snapshot file too.
 ANALYST_VIEWS: dict[str, tuple[str, str]] = {
     "ar_open_items": (
@@ -24,22 +49,22 @@ ANALYST_VIEWS: dict[str, tuple[str, str]] = {
         f"""SELECT i.source_name, i.source_type, i.invoice_id, i.invoice_number, i.document_type, i.status_category,
                   i.customer_id, i.customer_name, i.currency_code, n.installment_id, n.installment_number,
                   coalesce(n.due_date, i.due_date, i.invoice_date) AS due_date, n.original_amount, n.balance_due,
-                  greatest(current_date - coalesce(n.due_date, i.due_date, i.invoice_date), 0)::INTEGER AS days_overdue,
+                  CASE WHEN coalesce(n.due_date, i.due_date, i.invoice_date) IS NOT NULL
+                    THEN greatest(current_date - coalesce(n.due_date, i.due_date, i.invoice_date), 0) END::INTEGER
+                    AS days_overdue,
                   i.is_truncated
            FROM invoice_installments n JOIN invoices i USING (source_name, invoice_id)
            WHERE {COUNTED} AND n.balance_due <> 0""",
     ),
     "ar_aging": (
-        "Accounts-receivable aging by source, customer, currency and bucket (current, 1-30, 31-60, 61-90, 90+ "
-        "days overdue; items without a due date count as current), from ar_open_items: drafts, voids and deleted "
-        "documents left out, credit memos netted in (negative); bucket_order sorts the buckets; truncated_invoices "
-        "counts the invoices in the row whose source sent incomplete lines.",
-        """SELECT source_name, customer_id, customer_name, currency_code,
-                  CASE WHEN coalesce(days_overdue, 0) = 0 THEN 'current' WHEN days_overdue <= 30 THEN '1-30'
-                       WHEN days_overdue <= 60 THEN '31-60' WHEN days_overdue <= 90 THEN '61-90' ELSE '90+' END
-                    AS aging_bucket,
-                  CASE WHEN coalesce(days_overdue, 0) = 0 THEN 0 WHEN days_overdue <= 30 THEN 1
-                       WHEN days_overdue <= 60 THEN 2 WHEN days_overdue <= 90 THEN 3 ELSE 4 END AS bucket_order,
+        "Accounts-receivable aging by source, customer, currency and bucket (current = not yet due, 1-30, 31-60, "
+        "61-90, 90+ days overdue, no_due_date = neither due nor invoice date; the buckets of ar_aging_snapshot), "
+        "from ar_open_items: drafts, voids and deleted documents left out, credit memos netted in (negative); "
+        "bucket_order sorts the buckets; truncated_invoices counts the invoices in the row whose source sent "
+        "incomplete lines.",
+        f"""SELECT source_name, customer_id, customer_name, currency_code,
+                  {aging_bucket_sql("days_overdue")} AS aging_bucket,
+                  {aging_bucket_order_sql("days_overdue")} AS bucket_order,
                   count(*) AS open_items, sum(balance_due) AS balance_due,
                   count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_items,
                   count(DISTINCT invoice_id) FILTER (WHERE is_truncated) AS truncated_invoices
@@ -83,8 +108,8 @@ VIEW_COLUMNS: dict[str, dict[str, str]] = {
         "customer_id": "As in main.invoices.",
         "customer_name": "As in main.invoices.",
         "currency_code": "Currency of balance_due (never mixed).",
-        "aging_bucket": "current, 1-30, 31-60, 61-90 or 90+ days overdue.",
-        "bucket_order": "0 to 4: sorts the buckets.",
+        "aging_bucket": f"Days overdue as of today, one of: {_BUCKET_LIST} (no due date nor invoice date).",
+        "bucket_order": f"0 to {len(AGING_BUCKETS) - 1}: sorts the buckets ({_BUCKET_LIST}).",
         "open_items": "Open installments in the bucket (credit memos included).",
         "balance_due": "Net balance of the bucket: invoices minus open credits, in currency_code.",
         "credit_memo_items": "Of open_items, how many are credit memos.",

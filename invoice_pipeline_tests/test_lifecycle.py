@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from invoice_pipeline import lifecycle
+from invoice_pipeline.history import history_candidates, history_out_of_sync, history_violations, record_history
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.pipeline import run_source
@@ -133,8 +134,8 @@ def test_versions_are_recorded_once_and_contiguous(tmp_path: Path) -> None:
     assert summary.invoices_stale == 1
     assert len(history(wh, "1")) == 2 and current(wh, "1")["balance_due"] == Decimal("11.11")
     with wh.reader() as con:
-        assert lifecycle.history_violations(con) == (0, [])
-        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
 
 
 def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path: Path) -> None:
@@ -147,10 +148,20 @@ def test_repoll_sees_a_payment_that_did_not_move_the_modification_time(tmp_path:
     load(app, server)  # the incremental window cannot see it
     assert current(wh, "1")["balance_due"] == Decimal("22.22")
 
+    with wh.reader() as con:
+        cursor = wh.cursor(con, "fake")
     src = ServerSource("fake", app.sources["fake"], server)
     result = lifecycle.repoll_open_invoices(app, "fake", source=src, horizon=timedelta(days=365))
     # Open = balance <> 0, not void, not deleted, due within the horizon: 1 and 2 (5 is too old).
     assert src.fetched == ["1", "2"] and result.open_invoices == 2 and result.found == 2 and result.changed == 1
+    # Loaded like any run (run log, raw payload store), the cursor left where the last load put it.
+    assert result.summary is not None
+    with wh.reader() as con:
+        assert wh.cursor(con, "fake") == cursor
+        assert con.execute("SELECT mode, status, invoices_loaded FROM main._pipeline_runs WHERE run_id = ?",
+                           [result.summary.run_id]).fetchall() == [("repoll", "success", 2)]
+        assert con.execute("SELECT count(*) FROM fake._raw_invoices WHERE run_id = ?",
+                           [result.summary.run_id]).fetchone()[0] == 1  # the changed payload, kept once
     assert current(wh, "1")["balance_due"] == Decimal("2.22")
     assert current(wh, "5")["balance_due"] == Decimal("22.22")
     rows = history(wh, "1")
@@ -248,7 +259,7 @@ def test_deletion_is_marked_kept_and_undone_when_the_invoice_reappears(tmp_path:
     load(app, server)
     assert not current(wh, "3")["is_deleted"] and len(history(wh, "3")) == 5
     with wh.reader() as con:
-        assert lifecycle.history_violations(con)[0] == 0
+        assert history_violations(con)[0] == 0
 
 
 def test_missing_from_the_listing_but_still_readable_is_not_deleted(tmp_path: Path) -> None:
@@ -288,11 +299,11 @@ def test_replay_adds_no_history_and_deletion_marks_survive_it(tmp_path: Path) ->
 
     replay_source(app, "fake", wh, source=ServerSource("fake", app.sources["fake"], server))
     assert current(wh, "2")["balance_due"] == Decimal("1.00")  # the newest payload was replayed
-    lifecycle.record_history(wh, "fake")  # what any later run of the source does
+    record_history(wh, "fake")  # what any later run of the source does
     assert current(wh, "3")["is_deleted"]
     assert history(wh) == before
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
 
 
 def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path: Path) -> None:
@@ -303,7 +314,7 @@ def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path:
         server[n] = open_inv(int(n), updated="2025-06-01T00:00:00Z")
     load(app, server, Window(datetime(2025, 5, 1, tzinfo=UTC), utc_now()))
     with wh.writer() as con:
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_violations(con) == (0, [])
         june = datetime(2025, 6, 1, tzinfo=UTC)
         con.execute("UPDATE main.invoice_history SET valid_to = valid_to - INTERVAL 1 SECOND "
                     "WHERE invoice_id = '1' AND valid_to IS NOT NULL")
@@ -311,7 +322,7 @@ def test_history_check_catches_gaps_overlaps_and_lost_current_versions(tmp_path:
                     [june - timedelta(days=1)])
         con.execute("UPDATE main.invoice_history SET valid_to = ? WHERE invoice_id = '3' AND valid_to IS NULL",
                     [june + timedelta(days=1)])
-        total, rows = lifecycle.history_violations(con)
+        total, rows = history_violations(con)
     assert total == 3
     assert {(rule, inv) for rule, _, inv, _ in rows} == {
         ("history_gap", "1"), ("history_overlap", "2"), ("history_no_current_version", "3")}
@@ -366,17 +377,45 @@ def test_aging_snapshot_per_day_from_history(tmp_path: Path) -> None:
     assert snapshot(day) == expected
 
 
+def test_ar_aging_view_and_snapshot_share_one_bucket_definition(tmp_path: Path) -> None:
+    """Today's snapshot and the ar_aging view put every open item in the same bucket, an undated
+    one (neither due nor invoice date) in no_due_date in both (its days_overdue is null)."""
+    app, wh = setup(tmp_path)
+    server = {
+        "1": open_inv(1, due=(TODAY + timedelta(days=3)).isoformat(), balance="10.00"),  # current
+        "2": open_inv(2, due=(TODAY - timedelta(days=1)).isoformat(), balance="20.00"),  # 1-30
+        "3": open_inv(3, due=(TODAY - timedelta(days=61)).isoformat(), balance="30.00"),  # 61-90
+        "4": open_inv(4, due=(TODAY - timedelta(days=91)).isoformat(), balance="40.00"),  # 90+
+        "5": invoice(5, balance="50.00"),  # no due date, no invoice date
+        "6": invoice(6, balance="60.00", issued=(TODAY - timedelta(days=45)).isoformat()),  # 31-60 by invoice date
+    }
+    load(app, server)
+    lifecycle.build_aging_snapshot(wh, TODAY)
+    with wh.reader() as con:
+        view = con.execute("SELECT aging_bucket, bucket_order, sum(open_items), sum(balance_due) FROM main.ar_aging "
+                           "GROUP BY ALL ORDER BY bucket_order").fetchall()
+        table = con.execute("SELECT aging_bucket, sum(invoice_count), sum(balance_due) FROM main.ar_aging_snapshot "
+                            "WHERE snapshot_date = ? GROUP BY ALL", [TODAY]).fetchall()
+        undated = con.execute("SELECT due_date, days_overdue FROM main.ar_open_items WHERE invoice_id = '5'").fetchall()
+    assert view == [("current", 0, 1, Decimal("10.00")), ("1-30", 1, 1, Decimal("20.00")),
+                    ("31-60", 2, 1, Decimal("60.00")), ("61-90", 3, 1, Decimal("30.00")),
+                    ("90+", 4, 1, Decimal("40.00")), ("no_due_date", 5, 1, Decimal("50.00"))]
+    assert sorted(table) == sorted((b, n, amount) for b, _, n, amount in view)
+    assert undated == [(None, None)]
+
+
 def test_settings_defaults_and_overrides() -> None:
     from invoice_pipeline.config import parse_config
 
     cfg = parse_config({"sources": {"a": fake_config_block()}}).sources["a"]
-    s = lifecycle.lifecycle_settings(cfg)
-    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule) == (None, None, "0 3 * * *")
+    assert (cfg.repoll_horizon, cfg.repoll_schedule, cfg.reconcile_schedule, cfg.reconcile_max_deleted_share) == (
+        None, None, "0 3 * * *", 0.5)
 
     block = {**fake_config_block(), "repoll_horizon": "30d", "repoll_schedule": "*/30 * * * *",
              "reconcile_schedule": "0 4 * * 0", "reconcile_max_deleted_share": 0.2}
-    s = lifecycle.lifecycle_settings(parse_config({"sources": {"a": block}}).sources["a"])
-    assert s == lifecycle.LifecycleSettings(timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
+    s = parse_config({"sources": {"a": block}}).sources["a"]
+    assert (s.repoll_horizon, s.repoll_schedule, s.reconcile_schedule, s.reconcile_max_deleted_share) == (
+        timedelta(days=30), "*/30 * * * *", "0 4 * * 0", 0.2)
     with pytest.raises(ConfigError, match="sources.a.repoll_schedule"):
         parse_config({"sources": {"a": {**fake_config_block(), "repoll_schedule": "often"}}})
 
@@ -385,16 +424,16 @@ def test_settings_defaults_and_overrides() -> None:
 def history_steps(caplog: pytest.LogCaptureFixture) -> list[tuple[int, int]]:
     """(candidates examined, versions added) of every history step logged so far."""
     return [(r.args[1], r.args[2]) for r in caplog.records  # type: ignore[index]
-            if r.name == "invoice_pipeline.lifecycle" and r.msg.startswith("source '%s': history examined")]
+            if r.name == "invoice_pipeline.history" and r.msg.startswith("source '%s': history examined")]
 
 
 def candidates(wh: Warehouse) -> int:
     with wh.reader() as con:
-        return lifecycle.history_candidates(con, "fake")
+        return history_candidates(con, "fake")
 
 
 def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.history")
     app, wh = setup(tmp_path)
     server = {str(n): open_inv(n) for n in range(1, 21)}
     load(app, server)
@@ -402,7 +441,7 @@ def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog:
     assert candidates(wh) == 0
     # A sync with nothing new (the history asset, a replayed step) examines nothing.
     caplog.clear()
-    assert lifecycle.record_history(wh, "fake") == 0
+    assert record_history(wh, "fake") == 0
     assert history_steps(caplog) == [(0, 0)]
 
     # One invoice modified: a window that reads only it examines only it and adds one version.
@@ -419,16 +458,16 @@ def test_history_examines_only_the_invoices_a_load_wrote(tmp_path: Path, caplog:
     result = lifecycle.repoll_open_invoices(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
     assert result.found == 20 and result.changed == 1
     assert history_steps(caplog) == [(20, 1)]
-    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 0 and record_history(wh, "fake") == 0
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
 
 
 def test_a_deletion_mark_is_examined_and_becomes_a_deleted_version(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.lifecycle")
+    caplog.set_level(logging.DEBUG, logger="invoice_pipeline.history")
     app, wh = setup(tmp_path)
     server = {str(n): open_inv(n) for n in range(1, 6)}
     load(app, server)
@@ -438,7 +477,7 @@ def test_a_deletion_mark_is_examined_and_becomes_a_deleted_version(
     lifecycle.reconcile_deletions(app, "fake", source=ServerSource("fake", app.sources["fake"], server))
     assert history_steps(caplog) == [(1, 1)]
     assert [r["is_deleted"] for r in history(wh, "4")] == [False, True]
-    assert candidates(wh) == 0 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 0 and record_history(wh, "fake") == 0
 
 
 def test_same_second_runs_and_a_crashed_run_seen_mid_run_lose_no_version(
@@ -470,14 +509,14 @@ def test_same_second_runs_and_a_crashed_run_seen_mid_run_lose_no_version(
             wh.write_batch(con, batch)
 
     write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="8.00"))
-    assert lifecycle.record_history(wh, "fake") == 1
+    assert record_history(wh, "fake") == 1
     write(open_inv(2, updated="2025-05-01T00:00:00Z", balance="4.00"))
     assert candidates(wh) == 1  # same _loaded_at and _run_id as its current version
-    assert lifecycle.record_history(wh, "fake") == 1  # the next sync
+    assert record_history(wh, "fake") == 1  # the next sync
     assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("8.00"), Decimal("4.00")]
     with wh.reader() as con:
-        assert lifecycle.history_out_of_sync(con) == (0, [])
-        assert lifecycle.history_violations(con) == (0, [])
+        assert history_out_of_sync(con) == (0, [])
+        assert history_violations(con) == (0, [])
 
 
 def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
@@ -503,7 +542,7 @@ def test_a_failed_runs_committed_batches_get_their_history_on_the_next_sync(
         assert con.execute("SELECT status FROM main._pipeline_runs WHERE run_id = ?", [failed_run]).fetchall() == [
             ("failed",)]
     assert candidates(wh) == 1
-    assert lifecycle.record_history(wh, "fake") == 1
+    assert record_history(wh, "fake") == 1
     assert [r["balance_due"] for r in history(wh, "2")] == [Decimal("22.22"), Decimal("3.00")]
     # A failed run's rows stay candidates until a later run rewrites them; the hash finds nothing.
-    assert candidates(wh) == 1 and lifecycle.record_history(wh, "fake") == 0
+    assert candidates(wh) == 1 and record_history(wh, "fake") == 0

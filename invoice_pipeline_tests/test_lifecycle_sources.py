@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from invoice_pipeline import lifecycle
+from invoice_pipeline.history import history_out_of_sync, history_violations
 from invoice_pipeline.pipeline import build_source, run_source
 from invoice_pipeline.sources.base import Window
 from invoice_pipeline.timeutil import utc_now
@@ -90,5 +91,5 @@ def test_repoll_converges_and_deletions_are_marked(tmp_path: Path, source_type: 
             assert con.execute("SELECT count(*) FROM main.invoice_history").fetchone()[0] == 40 + 1 + 4 + 2
             assert con.execute(
                 "SELECT count(*) FROM main.invoices WHERE is_deleted AND deleted_detected_at IS NOT NULL").fetchone()[0] == 2
-            assert lifecycle.history_violations(con) == (0, [])
-            assert lifecycle.history_out_of_sync(con) == (0, [])
+            assert history_violations(con) == (0, [])
+            assert history_out_of_sync(con) == (0, [])

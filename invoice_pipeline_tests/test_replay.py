@@ -43,7 +43,7 @@ def test_replay_equals_incremental_build(tmp_path: Path) -> None:
     assert summary.invoices_loaded == 5 and summary.quarantined == 1
     assert dump(app, "fake") == before
     # The replay is a recorded run, so the next history sync has nothing left to examine.
-    from invoice_pipeline.lifecycle import history_candidates
+    from invoice_pipeline.history import history_candidates
 
     with Warehouse(app.warehouse).writer() as con:
         assert con.execute("SELECT status FROM main._pipeline_runs WHERE run_id = ?", [summary.run_id]).fetchall() == [("success",)]

@@ -10,7 +10,7 @@ from typing import Any
 
 import duckdb
 
-from invoice_pipeline.lifecycle import history_out_of_sync, history_violations
+from invoice_pipeline.history import history_out_of_sync, history_violations
 from invoice_pipeline.reconcile import RULES, violations
 from invoice_pipeline.warehouse import Warehouse
 
@@ -89,7 +89,7 @@ def _downgrade_to_release_1(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"ALTER TABLE main.{table} DROP COLUMN currency_code")
     for column in ("credit_memo_count", "credit_balance"):
         con.execute(f"ALTER TABLE main.ar_aging_snapshot DROP COLUMN IF EXISTS {column}")
-    from invoice_pipeline.lifecycle import version_hash_sql
+    from invoice_pipeline.lifecycle_tables import version_hash_sql
 
     con.execute(f"UPDATE main.invoice_history SET version_hash = {version_hash_sql()}")
     con.execute("CREATE OR REPLACE TABLE main._pipeline_schema AS SELECT 'release-1' AS schema_key")
@@ -162,7 +162,8 @@ def test_release_1_warehouse_upgrades_in_place_on_the_next_run(tmp_path: Path) -
 
 def test_a_lifecycle_step_first_after_the_release_upgrades_too(tmp_path: Path) -> None:
     """The daily aging job or a deletion reconciliation may be the first step on the old warehouse."""
-    from invoice_pipeline.lifecycle import build_aging_snapshot, record_history
+    from invoice_pipeline.history import record_history
+    from invoice_pipeline.lifecycle import build_aging_snapshot
 
     app = _load_all(tmp_path)
     wh = Warehouse(app.warehouse)

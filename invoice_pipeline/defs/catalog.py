@@ -20,7 +20,7 @@ from invoice_pipeline.sql import quote
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
-# The load bookkeeping columns of a source's root table (invoice_pipeline/warehouse.py).
+# The load bookkeeping columns of a source's root table (invoice_pipeline/warehouse/schema.py).
 _ROOT_META_DOCS = {
     "_invoice_id": "The invoice's key at the source.",
     "_last_modified_at": "The source's last-modified time of this version (UTC).",

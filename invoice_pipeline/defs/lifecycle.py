@@ -1,4 +1,4 @@
-"""Dagster wiring of the invoice lifecycle (invoice_pipeline/lifecycle.py): per source a re-poll of
+"""Dagster wiring of the invoice lifecycle (invoice_pipeline/lifecycle/, history.py): per source a re-poll of
 open invoices and a deletion reconciliation; over all sources the history and the daily aging snapshot.
 
 When things run:
@@ -17,13 +17,15 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from invoice_pipeline import lifecycle
+from invoice_pipeline import history, lifecycle
 from invoice_pipeline.config import AppConfig, SourceConfig
 from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, HISTORY_CONTIGUOUS_CHECK, HISTORY_KEY,
                                         HISTORY_MATCHES_CHECK, WRITE_POOL, lifecycle_job_name, reconcile_asset_key,
                                         repoll_asset_key, schedule_name, source_asset_key)
 from invoice_pipeline.defs.resources import PipelineResource
+from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables
 from invoice_pipeline.testpoints import pause_point
+from invoice_pipeline.views import AGING_BUCKETS
 
 AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describes
 LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
@@ -49,10 +51,9 @@ def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> tuple[str
 
 
 def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
-    settings = lifecycle.lifecycle_settings(config)
-    horizon = (f", due or invoice date within repoll_horizon = {settings.repoll_horizon.days} days"
-               if settings.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
-    when = (f"on cron '{settings.repoll_schedule}' (config key repoll_schedule)" if settings.repoll_schedule
+    horizon = (f", due or invoice date within repoll_horizon = {config.repoll_horizon.days} days"
+               if config.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
+    when = (f"on cron '{config.repoll_schedule}' (config key repoll_schedule)" if config.repoll_schedule
             else "after every run of the source (set repoll_schedule for a cron instead)")
 
     @dg.asset(
@@ -62,7 +63,7 @@ def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         tags={"source_type": config.type},
         deps=[source_asset_key(name)],
         pool=pool,
-        automation_condition=None if settings.repoll_schedule else LIFECYCLE_CONDITION,
+        automation_condition=None if config.repoll_schedule else LIFECYCLE_CONDITION,
         description=(
             f"Re-reads the invoices of '{name}' still open in main.invoices (balance due <> 0, not void, not "
             f"deleted{horizon}) with the "
@@ -91,7 +92,6 @@ class ReconcileConfig(dg.Config):
 
 
 def build_reconcile_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
-    settings = lifecycle.lifecycle_settings(config)
 
     @dg.asset(
         key=reconcile_asset_key(name),
@@ -104,7 +104,7 @@ def build_reconcile_asset(name: str, config: SourceConfig, pool: str | None = WR
             f"Compares the invoice ids '{name}' lists now with main.invoices; an invoice gone from the source "
             "(confirmed by a direct read) is marked is_deleted with deleted_detected_at, never erased; a deleted "
             "invoice found again is reloaded (un-deleted). Refuses to mark more than reconcile_max_deleted_share "
-            f"({settings.reconcile_max_deleted_share:.0%}) at once. Cron '{settings.reconcile_schedule}'."
+            f"({config.reconcile_max_deleted_share:.0%}) at once. Cron '{config.reconcile_schedule}'."
         ),
     )
     def _reconcile(
@@ -135,7 +135,7 @@ def build_history_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Ass
     )
     def invoice_history(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
         pause_point("history")
-        added = {name: lifecycle.record_history(pipeline.warehouse, name) for name in app.sources}
+        added = {name: history.record_history(pipeline.warehouse, name) for name in app.sources}
         with pipeline.warehouse.reader() as con:
             versions, current = con.execute(
                 "SELECT count(*), count(*) FILTER (WHERE valid_to IS NULL) FROM main.invoice_history").fetchall()[0]
@@ -164,9 +164,9 @@ def history_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineRes
     selected = {key.name for key in context.selected_asset_check_keys}
     results: list[dg.AssetCheckResult] = []
     with pipeline.warehouse.writer() as con:
-        lifecycle.ensure_lifecycle_tables(con)
+        ensure_lifecycle_tables(con)
         if HISTORY_CONTIGUOUS_CHECK in selected:
-            total, first = lifecycle.history_violations(con, limit=10)
+            total, first = history.history_violations(con, limit=10)
             results.append(dg.AssetCheckResult(
                 check_name=HISTORY_CONTIGUOUS_CHECK,
                 asset_key=HISTORY_KEY,
@@ -179,7 +179,7 @@ def history_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineRes
                             + ", ".join(f"{r} {s}/{i}" for r, s, i, _ in first[:5]),
             ))
         if HISTORY_MATCHES_CHECK in selected:
-            total, first = lifecycle.history_out_of_sync(con, limit=10)
+            total, first = history.history_out_of_sync(con, limit=10)
             results.append(dg.AssetCheckResult(
                 check_name=HISTORY_MATCHES_CHECK,
                 asset_key=HISTORY_KEY,
@@ -206,8 +206,8 @@ def build_aging_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Asset
         deps=[HISTORY_KEY],
         pool=pool,
         description=(
-            "Grain: one row per snapshot_date, source, customer, currency and aging bucket (not_due, 1-30, 31-60, "
-            "61-90, over_90, no_due_date): open balances at the end of that UTC day, from main.invoice_history. "
+            f"Grain: one row per snapshot_date, source, customer, currency and aging bucket ({', '.join(AGING_BUCKETS)}; "
+            "those of the ar_aging view): open balances at the end of that UTC day, from main.invoice_history. "
             f"Daily at '{AGING_CRON}' UTC; recomputing a day replaces it."
         ),
     )
@@ -237,10 +237,9 @@ class LifecycleDefinitions:
 def build_lifecycle(app: AppConfig, pool: str | None = WRITE_POOL) -> LifecycleDefinitions:
     out = LifecycleDefinitions(checks=[history_checks])
     for name, cfg in app.sources.items():
-        settings = lifecycle.lifecycle_settings(cfg)
         out.assets += [build_repoll_asset(name, cfg, pool), build_reconcile_asset(name, cfg, pool)]
-        for kind, key, cron in (("repoll", repoll_asset_key(name), settings.repoll_schedule),
-                                ("deletion_reconciliation", reconcile_asset_key(name), settings.reconcile_schedule)):
+        for kind, key, cron in (("repoll", repoll_asset_key(name), cfg.repoll_schedule),
+                                ("deletion_reconciliation", reconcile_asset_key(name), cfg.reconcile_schedule)):
             job_name = lifecycle_job_name(name, kind)
             out.jobs.append(dg.define_asset_job(job_name, selection=dg.AssetSelection.keys(key, HISTORY_KEY),
                                                 tags={"source": name}, description=f"{kind} of source '{name}'."))
