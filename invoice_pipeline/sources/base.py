@@ -20,6 +20,7 @@ from typing import Any, ClassVar, TypeVar
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import HttpClient
+from invoice_pipeline.model import ConformedInvoice, SourceRecord, Window  # re-exported: the core model
 
 log = logging.getLogger("invoice_pipeline.extract")
 CREDENTIAL_KEYS = ("username", "password", "organisation", "api_token", "api_key", "database_id")
@@ -68,31 +69,6 @@ def batched(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceR
         close = getattr(records, "close", None)
         if close is not None:
             close()
-
-
-@dataclass(frozen=True)
-class Window:
-    """Modification-time window to extract; both ends inclusive, UTC."""
-
-    start: datetime
-    end: datetime
-
-
-@dataclass
-class SourceRecord:
-    invoice_id: str
-    last_modified_at: datetime | None
-    payload: dict[str, Any]
-
-
-@dataclass
-class ConformedInvoice:
-    """One invoice mapped to the conformed model: header plus its child rows (SPEC section 3)."""
-
-    invoice: dict[str, Any]
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    tax_lines: list[dict[str, Any]] = field(default_factory=list)
-    installments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
