@@ -145,7 +145,11 @@ def finalize(conformed: ConformedInvoice, *, derive_installment: bool) -> Confor
     record is quarantined at run time, and a mapping test fails loudly).
     """
     inv = conformed.invoice
-    check_row(INVOICES, inv)
+    check_row(INVOICES, inv)  # first: a misspelt key must not surface as a KeyError below
+    for spec, rows in ((INVOICE_LINES, conformed.lines), (INVOICE_TAX_LINES, conformed.tax_lines),
+                       (INVOICE_INSTALLMENTS, conformed.installments)):
+        for row in rows:
+            check_row(spec, row)
     inv["net_amount"] = sum((ln["line_amount"] or Decimal(0) for ln in conformed.lines), Decimal("0.0000"))
     inv["tax_amount"] = sum((tl["tax_amount"] or Decimal(0) for tl in conformed.tax_lines), Decimal("0.0000"))
     if inv.get("freight_amount") is None:
@@ -170,14 +174,11 @@ def finalize(conformed: ConformedInvoice, *, derive_installment: bool) -> Confor
         )
     currency = inv.get("currency_code")
     for ln in conformed.lines:
-        check_row(INVOICE_LINES, ln)
         ln["currency_code"] = currency
     for tl in conformed.tax_lines:
-        check_row(INVOICE_TAX_LINES, tl)
         tl.setdefault("is_derived", False)
         tl["currency_code"] = currency
     for inst in conformed.installments:
-        check_row(INVOICE_INSTALLMENTS, inst)
         inst.setdefault("is_derived", False)
         inst["currency_code"] = currency
     return conformed
