@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
@@ -16,7 +15,7 @@ from invoice_pipeline.conformed import finalize as finalize_conformed
 from invoice_pipeline.conformed import to_arrow
 from invoice_pipeline.flatten import TableBuffer, flatten_record
 from invoice_pipeline.jsonio import ascii_text, dumps, unstorable_reason
-from invoice_pipeline.model import KEYS_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, TS, SourceRecord
+from invoice_pipeline.model import CONFORMED, KEYS_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, TS, LoadBatch, SourceRecord
 from invoice_pipeline.sources.base import Source
 
 __all__ = ["GC_FIRST_THRESHOLD", "KEYS_SCHEMA", "QUARANTINE_SCHEMA", "RAW_SCHEMA", "LoadBatch", "prepare_batch"]
@@ -24,21 +23,6 @@ __all__ = ["GC_FIRST_THRESHOLD", "KEYS_SCHEMA", "QUARANTINE_SCHEMA", "RAW_SCHEMA
 # CPython's first GC threshold while preparing batches (default 700): preparing allocates millions of
 # short-lived, acyclic containers, and each pass re-scans a heap of parsed payloads.
 GC_FIRST_THRESHOLD = 50_000
-
-
-@dataclass
-class LoadBatch:
-    """Everything one batch writes, prepared outside the lock."""
-
-    source_name: str
-    run_id: str
-    loaded_at: datetime
-    keys: pa.Table  # invoice_id, last_modified_at of the mapped records
-    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the _meta columns)
-    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
-    raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
-    quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
-    cursor: datetime | None = None  # set on the last batch of a successful incremental run
 
 
 def _payload_json(payload: dict) -> str:
@@ -79,7 +63,7 @@ def prepare_batch(
             newest[rec.invoice_id] = rec
 
     flat: dict[str, TableBuffer] = {}
-    conformed: dict[str, list[dict]] = {"invoices": [], "invoice_lines": [], "invoice_tax_lines": [], "invoice_installments": []}
+    conformed: dict[str, list[dict]] = {table: [] for table in CONFORMED}
     keys_id, keys_lm = [], []
     raw_ids: list[str] = []
     raw_lm: list[datetime | None] = []

@@ -5,6 +5,7 @@ are generated from that list, so the warehouse's tables and the Arrow batches wr
 cannot drift apart. Nothing here imports anything of the package (it is the bottom layer).
 
 - `Window`, `SourceRecord`, `ConformedInvoice`: what a source yields and what its mapping returns;
+  `LoadBatch`: one batch made ready to write (batch.py prepares it, the warehouse writes it);
 - the conformed tables (`CONFORMED`): columns, key and table comment (docs/DATA_DICTIONARY.md is
   generated from the comments; per-source provenance is added by conformed_docs.py);
 - the per-source bookkeeping tables: the raw payloads (`RAW_COLUMNS`), the quarantine, and the
@@ -155,6 +156,21 @@ class ConformedInvoice:
     lines: list[dict[str, Any]] = field(default_factory=list)
     tax_lines: list[dict[str, Any]] = field(default_factory=list)
     installments: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class LoadBatch:
+    """Everything one batch writes, prepared (batch.prepare_batch) outside the writer lock."""
+
+    source_name: str
+    run_id: str
+    loaded_at: datetime
+    keys: pa.Table  # KEYS_SCHEMA: invoice_id, last_modified_at of the mapped records
+    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the meta columns)
+    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch (its Table.schema)
+    raw: pa.Table  # RAW_SCHEMA
+    quarantine: pa.Table  # QUARANTINE_SCHEMA
+    cursor: datetime | None = None  # set on the last batch of a successful incremental run
 
 
 # -- the conformed tables (schema main) -----------------------------------------------------------------
