@@ -7,43 +7,22 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 
 import pyarrow as pa
 
 from invoice_pipeline.conformed import finalize as finalize_conformed
 from invoice_pipeline.conformed import to_arrow
-from invoice_pipeline.flatten import TS, TableBuffer, flatten_record
+from invoice_pipeline.flatten import TableBuffer, flatten_record
 from invoice_pipeline.jsonio import ascii_text, dumps, unstorable_reason
-from invoice_pipeline.sources.base import Source, SourceRecord
+from invoice_pipeline.model import CONFORMED, KEYS_SCHEMA, QUARANTINE_SCHEMA, RAW_SCHEMA, TS, LoadBatch, SourceRecord
+from invoice_pipeline.sources.base import Source
 
-RAW_SCHEMA = pa.schema(
-    [("invoice_id", pa.string()), ("last_modified_at", TS), ("payload_sha256", pa.string()),
-     ("payload", pa.string()), ("run_id", pa.string()), ("extracted_at", TS)]
-)
-QUARANTINE_SCHEMA = pa.schema(
-    [("invoice_id", pa.string()), ("reason", pa.string()), ("payload", pa.string()), ("run_id", pa.string()), ("detected_at", TS)]
-)
-KEYS_SCHEMA = pa.schema([("invoice_id", pa.string()), ("last_modified_at", TS)])
+__all__ = ["GC_FIRST_THRESHOLD", "KEYS_SCHEMA", "QUARANTINE_SCHEMA", "RAW_SCHEMA", "LoadBatch", "prepare_batch"]
+
 # CPython's first GC threshold while preparing batches (default 700): preparing allocates millions of
 # short-lived, acyclic containers, and each pass re-scans a heap of parsed payloads.
 GC_FIRST_THRESHOLD = 50_000
-
-
-@dataclass
-class LoadBatch:
-    """Everything one batch writes, prepared outside the lock."""
-
-    source_name: str
-    run_id: str
-    loaded_at: datetime
-    keys: pa.Table  # invoice_id, last_modified_at of the mapped records
-    flat: dict[str, pa.Table]  # table path -> rows (columns: JSON paths and the _meta columns)
-    conformed: dict[str, pa.Table]  # conformed table -> rows of this batch
-    raw: pa.Table  # invoice_id, last_modified_at, payload_sha256, payload, run_id, extracted_at
-    quarantine: pa.Table  # invoice_id, reason, payload, run_id, detected_at
-    cursor: datetime | None = None  # set on the last batch of a successful incremental run
 
 
 def _payload_json(payload: dict) -> str:
@@ -84,7 +63,7 @@ def prepare_batch(
             newest[rec.invoice_id] = rec
 
     flat: dict[str, TableBuffer] = {}
-    conformed: dict[str, list[dict]] = {"invoices": [], "invoice_lines": [], "invoice_tax_lines": [], "invoice_installments": []}
+    conformed: dict[str, list[dict]] = {table: [] for table in CONFORMED}
     keys_id, keys_lm = [], []
     raw_ids: list[str] = []
     raw_lm: list[datetime | None] = []
@@ -129,7 +108,7 @@ def prepare_batch(
         loaded_at=loaded_at,
         keys=pa.table({"invoice_id": keys_id, "last_modified_at": pa.array(keys_lm, TS)}, schema=KEYS_SCHEMA),
         flat={path: buffer.to_arrow() for path, buffer in flat.items()},
-        conformed={t: to_arrow(t, rows) for t, rows in conformed.items()},
+        conformed={t: to_arrow(t, rows, checked=True) for t, rows in conformed.items()},  # finalize checked them
         # column by column: from_pylist of one dict per payload costs several times as much
         raw=pa.Table.from_arrays(
             [pa.array(raw_ids, pa.string()), pa.array(raw_lm, TS), pa.array(raw_sha, pa.string()),

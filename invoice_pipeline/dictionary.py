@@ -11,6 +11,7 @@ from pathlib import Path
 import duckdb
 
 from invoice_pipeline.config import WarehouseConfig
+from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables
 from invoice_pipeline.warehouse import Warehouse
 
 DEFAULT_PATH = Path("docs/DATA_DICTIONARY.md")
@@ -65,8 +66,6 @@ def render(con: duckdb.DuckDBPyConnection) -> str:
 
 def write_dictionary(path: Path = DEFAULT_PATH) -> Path:
     """Builds the published schema in memory (the same DDL and comments as the warehouse) and documents it."""
-    from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables
-
     con = duckdb.connect()
     try:
         Warehouse(WarehouseConfig()).ensure_main(con)

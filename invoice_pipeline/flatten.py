@@ -26,17 +26,16 @@ from typing import Any
 import pyarrow as pa
 
 from invoice_pipeline.jsonio import dumps
+from invoice_pipeline.model import CHILD_META, META_ARROW, ROOT_META, TS  # the meta columns: one definition
+
+__all__ = ["CHILD_META", "FIELD", "META_ARROW", "ROOT_META", "ROOT_TABLE", "SEP", "TS", "Naming", "TableBuffer",
+           "escape_key", "flatten_record", "readable", "scalar_text"]
 
 ROOT_TABLE = "invoices"
 SEP = "__"
 FIELD = "."
-ROOT_META = ("_invoice_id", "_last_modified_at", "_loaded_at", "_run_id")
-CHILD_META = ("_invoice_id", "_row_id", "_parent_row_id", "_position")
 MAX_IDENTIFIER = 120
 ESC = "\x1f"  # brackets an escaped key inside a path (see escape_key); never in a SQL name
-TS = pa.timestamp("us", tz="UTC")
-META_ARROW = {"_invoice_id": pa.string(), "_last_modified_at": TS, "_loaded_at": TS, "_run_id": pa.string(),
-              "_row_id": pa.string(), "_parent_row_id": pa.string(), "_position": pa.int32()}
 
 
 class TableBuffer:

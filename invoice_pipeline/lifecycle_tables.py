@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import duckdb
 
+from invoice_pipeline.model import MONEY_T
 from invoice_pipeline.sql import quote, sql_literal
-
-MONEY_T = "DECIMAL(18,4)"
 
 # column -> (type, comment)
 HISTORY_COLUMNS: dict[str, tuple[str, str]] = {

@@ -7,7 +7,9 @@ from datetime import date, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from invoice_pipeline.model import MONEY_T, QTY_T, RATE_T
 from invoice_pipeline.timeutil import parse_date, parse_timestamp
+
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: a dict key per column kind
 class Scale:
@@ -20,10 +22,17 @@ class Scale:
     places: Decimal
     limit: Decimal
 
+    @classmethod
+    def of(cls, sql_type: str) -> Scale:
+        """The kind of a DECIMAL(p,s) column: s places, magnitude below 10^(p-s)."""
+        precision, scale = (int(x) for x in sql_type.removeprefix("DECIMAL(").removesuffix(")").split(","))
+        return cls(Decimal(1).scaleb(-scale), Decimal(10) ** (precision - scale))
 
-MONEY = Scale(Decimal("0.0001"), Decimal(10) ** 14)  # DECIMAL(18,4)
-QUANTITY = Scale(Decimal("0.000001"), Decimal(10) ** 12)  # DECIMAL(18,6)
-RATE = Scale(Decimal("0.000001"), Decimal(10) ** 6)  # DECIMAL(12,6)
+
+# One definition of each column type (model.py); the scales follow it.
+MONEY = Scale.of(MONEY_T)
+QUANTITY = Scale.of(QTY_T)
+RATE = Scale.of(RATE_T)
 
 
 class MappingError(ValueError):

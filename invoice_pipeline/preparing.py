@@ -28,8 +28,9 @@ from typing import Any, BinaryIO
 
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.jsonio import dumps, loads
-from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.batch import GC_FIRST_THRESHOLD, LoadBatch, prepare_batch
+from invoice_pipeline.model import SourceRecord
+from invoice_pipeline.sources.base import Source
 
 log = logging.getLogger("invoice_pipeline.pipeline")
 

@@ -173,7 +173,7 @@ def ref_flatten_record(invoice_id: str, payload: dict, tables: dict, root_meta: 
     tables.setdefault(ROOT_TABLE, RefBuffer()).append(row)
 
 
-def ref_conformed_to_arrow(table: str, rows: list[dict]) -> pa.Table:
+def ref_conformed_to_arrow(table: str, rows: list[dict], *, checked: bool = False) -> pa.Table:
     schema = ARROW_SCHEMAS[table]
     return pa.table({f.name: pa.array([row.get(f.name) for row in rows], type=f.type) for f in schema})
 

@@ -21,6 +21,7 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.sources.pool import ordered_map  # noqa: F401 - the clients' pool, re-exported here
+from invoice_pipeline.model import ConformedInvoice, SourceRecord, Window  # re-exported: the core model
 
 log = logging.getLogger("invoice_pipeline.extract")
 # (invoice ids, top-level raw field names) -> {invoice id: {field: stored value}} for the ids the
@@ -46,31 +47,6 @@ def batched(records: Iterable[SourceRecord], size: int) -> Iterator[list[SourceR
         close = getattr(records, "close", None)
         if close is not None:
             close()
-
-
-@dataclass(frozen=True)
-class Window:
-    """Modification-time window to extract; both ends inclusive, UTC."""
-
-    start: datetime
-    end: datetime
-
-
-@dataclass
-class SourceRecord:
-    invoice_id: str
-    last_modified_at: datetime | None
-    payload: dict[str, Any]
-
-
-@dataclass
-class ConformedInvoice:
-    """One invoice mapped to the conformed model: header plus its child rows (SPEC section 3)."""
-
-    invoice: dict[str, Any]
-    lines: list[dict[str, Any]] = field(default_factory=list)
-    tax_lines: list[dict[str, Any]] = field(default_factory=list)
-    installments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass

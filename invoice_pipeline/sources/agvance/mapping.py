@@ -1,4 +1,4 @@
-"""Agvance invoice record -> conformed model (SPEC section 3, column 'agvance').
+"""Agvance invoice record -> conformed model (where each column comes from: COLUMN_SOURCES).
 
 Agvance has no single invoice id: invoice numbers restart per location, so the key is
 '<InvoiceLocation>-<InvoiceNumber>'. Dates are US 'MM/dd/yyyy'; LastModifiedUtc is a naive
@@ -11,14 +11,58 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
+from invoice_pipeline.conformed import NO_INSTALLMENTS, NOT_PROVIDED, ConformedInvoice, status_category
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
-from invoice_pipeline.conformed import status_category
-from invoice_pipeline.sources.base import ConformedInvoice
+from invoice_pipeline.sources.mapping_kit import object_list
 
 HEADER = "InvoiceRecordHeaderDetails"
 LINES = "InvoiceRecordLineItemDetails"
 TAXES = "InvoiceTaxCodeDetails"
 US_DATE = "%m/%d/%Y"
+
+# Where each conformed column comes from (the warehouse's column comments are built from this).
+COLUMN_SOURCES: dict[str, dict[str, str]] = {
+    "invoices": {
+        "invoice_id": "'<InvoiceLocation>-<InvoiceNumber>' (numbers restart per location)",
+        "invoice_number": "InvoiceNumber",
+        "status": f"{HEADER}.Void and BalanceDue: Void, Paid (nothing due) or Open",
+        "document_type": f"none at the source: credit_memo when {HEADER}.InvoiceTotal < 0, else invoice",
+        "status_category": f"{HEADER}.Void: void",
+        "is_truncated": "always false",
+        "customer_id": f"{HEADER}.CustomerID",
+        "customer_name": f"{HEADER}.CustomerName",
+        "invoice_date": "InvoiceDate (MM/dd/yyyy)",
+        "due_date": f"{HEADER}.DueDate (MM/dd/yyyy)",
+        "currency_code": "the source config's currency (Agvance sends none)",
+        "freight_amount": "none sent: 0",
+        "total_amount": f"{HEADER}.InvoiceTotal (credits come negative)",
+        "balance_due": f"{HEADER}.BalanceDue",
+        "payment_terms": f"{HEADER}.Terms",
+        "purchase_order": NOT_PROVIDED,
+        "created_at": NOT_PROVIDED,
+        "last_modified_at": f"{HEADER}.LastModifiedUtc (naive UTC)",
+    },
+    "invoice_lines": {
+        "line_id": f"{LINES}.LineNumber",
+        "line_number": f"{LINES}.LineNumber",
+        "item_code": f"{LINES}.ProductID",
+        "description": f"{LINES}.ProductName",
+        "quantity": f"{LINES}.Quantity",
+        "unit_of_measure": f"{LINES}.UnitOfMeasure",
+        "unit_price": f"{LINES}.UnitPrice",
+        "line_amount": f"{LINES}.Extension",
+    },
+    "invoice_tax_lines": {
+        "tax_line_id": f"'<LineNumber>:<TaxCode>' of {TAXES}",
+        "line_id": f"{TAXES}.LineNumber when it names a line (else header-level tax: null)",
+        "tax_code": f"{TAXES}.TaxCode",
+        "tax_rate": f"{TAXES}.TaxRate",
+        "taxable_amount": f"{TAXES}.TaxableAmount",
+        "tax_amount": f"{TAXES}.TaxAmount",
+        "is_derived": "always false",
+    },
+    "invoice_installments": NO_INSTALLMENTS,
+}
 
 
 def invoice_key(p: dict[str, Any]) -> str:
@@ -64,15 +108,6 @@ def to_bool(value: Any, field: str) -> bool:
     raise MappingError(f"{field}: expected a boolean, got {value!r}")
 
 
-def _rows(p: dict[str, Any], name: str, where: str) -> list[dict[str, Any]]:
-    rows = p.get(name)
-    if rows is None:
-        return []
-    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-        raise MappingError(f"{where}{name}: expected an array of objects")
-    return rows
-
-
 def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> ConformedInvoice:
     invoice_id = invoice_key(p)
     where = f"invoice {invoice_id}: "
@@ -80,7 +115,7 @@ def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> C
 
     lines: list[dict[str, Any]] = []
     seen_lines: set[str] = set()
-    for pos, item in enumerate(_rows(p, LINES, where)):
+    for pos, item in enumerate(object_list(p, LINES, where)):
         number = to_int(item.get("LineNumber"), f"{where}{LINES}[{pos}].LineNumber")
         if number is None:
             raise MappingError(f"{where}{LINES}[{pos}].LineNumber: missing")
@@ -105,7 +140,7 @@ def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> C
 
     tax_lines: list[dict[str, Any]] = []
     seen_taxes: set[str] = set()
-    for pos, tax in enumerate(_rows(p, TAXES, where)):
+    for pos, tax in enumerate(object_list(p, TAXES, where)):
         tw = f"{where}{TAXES}[{pos}]."
         number = to_int(tax.get("LineNumber"), tw + "LineNumber")
         code = to_text(tax.get("TaxCode")) or ""

@@ -1,4 +1,4 @@
-"""CRM.COM invoice -> conformed model (SPEC section 3, column 'crmcom').
+"""CRM.COM invoice -> conformed model (where each column comes from: COLUMN_SOURCES).
 
 CRM.COM quirks handled here: amounts are JSON floats with binary noise (rounded to 4 places by
 money.to_decimal, never formatted through a lossy string); timestamps are naive and in the
@@ -16,21 +16,61 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from invoice_pipeline.conformed import NO_INSTALLMENTS, NOT_PROVIDED, ConformedInvoice, negate_amounts, status_category
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_decimal, to_text, to_timestamp
-from invoice_pipeline.conformed import negate_amounts, status_category
-from invoice_pipeline.sources.base import ConformedInvoice
+from invoice_pipeline.sources.mapping_kit import nested_object as _obj
+from invoice_pipeline.sources.mapping_kit import objects, required_text
 
 ZERO = Decimal("0.0000")
+_TENANT_TZ = " (naive: in the tenant's time zone)"
 
-
-def _obj(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    """A nested object, or {} when absent/null; anything else is unmappable."""
-    value = parent.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise MappingError(f"{where}{key}: expected an object, got {type(value).__name__}")
-    return value
+# Where each conformed column comes from (the warehouse's column comments are built from this).
+COLUMN_SOURCES: dict[str, dict[str, str]] = {
+    "invoices": {
+        "invoice_id": "id",
+        "invoice_number": "number (null for DRAFT)",
+        "status": "life_cycle_state",
+        "document_type": "type.classification (INVOICE: invoice, CREDIT_NOTE: credit_memo, other values: other, "
+                         "absent: invoice)",
+        "status_category": "life_cycle_state CANCELLED or REJECTED: void, DRAFT: draft",
+        "is_truncated": "always false (items come whole)",
+        "customer_id": "accounts_receivable.id",
+        "customer_name": "accounts_receivable.name",
+        "invoice_date": "issued_on, as a date in the tenant's time zone",
+        "due_date": "due_on, as a date in the tenant's time zone",
+        "currency_code": "currency_rate_period.currency.code, else the source config's currency",
+        "freight_amount": "none sent: 0",
+        "total_amount": "total_amount (a credit note sent positive is negated)",
+        "balance_due": "outstanding_amount",
+        "payment_terms": NOT_PROVIDED,
+        "purchase_order": NOT_PROVIDED,
+        "created_at": "log_information.created_date" + _TENANT_TZ,
+        "last_modified_at": "log_information.updated_date" + _TENANT_TZ,
+    },
+    "invoice_lines": {
+        "line_id": "invoice_item_set.id",
+        "line_number": "1-based position in invoice_item_set",
+        "item_code": "product.code",
+        "description": "product.description",
+        "quantity": "quantity",
+        "unit_of_measure": NOT_PROVIDED,
+        "unit_price": NOT_PROVIDED + " (`cost` is the product's cost, not its price)",
+        "line_amount": "net_amount - discount_amount",
+    },
+    "invoice_tax_lines": {
+        "tax_line_id": "'<item id>:<tax_rates id>' of applied_tax_rates; older records: '<item id>:<vat_rate id>', "
+                       "or '<item id>:tax' when the item states only its tax_amount",
+        "line_id": "the item (invoice_item_set.id)",
+        "tax_code": "tax_rates.alternative_code, else vat_rate.alternative_code (null when the item states only its "
+                    "tax_amount)",
+        "tax_rate": "applied_tax_rates tax_percentage, else vat_percentage (null when the item states only its "
+                    "tax_amount)",
+        "taxable_amount": "the item's line amount (net_amount - discount_amount)",
+        "tax_amount": "applied_tax_rates tax_amount, else vat_amount, else the item's own tax_amount",
+        "is_derived": "true for vat_* fields or the item's tax_amount, false for applied_tax_rates",
+    },
+    "invoice_installments": NO_INSTALLMENTS,
+}
 
 
 def local_date(value: Any, field: str, timezone: str) -> date | None:
@@ -42,13 +82,9 @@ def local_date(value: Any, field: str, timezone: str) -> date | None:
 def _tax_lines(item: dict[str, Any], line_id: str, line_amount: Decimal, where: str) -> list[dict[str, Any]]:
     applied = item.get("applied_tax_rates")
     if applied:
-        if not isinstance(applied, list):
-            raise MappingError(f"{where}applied_tax_rates: expected a list")
         rows: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for pos, entry in enumerate(applied):
-            if not isinstance(entry, dict):
-                raise MappingError(f"{where}applied_tax_rates[{pos}]: expected an object")
+        for pos, entry in enumerate(objects(applied, f"{where}applied_tax_rates")):
             rate = _obj(entry, "tax_rates", f"{where}applied_tax_rates[{pos}].")
             rate_id = to_text(rate.get("id")) or str(pos + 1)
             key = f"{line_id}:{rate_id}"
@@ -104,18 +140,12 @@ def _tax_lines(item: dict[str, Any], line_id: str, line_amount: Decimal, where: 
 
 def map_invoice(p: dict[str, Any], source_name: str, *, timezone: str = "UTC", currency: str = "USD") -> ConformedInvoice:
     """One invoice of `invoices/list` to the conformed header, lines and tax lines."""
-    invoice_id = to_text(p.get("id"))
-    if not invoice_id:
-        raise MappingError("id: missing")
-    items = p.get("invoice_item_set") or []
-    if not isinstance(items, list):
-        raise MappingError("invoice_item_set: expected a list")
+    invoice_id = required_text(p, "id")
+    items = objects(p.get("invoice_item_set") or [], "invoice_item_set")
 
     lines: list[dict[str, Any]] = []
     tax_lines: list[dict[str, Any]] = []
     for pos, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise MappingError(f"invoice_item_set[{pos}]: expected an object")
         line_id = to_text(item.get("id"))
         if not line_id:
             raise MappingError(f"invoice_item_set[{pos}].id: missing")
@@ -123,7 +153,7 @@ def map_invoice(p: dict[str, Any], source_name: str, *, timezone: str = "UTC", c
         product = _obj(item, "product", where)
         net = to_decimal(item.get("net_amount"), where + "net_amount", required=True)
         discount = to_decimal(item.get("discount_amount"), where + "discount_amount") or ZERO
-        line_amount = net - discount  # SPEC 3: after discount, before tax
+        line_amount = net - discount  # after discount, before tax
         lines.append(
             {
                 "line_id": line_id,

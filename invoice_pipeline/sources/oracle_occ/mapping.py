@@ -1,4 +1,4 @@
-"""Oracle OCC invoice detail -> conformed model (SPEC section 3, column 'oracle_occ').
+"""Oracle OCC invoice detail -> conformed model (where each column comes from: COLUMN_SOURCES).
 
 Freight: the header's FreightAmount (a string, or null for none) is part of EnteredAmount
 (EnteredAmount = lines + tax + freight). Credit memos arrive with negative amounts and are kept so.
@@ -11,9 +11,61 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from invoice_pipeline.conformed import ConformedInvoice, negate_amounts, status_category
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
-from invoice_pipeline.conformed import negate_amounts, status_category
-from invoice_pipeline.sources.base import ConformedInvoice
+from invoice_pipeline.sources.mapping_kit import objects, required_text
+
+# Where each conformed column comes from (the warehouse's column comments are built from this).
+COLUMN_SOURCES: dict[str, dict[str, str]] = {
+    "invoices": {
+        "invoice_id": "CustomerTransactionId",
+        "invoice_number": "TransactionNumber",
+        "status": "InvoiceStatus",
+        "document_type": "TransactionType (containing 'Credit Memo' or EnteredAmount < 0: credit_memo; 'Debit Memo': "
+                         "debit_memo; 'Chargeback': other; else invoice)",
+        "status_category": "InvoiceStatus Void: void, Incomplete: draft",
+        "is_truncated": "hasMore of its lines, tax lines or installments collection",
+        "customer_id": "BillToPartyId",
+        "customer_name": "BillToCustomerName",
+        "invoice_date": "TransactionDate",
+        "due_date": "DueDate",
+        "currency_code": "InvoiceCurrencyCode",
+        "freight_amount": "FreightAmount (null: 0)",
+        "total_amount": "EnteredAmount (credit memos come negative; one sent positive is negated)",
+        "balance_due": "InvoiceBalanceAmount",
+        "payment_terms": "PaymentTerms",
+        "purchase_order": "PurchaseOrder",
+        "created_at": "CreationDate",
+        "last_modified_at": "LastUpdateDate",
+    },
+    "invoice_lines": {
+        "line_id": "receivablesInvoiceLines CustomerTransactionLineId",
+        "line_number": "LineNumber",
+        "item_code": "ItemNumber",
+        "description": "Description",
+        "quantity": "Quantity",
+        "unit_of_measure": "UnitOfMeasure",
+        "unit_price": "UnitSellingPrice",
+        "line_amount": "LineAmount",
+    },
+    "invoice_tax_lines": {
+        "tax_line_id": "receivablesInvoiceLineTaxLines CustomerTransactionLineId (else '<line id>:<position>')",
+        "line_id": "the line holding the tax line",
+        "tax_code": "Tax",
+        "tax_rate": "TaxRate when sent (the self-service payload has none)",
+        "taxable_amount": "TaxableAmount",
+        "tax_amount": "TaxAmount",
+        "is_derived": "false (source objects)",
+    },
+    "invoice_installments": {
+        "installment_id": "receivablesInvoiceInstallments @context.key (else '<invoice id>:<position>')",
+        "installment_number": "1-based position in receivablesInvoiceInstallments",
+        "due_date": "InstallmentDueDate",
+        "original_amount": "OriginalAmount",
+        "balance_due": "InstallmentBalanceDue",
+        "status": "InstallmentStatus",
+    },
+}
 
 
 def document_type(transaction_type: str | None, entered_amount) -> str:
@@ -36,16 +88,11 @@ def _collection(parent: dict[str, Any], name: str, where: str) -> tuple[list[dic
     if not isinstance(coll, dict) or not isinstance(coll.get("items", []), list):
         raise MappingError(f"{where}{name}: expected a collection object with 'items'")
     items = coll.get("items") or []
-    for item in items:  # a plain loop: all() over a generator costs more on this hot path
-        if type(item) is not dict and not isinstance(item, dict):
-            raise MappingError(f"{where}{name}.items: expected objects")
-    return items, bool(coll.get("hasMore"))
+    return objects(items, f"{where}{name}.items"), bool(coll.get("hasMore"))
 
 
 def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
-    invoice_id = to_text(p.get("CustomerTransactionId"))
-    if not invoice_id:
-        raise MappingError("CustomerTransactionId: missing")
+    invoice_id = required_text(p, "CustomerTransactionId")
     if "receivablesInvoiceLines" not in p:
         # A list item (GET .../invoices) has the header only: loading it would present an invoice
         # without its lines and tax as complete.

@@ -1,4 +1,4 @@
-"""SoftwareOne Marketplace invoice -> conformed model (SPEC section 3, column 'softwareone').
+"""SoftwareOne Marketplace invoice -> conformed model (where each column comes from: COLUMN_SOURCES).
 
 The API has no tax-line objects: each invoice line yields one derived tax line (rate `vatPercent`,
 base `vatBaseAmount`, amount `amountIncludingVat - lineAmount`). Dates are taken as written, in the
@@ -13,15 +13,56 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+from invoice_pipeline.conformed import NO_INSTALLMENTS, NOT_PROVIDED, ConformedInvoice, negate_amounts, status_category
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
-from invoice_pipeline.conformed import negate_amounts, status_category
-from invoice_pipeline.sources.base import ConformedInvoice
+from invoice_pipeline.sources.mapping_kit import loose_object as _obj  # absent, or a placeholder such as "[Circular Reference]"
+from invoice_pipeline.sources.mapping_kit import objects, required_text
 
+_CREDIT = " (negated for Credit)"
 
-def _obj(parent: dict[str, Any], name: str) -> dict[str, Any]:
-    """A nested object, or {} when absent (or a placeholder such as "[Circular Reference]")."""
-    value = parent.get(name)
-    return value if isinstance(value, dict) else {}
+# Where each conformed column comes from (the warehouse's column comments are built from this).
+COLUMN_SOURCES: dict[str, dict[str, str]] = {
+    "invoices": {
+        "invoice_id": "id",
+        "invoice_number": "erpData.documentNo",
+        "status": "status",
+        "document_type": "type (Debit or absent: invoice, Credit: credit_memo, other values: other)",
+        "status_category": "status Cancelled: void",
+        "is_truncated": "always false (an invoice whose lines the API omits is quarantined)",
+        "customer_id": "buyer.id",
+        "customer_name": "buyer.name",
+        "invoice_date": "erpData.documentDate (the date as written, in the ERP's offset)",
+        "due_date": "erpData.dueDate (the date as written, in the ERP's offset)",
+        "currency_code": "price.currency",
+        "freight_amount": "none sent: 0",
+        "total_amount": "erpData.invoiceTotal" + _CREDIT,
+        "balance_due": "erpData.balanceDue" + _CREDIT,
+        "payment_terms": "erpData.payment.termsCode",
+        "purchase_order": "erpData.yourReference",
+        "created_at": "audit.created.at",
+        "last_modified_at": "audit.updated.at, else audit.created.at",
+    },
+    "invoice_lines": {
+        "line_id": "lines.id",
+        "line_number": "lines.lineNo",
+        "item_code": "lines.itemNo",
+        "description": "lines.description",
+        "quantity": "lines.quantity" + _CREDIT,
+        "unit_of_measure": "lines.unitOfMeasure",
+        "unit_price": "lines.unitPrice",
+        "line_amount": "lines.lineAmount" + _CREDIT,
+    },
+    "invoice_tax_lines": {
+        "tax_line_id": "lines.id (one derived tax line per line)",
+        "line_id": "lines.id",
+        "tax_code": NOT_PROVIDED,
+        "tax_rate": "lines.vatPercent",
+        "taxable_amount": "lines.vatBaseAmount" + _CREDIT,
+        "tax_amount": "lines.amountIncludingVat - lines.lineAmount" + _CREDIT,
+        "is_derived": "always true (the API has no tax-line objects)",
+    },
+    "invoice_installments": NO_INSTALLMENTS,
+}
 
 
 def omitted(payload: dict[str, Any]) -> list[str]:
@@ -45,9 +86,7 @@ def last_modified(payload: dict[str, Any]) -> Any:
 
 
 def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
-    invoice_id = to_text(p.get("id"))
-    if not invoice_id:
-        raise MappingError("id: missing")
+    invoice_id = required_text(p, "id")
     if lines_missing(p):
         # Never load an invoice whose lines the API left out as if it had none.
         raise MappingError(f"invoice {invoice_id}: lines: omitted by the API ($meta.omitted) or missing")
@@ -55,9 +94,7 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
     status = to_text(p.get("status"))
 
     lines, tax_lines = [], []
-    for pos, item in enumerate(p["lines"]):
-        if not isinstance(item, dict):
-            raise MappingError(f"lines[{pos}]: expected an object")
+    for pos, item in enumerate(objects(p["lines"], "lines")):
         line_id = to_text(item.get("id"))
         if not line_id:
             raise MappingError(f"invoice {invoice_id}: lines[{pos}].id: missing")
