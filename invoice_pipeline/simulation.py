@@ -110,7 +110,7 @@ class SimulatorServer:
         raise NotImplementedError
 
     def source_config(self) -> dict[str, Any]:  # pragma: no cover - interface
-        """The config block (SPEC section 1) that points a source at this simulator."""
+        """The config block (README, "Running against real APIs") that points a source at this simulator."""
         raise NotImplementedError
 
     # -- faults ------------------------------------------------------------------------------

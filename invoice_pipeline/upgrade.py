@@ -45,7 +45,8 @@ REMAPPED = ("document_type", "status_category", "is_void", "freight_amount", "to
 
 def status_category_sql(source_type: str = "source_type", status: str = "status", balance_due: str = "balance_due",
                         is_void: str = "is_void") -> str:
-    """status_category of a stored row, per source type (SPEC's table; the mappings do the same)."""
+    """status_category of a stored row, per source type (as docs/DATA_DICTIONARY.md describes
+    main.invoices.status_category; the mappings do the same)."""
     return f"""CASE
     WHEN ({source_type} = 'oracle_occ' AND {status} = 'Void') OR ({source_type} = 'crmcom' AND {status} IN ('CANCELLED', 'REJECTED'))
       OR ({source_type} = 'softwareone' AND {status} = 'Cancelled') OR ({source_type} = 'agvance' AND {status} = 'Void')

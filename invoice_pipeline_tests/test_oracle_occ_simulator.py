@@ -1,4 +1,5 @@
-"""The Oracle OCC simulator serves SPEC 2.1 and the docs' payload shapes (api-docs 000/001)."""
+"""The Oracle OCC simulator serves the API docs/SOURCES.md describes and the vendor's payload shapes
+(fixtures/api_docs/oracle_occ_*.json)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Which configuration the Dagster definitions are built from.
 
-The config file (SPEC section 1) when there is one; otherwise the built-in simulators' config, so
+The config file (README, "Running against real APIs") when there is one; otherwise the built-in simulators' config, so
 `dagster dev -w workspace.yaml` works on a fresh clone next to `invoice-pipeline simulate`.
 """
 
