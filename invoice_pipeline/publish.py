@@ -27,7 +27,7 @@ from invoice_pipeline.config import AppConfig
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
 from invoice_pipeline.lake import Lake, fsync_dir, new_version
-from invoice_pipeline.reconcile import create_exceptions_view
+from invoice_pipeline.audit import create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.warehouse import Warehouse, apply_comments

@@ -32,7 +32,7 @@ from invoice_pipeline.sql import quote, rollback, sql_literal
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.writer_lock import acquire_writer_lock
-from invoice_pipeline.reconcile import create_exceptions_view
+from invoice_pipeline.audit import create_exceptions_view
 from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, readable
 from invoice_pipeline.jsonio import dumps
 
@@ -535,7 +535,7 @@ _CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_ro
 @functools.cache
 def _main_schema_key() -> str:
     """Changes whenever this code would create main's tables, views or comments differently."""
-    from invoice_pipeline.reconcile import RULES
+    from invoice_pipeline.audit import RULES
     from invoice_pipeline.conformed import TABLE_COMMENTS
     from invoice_pipeline.views import ANALYST_VIEWS, VIEW_COLUMNS
 

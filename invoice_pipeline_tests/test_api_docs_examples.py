@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.reconcile import RULES, violations
+from invoice_pipeline.audit import RULES, violations
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice as oracle_map
 from invoice_pipeline.warehouse import Warehouse
 
