@@ -186,10 +186,6 @@ class SimulatorServer:
         return Handler
 
 
-def json_error(status: int, body: dict[str, Any]) -> SimResponse:
-    return SimResponse(status, body)
-
-
 @dataclass
 class PageTamper:
     """A list endpoint paging the odd ways real tenants were seen to (tests of the clients' guards).
