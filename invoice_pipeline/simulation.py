@@ -30,7 +30,7 @@ class Knobs:
     drop_rate: float = 0.0  # share of connections closed without an answer
     truncate_rate: float = 0.0  # share of 200 bodies cut off mid-JSON
     token_lifetime: float | None = None  # seconds; None = the API's documented lifetime
-    inconsistent_rate: float = 0.0  # share of invoices whose lines do not add up (reconciliation tests)
+    inconsistent_rate: float = 0.0  # share of invoices whose lines do not add up (tests of the audit checks)
     seed: int = 42
 
 

@@ -12,7 +12,7 @@ written before, on the first run of the new release, in one transaction:
   needs (a CRM.COM time zone, a default currency) do not matter here.
 - a row without a usable payload (none kept, or the newest one is not the stored version or no
   longer maps) gets what SQL can say: document_type from the sign of its total, status_category
-  from its status and balance, freight 0. The reconciliation checks then show what stays off.
+  from its status and balance, freight 0. The audit checks then show what stays off.
 - child rows get their invoice's `currency_code`;
 - main.invoice_history's versions get the same columns (upgrade_history).
 
