@@ -118,7 +118,7 @@ def taxes_of(line: dict) -> list[dict]:
 
 
 def lines_plus_tax(detail: dict) -> Decimal:
-    """Sum of the LineAmount and TaxAmount values the detail shows, plus its freight (R2: all three
+    """Sum of the LineAmount and TaxAmount values the detail shows, plus its freight (all three
     make up EnteredAmount)."""
     lines = detail["receivablesInvoiceLines"]["items"]
     freight = dec(detail.get("FreightAmount") or "0")
