@@ -168,7 +168,7 @@ def _last_run_seconds(dagster_home: Path) -> float:
 
 # -- the five benchmarks ------------------------------------------------------------------------------
 def bench_flatten_load(sizes: list[int], report: dict) -> str:
-    """1. Flatten + load of prepared Oracle detail pages: product vs dlt (Parquet loader) vs parse floor,
+    """1. Flatten + load of pre-generated Oracle detail pages: product vs dlt (Parquet loader) vs parse floor,
     and what the writes alone cost (the floor any design storing these tables in DuckDB pays)."""
     rows_out, figures = [], []
     for size in sizes:
@@ -195,7 +195,7 @@ def bench_flatten_load(sizes: list[int], report: dict) -> str:
             rows_out.append([size, name, rows, secs, n_rows / secs, cpu, rss,
                              dlt["inner"]["seconds"] / secs, secs / floor["inner"]["seconds"]])
     report["flatten_load"] = figures
-    return table("1. Flatten + load (prepared Oracle pages, DECIMAL money)",
+    return table("1. Flatten + load (pre-generated Oracle pages, DECIMAL money)",
                  ["invoices", "approach", "rows", "seconds", "rows/s", "CPU s", "peak RSS MB", "speed-up vs dlt", "x parse floor"],
                  rows_out)
 

@@ -29,7 +29,7 @@ def _lines(path: str) -> Iterator[bytes]:
         yield from f
 
 
-# -- benchmark 1: flatten + load of prepared pages ----------------------------------------------
+# -- benchmark 1: flatten + load of pre-generated pages ---------------------------------------
 def floor(pages: str) -> None:
     """The parse floor: orjson.loads of every page, nothing else."""
     started = time.perf_counter()

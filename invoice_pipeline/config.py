@@ -1,4 +1,4 @@
-"""The YAML configuration (SPEC section 1): loading, ${VAR} expansion and validation.
+"""The YAML configuration (README, "Running against real APIs"): loading, ${VAR} expansion and validation.
 
 Every error names the key it is about; secret values are pydantic SecretStr and never printed.
 """

@@ -29,8 +29,8 @@ import orjson
 # costs an exact parse.
 _SUSPECT = re.compile(rb"[:,\[]\s*(-?[0-9](?:[0-9.]{15,}(?:[eE][-+]?[0-9]+)?|[0-9.]*[eE][-+]?[0-9]{3,}))(?=\s*[,\]}])")
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson reads and writes as an int
-# The cheap pre-check, at C speed (translate + one find: ~7 us per 10 KB payload, the regex alone
-# costs ~80): in the body's shape (whitespace and signs dropped, digits and dots as "0", ":" "," "["
+# The cheap pre-check, at C speed (translate + one find, a small fraction of what the regex alone
+# costs: benchmarks/RESULTS.md, "Figures behind design choices in the code"): in the body's shape (whitespace and signs dropped, digits and dots as "0", ":" "," "["
 # as ":", the rest as "x"), does a value start with 16 digits? Hex strings (Oracle's ETags) have digit
 # runs, but inside quotes. Exponents too large for a double make orjson fail (then the exact parse
 # runs); underflow below 1e-300 is not looked for (no invoice amount is that small).

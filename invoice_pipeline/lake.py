@@ -223,9 +223,9 @@ class Lake:
         """Stream `data` into hive-partitioned Parquet files under `base`; returns the row count.
 
         Hand-rolled rather than `pyarrow.dataset.write_dataset`, which queues up to 64M rows when
-        encoding is slower than reading and keeps every open partition's unfinished row group:
-        publishing 200k invoices peaked at 1.1 GB in it. Here memory is one row group. Input sorted
-        by the partition columns (publish sorts) gives one file per partition.
+        encoding is slower than reading and keeps every open partition's unfinished row group, so its
+        memory grew with the warehouse (benchmarks/RESULTS.md, addendum 3). Here memory is one row
+        group. Input sorted by the partition columns (publish sorts) gives one file per partition.
         """
         schema = data.schema
         files = _PartitionFiles(self, base, pa.schema([f for f in schema if f.name not in partition_by]), version)

@@ -1,6 +1,7 @@
 """Publishing what readers see: the conformed tables' upkeep, the read-only snapshot, the Parquet lake.
 
-Readers never open the working database (DuckDB's lock would block the pipeline, see FACTS.md).
+Readers never open the working database (DuckDB's lock would block the pipeline: docs/DESIGN.md,
+"Stack facts the code relies on").
 They get a snapshot file, written under a temporary name in a storage version DuckDB 1.4+ opens,
 made read-only and swapped in with one `os.replace`: a reader that opens `published_path` gets
 the old or the new file, never a mix, and a reader holding the old one open keeps reading it
@@ -26,7 +27,7 @@ from invoice_pipeline.config import AppConfig
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.conformed import CONFORMED_KEYS, CONFORMED_TABLES
 from invoice_pipeline.lake import Lake, fsync_dir, new_version
-from invoice_pipeline.reconcile import create_exceptions_view
+from invoice_pipeline.audit import create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.views import create_analyst_views
 from invoice_pipeline.warehouse import Warehouse, apply_comments

@@ -30,7 +30,7 @@ class Knobs:
     drop_rate: float = 0.0  # share of connections closed without an answer
     truncate_rate: float = 0.0  # share of 200 bodies cut off mid-JSON
     token_lifetime: float | None = None  # seconds; None = the API's documented lifetime
-    inconsistent_rate: float = 0.0  # share of invoices whose lines do not add up (reconciliation tests)
+    inconsistent_rate: float = 0.0  # share of invoices whose lines do not add up (tests of the audit checks)
     seed: int = 42
 
 
@@ -110,7 +110,7 @@ class SimulatorServer:
         raise NotImplementedError
 
     def source_config(self) -> dict[str, Any]:  # pragma: no cover - interface
-        """The config block (SPEC section 1) that points a source at this simulator."""
+        """The config block (README, "Running against real APIs") that points a source at this simulator."""
         raise NotImplementedError
 
     # -- faults ------------------------------------------------------------------------------
@@ -184,10 +184,6 @@ class SimulatorServer:
                 self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         return Handler
-
-
-def json_error(status: int, body: dict[str, Any]) -> SimResponse:
-    return SimResponse(status, body)
 
 
 @dataclass

@@ -113,7 +113,7 @@ def read_working(con: duckdb.DuckDBPyConnection, app: AppConfig, status: Status)
         ).fetchall())
     failing: dict[str, dict[str, tuple[int, bool]]] = {}
     if _has_view(con, "main", "reconciliation_exceptions"):
-        # A fresh evaluation of every reconciliation rule (invoice_pipeline/reconcile.py), per source.
+        # A fresh evaluation of every audit rule (invoice_pipeline/audit.py), per source.
         for source, rule, blocking, n in con.execute(
             "SELECT source_name, rule, bool_or(blocking), count(*) FROM main.reconciliation_exceptions "
             "GROUP BY ALL ORDER BY 1, 2"

@@ -12,7 +12,7 @@ written before, on the first run of the new release, in one transaction:
   needs (a CRM.COM time zone, a default currency) do not matter here.
 - a row without a usable payload (none kept, or the newest one is not the stored version or no
   longer maps) gets what SQL can say: document_type from the sign of its total, status_category
-  from its status and balance, freight 0. The reconciliation checks then show what stays off.
+  from its status and balance, freight 0. The audit checks then show what stays off.
 - child rows get their invoice's `currency_code`;
 - main.invoice_history's versions get the same columns (upgrade_history).
 
@@ -45,7 +45,8 @@ REMAPPED = ("document_type", "status_category", "is_void", "freight_amount", "to
 
 def status_category_sql(source_type: str = "source_type", status: str = "status", balance_due: str = "balance_due",
                         is_void: str = "is_void") -> str:
-    """status_category of a stored row, per source type (SPEC's table; the mappings do the same)."""
+    """status_category of a stored row, per source type (as docs/DATA_DICTIONARY.md describes
+    main.invoices.status_category; the mappings do the same)."""
     return f"""CASE
     WHEN ({source_type} = 'oracle_occ' AND {status} = 'Void') OR ({source_type} = 'crmcom' AND {status} IN ('CANCELLED', 'REJECTED'))
       OR ({source_type} = 'softwareone' AND {status} = 'Cancelled') OR ({source_type} = 'agvance' AND {status} = 'Void')

@@ -1,5 +1,5 @@
 """The vendors' documented example payloads (fixtures/api_docs/, copied from their API documents) and
-R2 variants built from them, plus a way to load given payloads through the real pipeline.
+variants built from them (freight, credits, tax-only items), plus a way to load given payloads through the real pipeline.
 
 The variants change only what each vendor's documentation says real tenants send: Oracle freight
 (invoice 891371 of the list example carries FreightAmount "10" inside EnteredAmount) and credit
@@ -60,7 +60,7 @@ def agvance_records() -> list[dict[str, Any]]:
     return example("agvance_004_invoices_list.json")["InvoiceRecords"]
 
 
-# -- R2 variants --------------------------------------------------------------------------------
+# -- variants: freight, credits, tax-only items -----------------------------------------------
 def oracle_freight_detail() -> dict[str, Any]:
     """Invoice 891371 of the list example (EnteredAmount 3016 with FreightAmount "10") as a detail:
     the header as listed, two lines of the documented detail shape adding up to 3006 with their tax."""

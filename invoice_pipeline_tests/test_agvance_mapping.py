@@ -1,4 +1,4 @@
-"""Agvance record -> conformed rows, with exact Decimal values (SPEC section 3)."""
+"""Agvance record -> conformed rows, with exact Decimal values (docs/DATA_DICTIONARY.md)."""
 
 from __future__ import annotations
 

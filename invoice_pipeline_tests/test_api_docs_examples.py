@@ -1,6 +1,6 @@
 """Every example payload of the vendors' API documents (fixtures/api_docs/) through its source's
 mapping and the real load: it loads exactly, or it is quarantined with a reason a person understands.
-Also the R2 variants the vendors' documentation describes (freight, credits, tax-only items)."""
+Also the variants the vendors' documentation describes (freight, credits, tax-only items)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from invoice_pipeline.money import MappingError
-from invoice_pipeline.reconcile import RULES, violations
+from invoice_pipeline.audit import RULES, violations
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice as oracle_map
 from invoice_pipeline.warehouse import Warehouse
 

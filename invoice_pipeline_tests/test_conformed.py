@@ -12,7 +12,7 @@ from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.dropping import drop_source
 from invoice_pipeline.publish import refresh_conformed
-from invoice_pipeline.reconcile import RULES, violations, violations_by_rule
+from invoice_pipeline.audit import RULES, violations, violations_by_rule
 from invoice_pipeline.replay import replay_source
 from invoice_pipeline.simulation import Knobs
 from invoice_pipeline.simulate import start_simulators

@@ -12,7 +12,8 @@ from invoice_pipeline import conformed
 from invoice_pipeline.money import MappingError
 from invoice_pipeline.sources.crmcom.mapping import local_date, map_invoice
 
-# The third invoice of api-docs 002_ (pre-R12: VAT fields only), account owner trimmed.
+# The third invoice of fixtures/api_docs/crmcom_002_invoices_list.json (pre-R12: VAT fields only),
+# account owner trimmed.
 DOC_INVOICE = {
     "notes": None, "udf_float_1": None, "udf_float_2": None,
     "invoice_item_set": [

@@ -63,13 +63,13 @@ def test_materialize_assets_against_simulator(in_tmp: Path) -> None:
         assert meta["invoices_loaded"].value == 40 and meta["api_calls"].value > 1
         checks = [e for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
         assert checks and all(e.event_specific_data.passed for e in checks)
-        from invoice_pipeline.reconcile import RULES
+        from invoice_pipeline.audit import RULES
 
         expected = {r.name for r in RULES} | {"sources_fresh", "no_quarantined_records", "history_contiguous",
                                               "history_matches_invoices", "schema_drift"}
         assert {e.event_specific_data.check_name for e in checks} == expected
         # every check of a table runs in one step (a UI run starts a process per step)
-        assert {e.step_key for e in checks} == {"reconciliation_rules", "history_checks", "agv__invoices"}
+        assert {e.step_key for e in checks} == {"audit_checks", "history_checks", "agv__invoices"}
         assert Path(app.warehouse.published_path).exists()
         with Warehouse(app.warehouse).writer() as con:
             assert con.execute("SELECT count(*) FROM main.invoices").fetchone()[0] == 40

@@ -1,4 +1,5 @@
-"""The Oracle OCC simulator serves SPEC 2.1 and the docs' payload shapes (api-docs 000/001)."""
+"""The Oracle OCC simulator serves the API docs/SOURCES.md describes and the vendor's payload shapes
+(fixtures/api_docs/oracle_occ_*.json)."""
 
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def taxes_of(line: dict) -> list[dict]:
 
 
 def lines_plus_tax(detail: dict) -> Decimal:
-    """Sum of the LineAmount and TaxAmount values the detail shows, plus its freight (R2: all three
+    """Sum of the LineAmount and TaxAmount values the detail shows, plus its freight (all three
     make up EnteredAmount)."""
     lines = detail["receivablesInvoiceLines"]["items"]
     freight = dec(detail.get("FreightAmount") or "0")

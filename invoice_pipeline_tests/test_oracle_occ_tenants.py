@@ -1,5 +1,5 @@
 """The real Oracle OCC client against a tampered simulator: odd paging, a list filter `q` the tenant
-refuses or ignores, backfill windows, and the R2 documents (freight, credit memos)."""
+refuses or ignores, backfill windows, and the documents with freight and credit memos."""
 
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ def test_filter_mode_backfill_fetches_only_the_window_and_writes_only_its_versio
         assert source.stats.extra["list_mode"] == FILTER and source.stats.extra["outside_window"] == 0
 
 
-# -- R2 documents -------------------------------------------------------------------------------
+# -- freight and credit memos ---------------------------------------------------------------------
 def _cents(value: Any) -> Decimal:
     return Decimal(value or 0)
 

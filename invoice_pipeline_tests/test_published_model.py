@@ -52,7 +52,7 @@ def _oracle_variants() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Simulators (small) plus the documented payloads and their R2 variants, loaded, aged and published."""
+    """Simulators (small) plus the documented payloads and their variants (freight, credits, tax-only items), loaded, aged and published."""
     tmp = tmp_path_factory.mktemp("published_model")
     with ExitStack() as stack:
         sims = start_simulators(stack, size=25)

@@ -14,7 +14,7 @@ from invoice_pipeline.config import parse_config
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.defs.keys import CONFORMED_ASSET_KEYS, source_job_name
 from invoice_pipeline.defs.schedules import failure_line, log_run_failures
-from invoice_pipeline.reconcile import RULES
+from invoice_pipeline.audit import RULES
 
 from .fake_source import fake_config_block
 

@@ -109,7 +109,7 @@ def test_erp_data_omitted_for_one_invoice_is_requested_again_or_fails_never_quar
             extract(make_source(s))
 
 
-# -- R2 data ----------------------------------------------------------------------------------------
+# -- statuses and credits -------------------------------------------------------------------------
 def test_published_statuses_only():
     with SIMULATOR_CLASS(size=300) as s:
         s.mutate(voids=3, new=2, seed=4)

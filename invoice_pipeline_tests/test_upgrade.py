@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from invoice_pipeline.history import history_out_of_sync, history_violations
-from invoice_pipeline.reconcile import RULES, violations
+from invoice_pipeline.audit import RULES, violations
 from invoice_pipeline.warehouse import Warehouse
 
 from . import api_docs_payloads as docs

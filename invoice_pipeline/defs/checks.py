@@ -1,4 +1,5 @@
-"""Asset checks on the conformed model; the blocking ones keep bad numbers from being published."""
+"""Asset checks on the conformed model (the audit rules of audit.py, freshness, quarantine); the blocking
+ones keep bad numbers from being published."""
 
 
 import dagster as dg
@@ -7,9 +8,9 @@ from invoice_pipeline.defs.keys import INVOICES_KEY as CHECKED_ASSET
 from invoice_pipeline.defs.keys import NO_QUARANTINE_CHECK, SOURCES_FRESH_CHECK
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.testpoints import pause_point
-from invoice_pipeline.reconcile import (
+from invoice_pipeline.audit import (
     RULES,
-    Rule,
+    AuditRule,
     create_exceptions_view,
     quarantined,
     stale_sources,
@@ -17,7 +18,7 @@ from invoice_pipeline.reconcile import (
 )
 from invoice_pipeline.timeutil import utc_now
 
-def _rule_result(rule: Rule, total: int, first: list[tuple[str, str, str]]) -> dg.AssetCheckResult:
+def _rule_result(rule: AuditRule, total: int, first: list[tuple[str, str, str]]) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(
         check_name=rule.name,
         asset_key=CHECKED_ASSET,
@@ -69,7 +70,7 @@ def _no_quarantined_records(found: dict[str, list[tuple[str, str]]]) -> dg.Asset
     ],
     can_subset=True,
 )
-def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
+def audit_checks(context: dg.AssetCheckExecutionContext, pipeline: PipelineResource):
     """Every check of the conformed model in one step: one process (in a UI run every step is one)
     and one connection instead of one per check, and ~10 fewer events to store."""
     selected = {key.name for key in context.selected_asset_check_keys}
@@ -88,4 +89,4 @@ def reconciliation_rules(context: dg.AssetCheckExecutionContext, pipeline: Pipel
 
 
 def build_checks() -> list[dg.AssetChecksDefinition]:
-    return [reconciliation_rules]
+    return [audit_checks]

@@ -18,7 +18,7 @@ import pyarrow as pa
 from invoice_pipeline.conformed import CONFORMED_TABLES, TABLE_COMMENTS
 from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, readable
 from invoice_pipeline.jsonio import dumps
-from invoice_pipeline.reconcile import RULES, create_exceptions_view
+from invoice_pipeline.audit import RULES, create_exceptions_view
 from invoice_pipeline.sql import quote, sql_literal
 from invoice_pipeline.upgrade import upgrade_conformed
 from invoice_pipeline.views import ANALYST_VIEWS, VIEW_COLUMNS, create_analyst_views

@@ -1,6 +1,9 @@
-"""Reconciliation rules over the conformed model, as plain SQL: each returns the offending rows.
+"""Audit checks over the conformed model, as plain SQL rules: each returns the offending rows.
 
-Used by the Dagster asset checks (blocking ones stop the publish step) and by tests.
+Used by the Dagster asset checks (blocking ones stop the publish step), `invoice-pipeline status` and
+tests. Not to be confused with deletion reconciliation (`lifecycle.reconcile_deletions`,
+`invoice-pipeline reconcile`), which compares the warehouse with the source. The analysts' view of the
+failures keeps its published name, `main.reconciliation_exceptions`.
 """
 
 from __future__ import annotations
@@ -16,16 +19,16 @@ from invoice_pipeline.sql import quote
 
 
 @dataclass(frozen=True)
-class Rule:
+class AuditRule:
     name: str
     description: str
     sql: str  # selects source_name, invoice_id, detail
     blocking: bool = True
 
 
-def _duplicate_rule(table: str) -> Rule:
+def _duplicate_rule(table: str) -> AuditRule:
     keys = CONFORMED_KEYS[table]
-    return Rule(
+    return AuditRule(
         f"unique_{table}",
         f"({', '.join(keys)}) is unique in main.{table}",
         f"SELECT source_name, invoice_id, 'duplicate key, ' || count(*) || ' rows' AS detail "
@@ -33,8 +36,8 @@ def _duplicate_rule(table: str) -> Rule:
     )
 
 
-def _orphan_rule(table: str) -> Rule:
-    return Rule(
+def _orphan_rule(table: str) -> AuditRule:
+    return AuditRule(
         f"orphans_{table}",
         f"every row of main.{table} has its invoice",
         f"SELECT c.source_name, c.invoice_id, 'no invoice for this {table[8:-1]}' AS detail FROM main.{table} c "
@@ -42,10 +45,10 @@ def _orphan_rule(table: str) -> Rule:
     )
 
 
-RULES: list[Rule] = [
+RULES: list[AuditRule] = [
     *(_duplicate_rule(t) for t in CONFORMED_KEYS),
     *(_orphan_rule(t) for t in ("invoice_lines", "invoice_tax_lines", "invoice_installments")),
-    Rule(
+    AuditRule(
         "lines_plus_tax_equal_total",
         "sum(line_amount) + sum(tax_amount) + freight_amount = total_amount per invoice, within 0.01 per line "
         "(truncated invoices exempt)",
@@ -59,7 +62,7 @@ RULES: list[Rule] = [
              AND abs(i.net_amount + i.tax_amount + coalesce(i.freight_amount, 0) - i.total_amount)
                  > 0.01 * greatest(coalesce(l.n, 0), 1)""",
     ),
-    Rule(
+    AuditRule(
         "installments_equal_total",
         "sum(installment original_amount) = total_amount per invoice (truncated invoices exempt)",
         """SELECT i.source_name, i.invoice_id,
@@ -69,7 +72,7 @@ RULES: list[Rule] = [
                       FROM main.invoice_installments GROUP BY ALL) s USING (source_name, invoice_id)
            WHERE NOT i.is_truncated AND abs(coalesce(s.amount, 0) - i.total_amount) > 0.01""",
     ),
-    Rule(
+    AuditRule(
         "balance_not_above_total",
         "balance_due <= total_amount for invoices with a non-negative total; for a credit (negative total) the "
         "balance is no further below zero than the total",
@@ -77,7 +80,7 @@ RULES: list[Rule] = [
            FROM main.invoices
            WHERE (total_amount >= 0 AND balance_due > total_amount) OR (total_amount < 0 AND balance_due < total_amount)""",
     ),
-    Rule(
+    AuditRule(
         "credit_memo_signs",
         "a credit memo's total_amount and balance_due are <= 0 (the conformed model holds what the customer owes)",
         """SELECT source_name, invoice_id,
@@ -85,7 +88,7 @@ RULES: list[Rule] = [
            FROM main.invoices WHERE document_type = 'credit_memo' AND (total_amount > 0 OR balance_due > 0)""",
         blocking=False,
     ),
-    Rule(
+    AuditRule(
         "truncated_invoices",
         "invoices whose source returned an incomplete child collection",
         "SELECT source_name, invoice_id, 'source returned an incomplete child collection' AS detail "
@@ -96,7 +99,7 @@ RULES: list[Rule] = [
 
 
 EXCEPTION_COLUMNS = {
-    "rule": "Name of the failed rule (also the Dagster asset check).",
+    "rule": "Name of the failed audit rule (also the Dagster asset check).",
     "blocking": "true: the rule stops publishing; false: a warning.",
     "source_name": "Configured source name.",
     "invoice_id": "The offending invoice (main.invoices).",
@@ -104,7 +107,7 @@ EXCEPTION_COLUMNS = {
 }
 
 
-def violations(con: duckdb.DuckDBPyConnection, rule: Rule, limit: int | None = None) -> list[tuple[str, str, str]]:
+def violations(con: duckdb.DuckDBPyConnection, rule: AuditRule, limit: int | None = None) -> list[tuple[str, str, str]]:
     sql = f"SELECT * FROM ({rule.sql}) ORDER BY 1, 2, 3" + (f" LIMIT {int(limit)}" if limit else "")
     return con.execute(sql).fetchall()
 
@@ -124,11 +127,12 @@ def violations_by_rule(
 
 
 def create_exceptions_view(con: duckdb.DuckDBPyConnection) -> None:
-    """main.reconciliation_exceptions: every row that fails a rule, queryable by analysts."""
+    """main.reconciliation_exceptions: every row that fails an audit rule, queryable by analysts (the view's
+    name is published: BI queries use it)."""
     parts = [f"SELECT '{r.name}' AS rule, {str(r.blocking).upper()} AS blocking, * FROM ({r.sql})" for r in RULES]
     con.execute("CREATE OR REPLACE VIEW main.reconciliation_exceptions AS " + " UNION ALL ".join(parts))
     con.execute(
-        "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing a reconciliation rule: rule name, "
+        "COMMENT ON VIEW main.reconciliation_exceptions IS 'Every invoice failing an audit check of the conformed model: rule name, "
         "whether it blocks publishing, source_name, invoice_id and what is wrong.'"
     )
     for column, text in EXCEPTION_COLUMNS.items():
