@@ -92,7 +92,7 @@ class _Invoice:
         return sum(i.line_cents + sum(i.tax_cents()) for i in self.items) + self.delta_cents
 
 
-# -- reference data and payload shapes (field by field as in api-docs 002_) ----------------------
+# -- reference data and payload shapes (field by field as in invoice_pipeline_tests/fixtures/api_docs/crmcom_002_*) --
 # (id, name, percentage, alternative_code, description)
 RATES: list[tuple[str, str, Decimal, str, str | None]] = [
     ("B07FADC7060C61AC7B721252A6A0C5C2", "Standard", Decimal(19), "STN", "Standard VAT rate"),
