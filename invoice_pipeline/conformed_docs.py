@@ -13,7 +13,7 @@ import importlib
 import logging
 
 from invoice_pipeline.conformed import TABLE_COMMENTS, Provenance, documented_tables
-from invoice_pipeline.source_types import SOURCE_PACKAGES, known_types
+from invoice_pipeline.source_types import known_types, mapping_module
 from invoice_pipeline.sql import quote, sql_literal
 
 log = logging.getLogger("invoice_pipeline.conformed")
@@ -21,10 +21,11 @@ log = logging.getLogger("invoice_pipeline.conformed")
 
 def source_provenance(type_name: str) -> Provenance | None:
     """COLUMN_SOURCES of a source type's mapping module, or None when it declares none."""
+    name = mapping_module(type_name)
     try:
-        module = importlib.import_module(SOURCE_PACKAGES[type_name] + ".mapping")
+        module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        if exc.name != SOURCE_PACKAGES[type_name] + ".mapping":
+        if exc.name != name:
             raise  # the mapping exists but one of its own imports is missing: not ours to hide
         return None
     return getattr(module, "COLUMN_SOURCES", None)

@@ -78,6 +78,11 @@ def source_class(type_name: str) -> type:
     return importlib.import_module(_package(type_name)).SOURCE_CLASS
 
 
+def mapping_module(type_name: str) -> str:
+    """The module name of a type's mapping (its COLUMN_SOURCES documents the conformed columns)."""
+    return _package(type_name) + ".mapping"
+
+
 def simulator_class(type_name: str):
     """The simulator of a type; each package exposes it as SIMULATOR_CLASS (in simulator.py)."""
     return importlib.import_module(_package(type_name) + ".simulator").SIMULATOR_CLASS

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from invoice_pipeline.conformed_docs import conformed_columns
 from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs import build_definitions
 from invoice_pipeline.defs.keys import AGING_KEY, CONFORMED_ASSET_KEYS, RUN_ID_TAG_PREFIX
@@ -50,7 +51,7 @@ def test_every_asset_has_row_count_schema_and_tables(in_tmp: Path) -> None:
             meta, _ = _latest(instance, key)
             assert isinstance(meta[ROW_COUNT].value, int)
             schema = {c.name: c.description for c in meta[COLUMN_SCHEMA].schema.columns}
-            assert schema == {c: doc for c, (_, doc) in CONFORMED_TABLES[table].items()} | {
+            assert schema == {c: doc for c, (_, doc) in conformed_columns()[table].items()} | {
                 c: d for c, d in schema.items() if c not in CONFORMED_TABLES[table]}
             assert isinstance(meta["rows_by_source"], dg.TableMetadataValue)
         meta, _ = _latest(instance, dg.AssetKey(["main", "invoices"]))

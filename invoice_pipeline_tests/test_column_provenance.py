@@ -68,9 +68,6 @@ def test_column_comments_in_duckdb_show_each_sources_provenance() -> None:
                 assert all(f"{t}: " in comments[(table, column)] for t in SOURCE_PACKAGES), (table, column)
 
 
-@pytest.mark.xfail(strict=True, reason="warehouse.apply_comments still applies conformed.CONFORMED_TABLES' plain "
-                                       "descriptions: it should execute conformed_docs.comment_statements() "
-                                       "(the warehouse is being split on another branch)")
 def test_the_warehouse_applies_the_provenance_comments() -> None:
     con = duckdb.connect()
     Warehouse(WarehouseConfig()).ensure_main(con)

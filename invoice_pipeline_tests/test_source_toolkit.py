@@ -22,7 +22,8 @@ from invoice_pipeline.money import MappingError
 from invoice_pipeline.source_types import known_types, source_class
 from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ExtractStats, ordered_map
-from invoice_pipeline.sources.helpers import compare_stored, nested_object, object_array, require_objects
+from invoice_pipeline.sources.helpers import compare_stored, require_objects
+from invoice_pipeline.sources.mapping_kit import nested_object, object_list
 from invoice_pipeline.sources.oracle_occ.client import OracleOccConfig
 from invoice_pipeline.sources.paging import (HasMorePaginator, PageGuard, TotalsPaginator, UntilEmptyPaginator,
                                              WalkCounts)
@@ -396,11 +397,11 @@ def test_each_config_model_names_its_credential_keys() -> None:
 def test_nested_parts_are_objects_or_arrays_of_objects_else_the_record_is_unmappable() -> None:
     payload = {"customer": {"id": 1}, "lines": [{"n": 1}], "bad": "x", "mixed": [{"n": 1}, 7], "empty": None}
     assert nested_object(payload, "customer") == {"id": 1} and nested_object(payload, "empty") == {}
-    assert object_array(payload, "lines") == [{"n": 1}] and object_array(payload, "missing") == []
+    assert object_list(payload, "lines") == [{"n": 1}] and object_list(payload, "missing") == []
     with pytest.raises(MappingError, match=r"invoice 7: bad: expected an object, got str"):
         nested_object(payload, "bad", "invoice 7: ")
     with pytest.raises(MappingError, match=r"mixed\[1\]: expected an object, got int"):
-        object_array(payload, "mixed")
+        object_list(payload, "mixed")
 
 
 def test_compare_stored_tells_new_changed_and_unchanged_with_one_query() -> None:

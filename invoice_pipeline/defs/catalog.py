@@ -15,25 +15,21 @@ import dagster as dg
 import duckdb
 
 from invoice_pipeline.conformed import CONFORMED_TABLES
+from invoice_pipeline.conformed_docs import conformed_columns
 from invoice_pipeline.flatten import ROOT_TABLE
+from invoice_pipeline.model import ROOT_META_COLUMNS
 from invoice_pipeline.sql import quote
 
 ROW_COUNT = "dagster/row_count"
 COLUMN_SCHEMA = "dagster/column_schema"
-# The load bookkeeping columns of a source's root table (invoice_pipeline/warehouse/schema.py).
-_ROOT_META_DOCS = {
-    "_invoice_id": "The invoice's key at the source.",
-    "_last_modified_at": "The source's last-modified time of this version (UTC).",
-    "_loaded_at": "When the pipeline wrote this version (UTC).",
-    "_run_id": "The pipeline run that wrote it (main._pipeline_runs.run_id).",
-}
+_ROOT_META_DOCS = {c.name: c.description for c in ROOT_META_COLUMNS}  # a source root table's bookkeeping
 _COUNTS_SCHEMA = dg.TableSchema(columns=[dg.TableColumn("table", "string"), dg.TableColumn("rows", "int")])
 
 
 def conformed_definition_schema(table: str) -> dg.TableSchema:
     """The conformed table's columns, types and documentation, as the warehouse declares them."""
     return dg.TableSchema(columns=[dg.TableColumn(name, type_.lower(), description=doc)
-                                   for name, (type_, doc) in CONFORMED_TABLES[table].items()])
+                                   for name, (type_, doc) in conformed_columns()[table].items()])
 
 
 def counts_table(counts: dict[str, int], key: str = "table") -> dg.TableMetadataValue:

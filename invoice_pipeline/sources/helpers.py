@@ -1,5 +1,6 @@
-"""Small helpers the clients and mappings share: comparing a field with its stored value, checking
-list items (a SourceError: the page is wrong) and nested payload parts (a MappingError: the record is)."""
+"""Small helpers the clients share: comparing a field with its stored value, checking list items (a
+SourceError: the page is wrong). Checks of a record's nested parts (a MappingError: the record is
+wrong) are the mappings' and live in sources/mapping_kit.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from invoice_pipeline.http import HttpClient
-from invoice_pipeline.money import MappingError
 
 
 def same_value(read: Any, stored: Any) -> bool:
@@ -44,27 +44,3 @@ def require_objects(http: HttpClient, items: list[Any], what: str, endpoint: str
         if not isinstance(item, dict):
             raise http.error(f"{what}: item {pos} is not an object: {item!r}"[:300], endpoint=endpoint)
     return items
-
-
-def nested_object(parent: dict[str, Any], key: str, where: str = "") -> dict[str, Any]:
-    """parent[key] as an object, {} when absent or null; anything else makes the record unmappable."""
-    value = parent.get(key)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise MappingError(f"{where}{key}: expected an object, got {type(value).__name__}")
-    return value
-
-
-def object_array(parent: dict[str, Any], key: str, where: str = "") -> list[dict[str, Any]]:
-    """parent[key] as an array of objects, [] when absent or null; anything else makes the record
-    unmappable (the message names the element that is not an object)."""
-    value = parent.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise MappingError(f"{where}{key}: expected an array of objects, got {type(value).__name__}")
-    for pos, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise MappingError(f"{where}{key}[{pos}]: expected an object, got {type(item).__name__}")
-    return value

@@ -12,7 +12,7 @@ from datetime import datetime
 
 import duckdb
 
-from invoice_pipeline.batch import LoadBatch
+from invoice_pipeline.model import LoadBatch
 from invoice_pipeline.config import WarehouseConfig
 from invoice_pipeline.sql import quote
 from invoice_pipeline.warehouse import merge, schema

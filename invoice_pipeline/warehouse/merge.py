@@ -14,7 +14,7 @@ from datetime import datetime
 
 import duckdb
 
-from invoice_pipeline.batch import LoadBatch
+from invoice_pipeline.model import LoadBatch
 from invoice_pipeline.flatten import ROOT_TABLE
 from invoice_pipeline.sql import quote, rollback
 from invoice_pipeline.testpoints import pause_point

@@ -15,11 +15,14 @@ from dataclasses import dataclass
 import duckdb
 import pyarrow as pa
 
-from invoice_pipeline.conformed import CONFORMED_TABLES, TABLE_COMMENTS
-from invoice_pipeline.flatten import CHILD_META, FIELD, ROOT_META, ROOT_TABLE, Naming, readable
-from invoice_pipeline.jsonio import dumps
 from invoice_pipeline.audit import RULES, create_exceptions_view
-from invoice_pipeline.sql import quote, sql_literal
+from invoice_pipeline.conformed import CONFORMED_TABLES, TABLE_COMMENTS
+from invoice_pipeline.conformed_docs import comment_statements, conformed_columns
+from invoice_pipeline.flatten import FIELD, ROOT_TABLE, Naming, readable
+from invoice_pipeline.jsonio import dumps
+from invoice_pipeline.model import (CHILD_META, CHILD_META_TYPES, QUARANTINE_DDL, RAW_DDL, ROOT_META,
+                                    ROOT_META_DDL)
+from invoice_pipeline.sql import quote
 from invoice_pipeline.upgrade import upgrade_conformed
 from invoice_pipeline.views import ANALYST_VIEWS, VIEW_COLUMNS, create_analyst_views
 
@@ -33,9 +36,6 @@ OVERFLOW = "_overflow"
 # New columns added per schema transaction: DuckDB keeps a version of the table per ALTER until the
 # transaction ends, so one transaction of n ALTERs costs memory ~n^2 (1,500 columns: 850 MB).
 COLUMNS_PER_SCHEMA_TRANSACTION = 50
-
-_ROOT_META_TYPES = {"_invoice_id": "VARCHAR", "_last_modified_at": "TIMESTAMPTZ", "_loaded_at": "TIMESTAMPTZ", "_run_id": "VARCHAR"}
-_CHILD_META_TYPES = {"_invoice_id": "VARCHAR", "_row_id": "VARCHAR", "_parent_row_id": "VARCHAR", "_position": "INTEGER"}
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -81,17 +81,14 @@ def ensure_main(con: duckdb.DuckDBPyConnection) -> None:
 @functools.cache
 def _main_schema_key() -> str:
     """Changes whenever this code would create main's tables, views or comments differently."""
-    spec = (CONFORMED_TABLES, TABLE_COMMENTS, ANALYST_VIEWS, VIEW_COLUMNS, [(r.name, r.blocking, r.sql) for r in RULES])
+    spec = (conformed_columns(), TABLE_COMMENTS, ANALYST_VIEWS, VIEW_COLUMNS, [(r.name, r.blocking, r.sql) for r in RULES])
     return hashlib.sha256(repr(spec).encode()).hexdigest()
 
 
 def apply_comments(con: duckdb.DuckDBPyConnection, catalog: str = "") -> None:
     """COMMENT ON TABLE and COLUMN for every conformed table and column: where it comes from in each source."""
-    prefix = f"{catalog}.main." if catalog else "main."
-    for table, columns in CONFORMED_TABLES.items():
-        con.execute(f"COMMENT ON TABLE {prefix}{table} IS {sql_literal(TABLE_COMMENTS[table])}")
-        for c, (_, doc) in columns.items():
-            con.execute(f"COMMENT ON COLUMN {prefix}{table}.{quote(c)} IS {sql_literal(doc)}")
+    for statement in comment_statements(catalog):
+        con.execute(statement)
 
 
 # -- a source's schema -----------------------------------------------------------------------------
@@ -102,15 +99,9 @@ def ensure_source(con: duckdb.DuckDBPyConnection, source: str) -> None:
     con.execute(f"CREATE TABLE IF NOT EXISTS {s}._tables (table_path VARCHAR, table_name VARCHAR)")
     con.execute(f"CREATE TABLE IF NOT EXISTS {s}._columns (table_name VARCHAR, field_path VARCHAR, column_name VARCHAR)")
     con.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}._raw_invoices (invoice_id VARCHAR, last_modified_at TIMESTAMPTZ, "
-        "payload_sha256 VARCHAR, payload VARCHAR, run_id VARCHAR, extracted_at TIMESTAMPTZ)"
-    )
-    con.execute(
-        f"CREATE TABLE IF NOT EXISTS {s}._quarantine (invoice_id VARCHAR, reason VARCHAR, payload VARCHAR, "
-        "run_id VARCHAR, detected_at TIMESTAMPTZ)"
-    )
-    meta = ", ".join(f"{quote(c)} {t}" for c, t in _ROOT_META_TYPES.items())
-    con.execute(f"CREATE TABLE IF NOT EXISTS {s}.{quote(ROOT_TABLE)} ({meta})")
+        f"CREATE TABLE IF NOT EXISTS {s}._raw_invoices ({RAW_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {s}._quarantine ({QUARANTINE_DDL})")
+    con.execute(f"CREATE TABLE IF NOT EXISTS {s}.{quote(ROOT_TABLE)} ({ROOT_META_DDL})")
 
 
 def source_tables(con: duckdb.DuckDBPyConnection, source: str) -> dict[str, str]:
@@ -182,7 +173,7 @@ def evolve(
         names = _assign_columns(src, table, assigned, new, max_columns)
         added = {p: n for p, n in names.items() if p not in assigned}
         if path not in known:  # one CREATE with every column: no ALTERs at all
-            meta = [f"{quote(c)} {t}" for c, t in _CHILD_META_TYPES.items()]
+            meta = [f"{quote(c)} {t}" for c, t in CHILD_META_TYPES.items()]
             cols = ", ".join(meta + [f"{quote(n)} VARCHAR" for n in dict.fromkeys(added.values())])
             with _transaction(con):
                 con.execute(f"INSERT INTO {s}._tables VALUES (?, ?)", [path, table])

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from invoice_pipeline.conformed import CONFORMED_TABLES, NO_INSTALLMENTS, NOT_PROVIDED, source_columns
 from invoice_pipeline.money import MappingError, to_date, to_decimal, to_text, to_timestamp
 from invoice_pipeline.sources.base import ConformedInvoice
+
+# Where each conformed column comes from (the warehouse's column comments are built from it).
+_FIELDS = {
+    "invoices": {"invoice_id": "id", "invoice_number": "number", "status": "status", "customer_id": "customer.id",
+                 "customer_name": "customer.name", "invoice_date": "issued", "due_date": "due",
+                 "currency_code": "currency", "total_amount": "total", "balance_due": "balance",
+                 "last_modified_at": "updated"},
+    "invoice_lines": {"line_id": "lines[].id", "line_number": "position in lines[]",
+                      "description": "lines[].description", "line_amount": "lines[].amount"},
+    "invoice_tax_lines": {"tax_line_id": "lines[].id", "line_id": "lines[].id", "tax_amount": "lines[].tax",
+                          "is_derived": "always true: one tax row per line"},
+}
+COLUMN_SOURCES = {table: {c: _FIELDS.get(table, {}).get(c, NOT_PROVIDED) for c in source_columns(table)}
+                  for table in CONFORMED_TABLES}
+COLUMN_SOURCES["invoice_installments"] = NO_INSTALLMENTS
 
 
 def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
