@@ -23,7 +23,7 @@ from invoice_pipeline.warehouse import Warehouse
 log = logging.getLogger(__name__)
 
 
-def prepare_tables(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
+def ensure_history_tables(wh: Warehouse, con: duckdb.DuckDBPyConnection) -> None:
     """The conformed tables (a one-query no-op when they are this release's; otherwise created, or
     upgraded in place before any history step reads columns an earlier release lacked) and ours."""
     wh.ensure_main(con)
@@ -151,7 +151,7 @@ def record_history(
     if con is not None:
         return _record_history(con, source_name, run_id)
     with wh.writer() as own:
-        prepare_tables(wh, own)
+        ensure_history_tables(wh, own)
         own.execute("BEGIN TRANSACTION")
         try:
             added = _record_history(own, source_name, run_id)

@@ -385,8 +385,8 @@ def _summary(body: Any, content: bytes) -> str:
 
 
 def _pool_for(base_url: str, maxsize: int) -> urllib3.PoolManager:
-    """urllib3 directly: requests costs ~1.1 ms of CPU per call on top of it (its session
-    machinery), more than the pipeline's own work per invoice. Proxy settings are read from the
+    """urllib3 directly: requests' session machinery costs more CPU per call than the pipeline's
+    own work per invoice (benchmarks/RESULTS.md, "Figures behind design choices in the code"). Proxy settings are read from the
     environment once (HTTP(S)_PROXY, NO_PROXY), certificates from REQUESTS_CA_BUNDLE or
     SSL_CERT_FILE if set, else certifi's bundle, as requests would."""
     ca_certs = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("SSL_CERT_FILE") or certifi.where()

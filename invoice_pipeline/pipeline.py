@@ -66,11 +66,11 @@ class RunSummary:
         return data
 
 
-def plan_window(config: SourceConfig, cursor: datetime | None, now: datetime) -> Window:
-    """From the stored cursor minus the lookback (never before start_date) to a bound frozen now."""
+def plan_window(config: SourceConfig, cursor: datetime | None, loaded_at: datetime) -> Window:
+    """From the stored cursor minus the lookback (never before start_date) to the run's start, frozen."""
     if cursor is None:
-        return Window(config.start_date, now)
-    return Window(max(config.start_date, cursor - config.lookback), now)
+        return Window(config.start_date, loaded_at)
+    return Window(max(config.start_date, cursor - config.lookback), loaded_at)
 
 
 def build_source(app: AppConfig, source_name: str) -> Source:
@@ -83,8 +83,8 @@ def _fewer_gc_passes() -> Iterator[None]:
     """Fewer garbage-collector passes while loading (restored after).
 
     Why: the load path allocates millions of short-lived, acyclic containers; with CPython's default
-    thresholds the collector re-scans the heap (large in a Dagster process) often enough to cost ~15%
-    of a run. Freezing what exists and raising the first threshold keeps collections but makes them rare.
+    thresholds the collector re-scans the heap (large in a Dagster process) often enough to cost a
+    noticeable share of a run (benchmarks/RESULTS.md, "Figures behind design choices in the code"). Freezing what exists and raising the first threshold keeps collections but makes them rare.
     """
     threshold = gc.get_threshold()
     gc.freeze()
@@ -109,16 +109,16 @@ def run_source(
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
-    now = utc_now().replace(microsecond=0)
+    loaded_at = utc_now().replace(microsecond=0)  # the run's timestamp (docs/DESIGN.md, glossary)
     with wh.writer() as con:
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
         cursor = wh.cursor(con, source_name)
     incremental = window is None
-    planned = window or plan_window(config, cursor, now)
+    planned = window or plan_window(config, cursor, loaded_at)
     return _load(app, source_name, wh, source, lambda src: src.extract(planned),
                  mode="incremental" if incremental else "backfill", window=planned,
-                 cursor=planned.end if incremental else None, now=now, started=started)
+                 cursor=planned.end if incremental else None, loaded_at=loaded_at, started=started)
 
 
 def load_records(
@@ -136,7 +136,7 @@ def load_records(
     merge, quarantine, raw payload store, run log (as `mode`) and history step. The cursor is never
     moved.
 
-    records(source) gives the batches; the run log's window is start_date .. now (any invoice).
+    records(source) gives the batches; the run log's window is start_date .. the run's start (any invoice).
     observed=False: the records come from the raw payload store (replay.py), not from the source
     now: each is loaded whatever its age (start_date filters only what a source sends), and the
     history step restores the deletion marks the rebuild cleared (history.record_history, step 1).
@@ -144,12 +144,12 @@ def load_records(
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
-    now = utc_now().replace(microsecond=0)
+    loaded_at = utc_now().replace(microsecond=0)  # the run's timestamp (docs/DESIGN.md, glossary)
     with wh.writer() as con:
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
-    return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, now),
-                 cursor=None, now=now, started=started, observed=observed)
+    return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, loaded_at),
+                 cursor=None, loaded_at=loaded_at, started=started, observed=observed)
 
 
 @_fewer_gc_passes()
@@ -163,7 +163,7 @@ def _load(
     mode: str,
     window: Window,
     cursor: datetime | None,
-    now: datetime,
+    loaded_at: datetime,
     started: float,
     observed: bool = True,
 ) -> RunSummary:
@@ -171,14 +171,14 @@ def _load(
     last batch; observed: see load_records. Closes the source; raises on failure, after recording
     it in the run log."""
     config = app.sources[source_name]
-    summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
+    summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, loaded_at)
     log.info("source '%s': %s run %s, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
     src = source or build_source(app, source_name)
     # Three stages overlap: this thread extracts batch k+2 while another process prepares k+1
     # (preparing.py) and a thread writes k (DuckDB releases the GIL). Writes happen one at a time,
     # in order; the last batch carries the cursor and is written only after every earlier one committed.
-    preparer = BatchPreparer(src, summary.run_id, now, config.start_date if observed else None, config.prepare_processes)
+    preparer = BatchPreparer(src, summary.run_id, loaded_at, config.start_date if observed else None, config.prepare_processes)
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{source_name}-writer")
     writing: Future | None = None
     turns = wh.turns()
@@ -209,7 +209,7 @@ def _load(
             writing, done = None, writing
             done.result()
         if pending is None:
-            pending, _ = prepare_batch(src, [], summary.run_id, now)
+            pending, _ = prepare_batch(src, [], summary.run_id, loaded_at)
         pending.cursor = cursor  # committed in the same transaction as the last rows
         _write(wh, turns, pending, summary)
         turns.close()

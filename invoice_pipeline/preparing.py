@@ -1,8 +1,8 @@
 """Batches prepared (mapped, flattened, turned into Arrow) on other processes while the run's own
 process extracts and writes.
 
-Why: preparing is pure Python and holds the GIL for ~0.5 ms per invoice, as long as extraction
-and writing together; in one process the other cores mostly idle. A batch travels to the worker
+Why: preparing is pure Python and holds the GIL about as long as extraction and writing together;
+in one process the other cores mostly idle (figures: benchmarks/RESULTS.md). A batch travels to the worker
 as compact JSON bytes and comes back as Arrow tables, both cheap to pickle.
 
 The first batch is always prepared here: a run that fits in one batch (every no-op, most hourly

@@ -129,8 +129,8 @@ def _cents(value: Any) -> Decimal:
     return Decimal(value or 0)
 
 
-def test_r2_documents_freight_and_credit_memos_as_oracle_sends_them():
-    with SIMULATOR_CLASS(size=300, knobs=Knobs(seed=3), r2_documents=True) as sim, make_source(sim) as source:
+def test_documented_variants_freight_and_credit_memos_as_oracle_sends_them():
+    with SIMULATOR_CLASS(size=300, knobs=Knobs(seed=3), documented_variants=True) as sim, make_source(sim) as source:
         payloads = run(source)
         expected = {**sim.expected(), **sim.expected_documents()}
     freight = [p for p in payloads.values() if p["FreightAmount"] is not None]
@@ -155,7 +155,7 @@ def test_r2_documents_freight_and_credit_memos_as_oracle_sends_them():
     assert sum(_cents(p["EnteredAmount"]) for p in payloads.values()) == expected["total_amount"]
 
 
-def test_r2_documents_are_served_by_default():
+def test_documented_variants_are_served_by_default():
     """Freight and credit memos, as the vendor's documents show real tenants send them."""
     with SIMULATOR_CLASS(size=150, knobs=Knobs(seed=3)) as sim, make_source(sim) as source:
         payloads = run(source)

@@ -118,7 +118,7 @@ def test_published_statuses_only():
 
 
 def test_r2_credit_documents_come_with_positive_amounts_as_sent():
-    with SIMULATOR_CLASS(size=300, knobs=Knobs(seed=9), r2_documents=True) as s:
+    with SIMULATOR_CLASS(size=300, knobs=Knobs(seed=9), documented_variants=True) as s:
         records = extract(make_source(s))
         expected = {**s.expected(), **s.expected_documents()}
     credits = [r.payload for r in records if r.payload["type"] == "Credit"]

@@ -25,8 +25,8 @@ def build_definitions(app: AppConfig, config_path: str | None = None,
         schedules=[*build_schedules(app), *life.schedules],
         sensors=[automation_sensor, log_run_failures, *build_alert_sensors(app.alerts)],
         resources={"pipeline": PipelineResource(config_path=config_path or "")},
-        # One process per run, its steps one after another: a step process per asset cost ~5 s each
-        # (imports, instance, warehouse) against ~1 s of work, and the steps take turns at the
-        # warehouse anyway. The CLI runs the same way (execute_in_process).
+        # One process per run, its steps one after another: a step process per asset costs more in
+        # start-up (imports, instance, warehouse) than its work (benchmarks/RESULTS.md, addendum 5),
+        # and the steps take turns at the warehouse anyway. The CLI runs the same way (execute_in_process).
         executor=dg.in_process_executor,
     )

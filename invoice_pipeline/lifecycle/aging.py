@@ -13,7 +13,7 @@ from collections.abc import Collection
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from invoice_pipeline.history import prepare_tables
+from invoice_pipeline.history import ensure_history_tables
 from invoice_pipeline.sql import rollback
 from invoice_pipeline.timeutil import utc_now
 from invoice_pipeline.views import aging_bucket_sql
@@ -44,7 +44,7 @@ def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sourc
         src_filter = "AND list_contains($sources, source_name)"
         params["sources"] = list(sources)
     with wh.writer() as con:
-        prepare_tables(wh, con)
+        ensure_history_tables(wh, con)
         con.execute("BEGIN TRANSACTION")
         try:
             # only the sources being computed: another config's sources (one file per schedule) keep their rows

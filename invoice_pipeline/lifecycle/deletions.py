@@ -16,7 +16,7 @@ from typing import Any
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.errors import PipelineError
-from invoice_pipeline.history import prepare_tables, record_history
+from invoice_pipeline.history import ensure_history_tables, record_history
 from invoice_pipeline.pipeline import RunSummary, build_source, load_records
 from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.sql import rollback
@@ -72,7 +72,7 @@ def reconcile_deletions(
         listed: set[str] = src.list_ids(since)
         result.listed = len(listed)
         with wh.writer() as con:
-            prepare_tables(wh, con)
+            ensure_history_tables(wh, con)
             wh.ensure_source(con, source_name)
             rows = con.execute(
                 """SELECT invoice_id, customer_id, coalesce(is_deleted, false) FROM main.invoices
@@ -121,7 +121,7 @@ def _mark_deleted(wh: Warehouse, source_name: str, ids: list[str], listing_start
     """is_deleted + deleted_detected_at in main.invoices and a deleted version in the history, one commit."""
     detected = utc_now()
     with wh.writer() as con:
-        prepare_tables(wh, con)
+        ensure_history_tables(wh, con)
         con.execute("BEGIN TRANSACTION")
         try:
             con.execute("CREATE OR REPLACE TEMP TABLE _deleted_ids (invoice_id VARCHAR)")

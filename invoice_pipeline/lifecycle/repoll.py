@@ -20,7 +20,7 @@ from typing import Any
 import duckdb
 
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.history import prepare_tables
+from invoice_pipeline.history import ensure_history_tables
 from invoice_pipeline.pipeline import RunSummary, load_records
 from invoice_pipeline.sources.base import Source, SourceRecord
 from invoice_pipeline.timeutil import utc_now
@@ -100,7 +100,7 @@ def repoll_open_invoices(
 
     after_run_id: the pipeline run of the load this re-poll follows (same job run): the invoices
     it just wrote were read from the API moments ago, so re-reading them would only repeat those
-    calls (after a first load of 200k invoices, ~11k calls). load_compared_all: that load compared
+    calls (benchmarks/RESULTS.md, addendum 3). load_compared_all: that load compared
     the balance and status of every invoice it listed with the stored version and loaded the
     changed ones (its extract stats say `balances_compared: all`: CRM.COM always, Oracle in
     list-only mode), so nothing is left to read. horizon overrides the source's `repoll_horizon`
@@ -110,7 +110,7 @@ def repoll_open_invoices(
         horizon = app.sources[source_name].repoll_horizon
     today = today or utc_now().date()
     with wh.writer() as con:
-        prepare_tables(wh, con)
+        ensure_history_tables(wh, con)
         wh.ensure_source(con, source_name)
         every = _open_invoices(con, source_name, horizon, today)
     rows = _not_written_by(every, after_run_id)

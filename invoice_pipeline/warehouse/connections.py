@@ -57,8 +57,8 @@ class Connections:
     def session(self) -> Iterator[None]:
         """Within it, every writer() and turns() of this process on this file share one connection.
 
-        Why: opening the file costs ~15 ms (catalog, WAL) and a run's steps open it ~20 times; a
-        no-op run spent a quarter of its own work connecting. The shared connection still follows
+        Why: opening the file reads its catalog and WAL, and a run's steps open it many times; a
+        no-op run spent a large share of its own work connecting (benchmarks/RESULTS.md, addendum 2). The shared connection still follows
         the writer turns (released after IDLE_SECONDS without a write, or after writer_turn_seconds),
         so other processes get the file as before. Nested sessions use the outermost one.
         """
@@ -79,9 +79,9 @@ class Connections:
 
     def _connect(self) -> duckdb.DuckDBPyConnection:
         # Checkpoints are what a write pays most for, and DuckDB's cost per checkpoint grows with the
-        # table (at 200k invoices some took 2-7 s of CPU): checkpoint when a turn ends (at most
-        # writer_turn_seconds of writes in the WAL), never in between (a 256MB threshold
-        # checkpointed every ~40 batches too: 94 -> 82 s for 200k invoices without it).
+        # table: checkpoint when a turn ends (at most writer_turn_seconds of writes in the WAL), never
+        # in between, as DuckDB's default threshold would (figures: benchmarks/RESULTS.md, "Figures
+        # behind design choices in the code").
         con = duckdb.connect(str(self.path), config={"memory_limit": self.config.memory_limit,
                                                      "checkpoint_threshold": "4GB"})
         con.execute("SET TimeZone = 'UTC'")

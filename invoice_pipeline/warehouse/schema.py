@@ -34,7 +34,8 @@ INTERNAL_TABLES = ("_raw_invoices", "_quarantine", "_tables", "_columns")
 MAX_COLUMNS_PER_TABLE = 1000
 OVERFLOW = "_overflow"
 # New columns added per schema transaction: DuckDB keeps a version of the table per ALTER until the
-# transaction ends, so one transaction of n ALTERs costs memory ~n^2 (1,500 columns: 850 MB).
+# transaction ends, so one transaction of n ALTERs costs memory ~n^2 (benchmarks/RESULTS.md, "Figures
+# behind design choices in the code").
 COLUMNS_PER_SCHEMA_TRANSACTION = 50
 
 

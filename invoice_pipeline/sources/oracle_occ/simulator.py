@@ -27,9 +27,9 @@ from invoice_pipeline.simulation import Knobs, PageTamper, SimRequest, SimRespon
 from invoice_pipeline.timeutil import parse_timestamp
 
 API = "/ccstore/v1"
-# R2 documents, served by default as the vendor's documents show real tenants send them: freight on
+# documented variants, served by default as the vendor's documents show real tenants send them: freight on
 # some invoices (invoice 891371 of the list example) and some credit memos with negative amounts.
-R2_DOCUMENTS_DEFAULT = True
+DOCUMENTED_VARIANTS_DEFAULT = True
 Q_MODES = ("honour", "refuse", "ignore")  # how the list treats its filter `q` (tenants differ)
 LIST_PATH = API + "/selfservice/invoices"
 CAP = 25  # list pages and every nested collection hold at most this many items
@@ -168,7 +168,7 @@ class Invoice:
     n_installments: int
     delta: int = 0  # header total minus lines+tax: non-zero only for deliberately inconsistent invoices
     version: int = 1
-    freight: int = 0  # cents of FreightAmount (R2 documents), part of EnteredAmount
+    freight: int = 0  # cents of FreightAmount (documented variants), part of EnteredAmount
     sign: int = 1  # -1: a credit memo, every amount sent negative (kept positive internally)
     installments: list[Installment] = field(default_factory=list)
 
@@ -293,7 +293,7 @@ class OracleOccSimulator(SimulatorServer):
 
     def __init__(
         self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
-        *, now: datetime | None = None, q_mode: str = "honour", r2_documents: bool | None = None,
+        *, now: datetime | None = None, q_mode: str = "honour", documented_variants: bool | None = None,
         page_tamper: PageTamper | None = None,
     ):
         super().__init__(knobs, host, port)
@@ -301,7 +301,7 @@ class OracleOccSimulator(SimulatorServer):
             raise ValueError(f"q_mode must be one of {Q_MODES}, got {q_mode!r}")
         self.size = size
         self.q_mode = q_mode  # "refuse": any q answers 400; "ignore": q has no effect (tenants differ)
-        self.r2_documents = R2_DOCUMENTS_DEFAULT if r2_documents is None else r2_documents
+        self.documented_variants = DOCUMENTED_VARIANTS_DEFAULT if documented_variants is None else documented_variants
         self.page_tamper = page_tamper  # misbehaving list pages (tests of the client's paging guards)
         self.username = "integration.user@example.com"
         self.password = "Welcome1!occ"
@@ -404,13 +404,13 @@ class OracleOccSimulator(SimulatorServer):
         if ir is not None and ir.random() < self.knobs.inconsistent_rate:
             base = inv.line_cents + inv.tax_cents
             inv.delta = ir.choice([1, -1]) * ir.randint(1, max(1, min(5000, base // 20)))
-        if self.r2_documents:
-            # Own stream per invoice id: turning R2 documents on changes only these invoices.
-            r2 = random.Random(self.knobs.seed * 7_000_003 + invoice_id)
-            if r2.random() < 0.06:
+        if self.documented_variants:
+            # Own stream per invoice id: turning documented variants on changes only these invoices.
+            variants = random.Random(self.knobs.seed * 7_000_003 + invoice_id)
+            if variants.random() < 0.06:
                 inv.sign = -1  # a credit memo
-            if inv.kind == "doo" and r2.random() < 0.3:
-                inv.freight = r2.randint(5, 120) * 100 + r2.choice([0, 0, 50, 99])
+            if inv.kind == "doo" and variants.random() < 0.3:
+                inv.freight = variants.randint(5, 120) * 100 + variants.choice([0, 0, 50, 99])
         self._schedule(inv, rng, paid=0)
         if inv.status == "Void":
             self._void(inv)
@@ -725,7 +725,7 @@ class OracleOccSimulator(SimulatorServer):
         with any such collection. Keys: invoices, lines, tax_lines, installments, truncated, void
         (counts) and total_amount, line_amount, tax_amount, balance_due (Decimal sums, signed as
         sent: credit memos negative; total_amount includes freight). expected_documents() has the
-        R2 counts (kept apart: tests compare every key here with the conformed model).
+        Counts of the documented variants (kept apart: tests compare every key here with the conformed model).
         """
         if since is not None and since.tzinfo is None:
             since = since.replace(tzinfo=UTC)
@@ -752,7 +752,7 @@ class OracleOccSimulator(SimulatorServer):
         return {**out, **{k: Decimal(v).scaleb(-2) for k, v in cents.items()}}
 
     def expected_documents(self, since: datetime | None = None) -> dict[str, Any]:
-        """R2 truth over the same invoices as expected(): credit_memos (count), freight_amount (signed sum)."""
+        """Truth of the documented variants over the same invoices as expected(): credit_memos (count), freight_amount (signed sum)."""
         with self._data_lock:
             chosen = [inv for inv in self._invoices.values() if since is None or inv.updated >= since]
             return {"credit_memos": sum(inv.sign < 0 for inv in chosen),

@@ -31,9 +31,9 @@ DEFAULT_LIMIT = 10
 FIELDS = ("id", "status", "audit.created.at", "audit.updated.at")
 # Left out unless selected, then listed in $meta.omitted (erpData and price: SoftwareOne's OpenAPI).
 OPTIONAL = ("audit", "lines", "erpData", "price")
-# R2 documents, served by default as the vendor's OpenAPI shows them: `type: "Credit"` documents sent
+# documented variants, served by default as the vendor's OpenAPI shows them: `type: "Credit"` documents sent
 # with positive amounts (the conformed model negates them).
-R2_DOCUMENTS_DEFAULT = True
+DOCUMENTED_VARIANTS_DEFAULT = True
 GENERATED_DAYS = 2  # an invoice this young is still "Generated" (not yet issued)
 CENT = Decimal("0.01")
 FIRST = datetime(2024, 1, 2, tzinfo=UTC)
@@ -164,10 +164,10 @@ class Invoice:
 class DataSet:
     """The simulator's invoices, generated from a seed; rendering follows the doc's example."""
 
-    def __init__(self, size: int, seed: int, inconsistent_rate: float, end: datetime, r2_documents: bool = False):
+    def __init__(self, size: int, seed: int, inconsistent_rate: float, end: datetime, documented_variants: bool = False):
         self.rng = random.Random(seed)
         self.seed = seed
-        self.r2_documents = r2_documents
+        self.documented_variants = documented_variants
         self.today = end.date()  # statuses (Generated / Issued / Overdue) are judged against it
         self.inconsistent_rate = inconsistent_rate
         self.version = 0
@@ -257,7 +257,7 @@ class DataSet:
                       rng.choice(["Automated", "Automated", "Manual"]), lines, delta, Decimal(0))
         settle = rng.random()
         inv.paid = inv.total if settle < 0.5 else ((inv.total / 2).quantize(CENT) if settle < 0.6 else Decimal(0))
-        if self.r2_documents:  # own stream per invoice: turning it on changes nothing else
+        if self.documented_variants:  # own stream per invoice: turning it on changes nothing else
             inv.credit = random.Random(self.seed * 7_000_003 + seq).random() < 0.08
         inv.status = self.open_status(inv)
         return inv
@@ -527,13 +527,13 @@ class SoftwareOneSimulator(SimulatorServer):
     demo_name = "swo"  # its source name in the demo and in `simulate`'s config
 
     def __init__(self, size: int = 200, knobs: Knobs | None = None, host: str = "127.0.0.1", port: int = 0,
-                 *, r2_documents: bool | None = None, page_tamper: PageTamper | None = None,
+                 *, documented_variants: bool | None = None, page_tamper: PageTamper | None = None,
                  pagination_meta: bool = True):
         super().__init__(knobs, host, port)
         self.created_at = datetime.now(UTC).replace(microsecond=0)
-        r2 = R2_DOCUMENTS_DEFAULT if r2_documents is None else r2_documents
+        variants = DOCUMENTED_VARIANTS_DEFAULT if documented_variants is None else documented_variants
         end = self.created_at - timedelta(hours=1)
-        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, end, r2)
+        self.data = DataSet(size, self.knobs.seed, self.knobs.inconsistent_rate, end, variants)
         self.page_tamper = page_tamper  # misbehaving list pages (tests of the client's paging guards)
         self.pagination_meta = pagination_meta  # False: no $meta.pagination (a tenant that sends none)
         digest = hashlib.sha256(b"swo-simulator-token").hexdigest()  # fixed: `simulate` asks a throwaway instance
@@ -635,7 +635,7 @@ class SoftwareOneSimulator(SimulatorServer):
                                     payments=payments, deletes=deletes)
 
     def expected_documents(self, since: datetime | None = None) -> dict:
-        """R2 truth apart from expected() (whose every key tests compare with the conformed model)."""
+        """Truth of the documented variants apart from expected() (whose every key tests compare with the conformed model)."""
         with self._lock:
             return {"credits": sum(inv.credit for inv in self.data.invoices
                                    if since is None or inv.last_modified >= since)}
