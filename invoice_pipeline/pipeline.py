@@ -106,16 +106,9 @@ def run_source(
 ) -> RunSummary:
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
     an explicit window (the cursor is left alone). Raises on failure, after recording it."""
-    config = app.sources[source_name]
-    wh = warehouse or Warehouse(app.warehouse)
-    started = time.monotonic()
-    loaded_at = utc_now().replace(microsecond=0)  # the run's timestamp (docs/DESIGN.md, glossary)
-    with wh.writer() as con:
-        wh.ensure_main(con)
-        wh.ensure_source(con, source_name)
-        cursor = wh.cursor(con, source_name)
+    wh, started, loaded_at, cursor = _begin(app, source_name, warehouse)
     incremental = window is None
-    planned = window or plan_window(config, cursor, loaded_at)
+    planned = window or plan_window(app.sources[source_name], cursor, loaded_at)
     return _load(app, source_name, wh, source, lambda src: src.extract(planned),
                  mode="incremental" if incremental else "backfill", window=planned,
                  cursor=planned.end if incremental else None, loaded_at=loaded_at, started=started)
@@ -141,15 +134,24 @@ def load_records(
     now: each is loaded whatever its age (start_date filters only what a source sends), and the
     history step restores the deletion marks the rebuild cleared (history.record_history, step 1).
     """
-    config = app.sources[source_name]
+    wh, started, loaded_at, _ = _begin(app, source_name, warehouse)
+    window = Window(app.sources[source_name].start_date, loaded_at)
+    return _load(app, source_name, wh, source, records, mode=mode, window=window,
+                 cursor=None, loaded_at=loaded_at, started=started, observed=observed)
+
+
+def _begin(app: AppConfig, source_name: str, warehouse: Warehouse | None
+           ) -> tuple[Warehouse, float, datetime, datetime | None]:
+    """The warehouse, the run's clock and timestamp (loaded_at: docs/DESIGN.md, glossary) and the
+    stored cursor, with main's and the source's tables ensured."""
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()
-    loaded_at = utc_now().replace(microsecond=0)  # the run's timestamp (docs/DESIGN.md, glossary)
+    loaded_at = utc_now().replace(microsecond=0)
     with wh.writer() as con:
         wh.ensure_main(con)
         wh.ensure_source(con, source_name)
-    return _load(app, source_name, wh, source, records, mode=mode, window=Window(config.start_date, loaded_at),
-                 cursor=None, loaded_at=loaded_at, started=started, observed=observed)
+        cursor = wh.cursor(con, source_name)
+    return wh, started, loaded_at, cursor
 
 
 @_fewer_gc_passes()
