@@ -107,6 +107,10 @@ def run_source(
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
     an explicit window (the cursor is left alone). Raises on failure, after recording it.
     `mode` only labels a windowed run in _pipeline_runs (backfill, repoll, reconcile)."""
+    if app.warehouse.backend == "iceberg":  # the one seam to the Iceberg backend (docs/ICEBERG.md)
+        from invoice_pipeline.iceberg.run import run_source_iceberg
+
+        return run_source_iceberg(app, source_name, window=window, source=source, mode=mode)
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()

@@ -1,0 +1,154 @@
+"""Iceberg backend on one machine (SQLite catalog, local folder): the DuckDB backend's merge guarantees."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from .iceberg_support import duplicates, iceberg_app, ingest, published
+
+from invoice_pipeline.pipeline import run_source  # noqa: E402
+
+KEYS = {"invoices": ["source_name", "invoice_id"], "invoice_lines": ["source_name", "invoice_id", "line_id"],
+        "invoice_tax_lines": ["source_name", "invoice_id", "tax_line_id"],
+        "invoice_installments": ["source_name", "invoice_id", "installment_id"]}
+
+
+def _no_duplicates(app) -> None:
+    for table, keys in KEYS.items():
+        assert duplicates(ingest(app, "main", table), keys) == 0, table
+
+
+def test_config_requires_the_iceberg_block_and_keeps_the_uri_secret() -> None:
+    from pydantic import ValidationError
+
+    from invoice_pipeline.config import WarehouseConfig
+
+    with pytest.raises(ValidationError, match="backend 'iceberg' needs an 'iceberg' block"):
+        WarehouseConfig(backend="iceberg")
+    config = WarehouseConfig(backend="iceberg", iceberg={"catalog_uri": "postgresql+psycopg2://u:hunter2@db/x",
+                                                         "warehouse": "s3://bucket/wh"})
+    assert "hunter2" not in repr(config) and "hunter2" not in str(config.model_dump())
+    assert WarehouseConfig().backend == "duckdb"  # nothing changes for a user who does not opt in
+
+
+def test_runs_merge_newer_keep_newer_replace_children_as_a_set_and_never_duplicate(tmp_path: Path) -> None:
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=60) as sim:
+        app, _ = iceberg_app(tmp_path, {"agv": {**sim.source_config(), "batch_size": 25}})
+        first = run_source(app, "agv")
+        assert first.status == "success" and first.invoices_loaded == 60
+        invoices = ingest(app, "main", "invoices")
+        assert invoices.num_rows == 60
+        lines_before = ingest(app, "main", "invoice_lines")
+        cursor1 = ingest(app, "main", "_pipeline_cursors").column("cursor_at").to_pylist()
+        assert len(cursor1) == 1
+        assert published(app, "main", "invoices").num_rows == 0  # nothing published before the audit
+
+        again = run_source(app, "agv")  # incremental, nothing new
+        _no_duplicates(app)
+        assert ingest(app, "main", "invoices").num_rows == 60
+        assert ingest(app, "agv", "_raw_invoices").num_rows == 60  # a payload version is kept once
+        assert again.status == "success"
+
+        time.sleep(1.1)  # a new version is at least a second newer
+        touched = sim.mutate(updates=5, delete_lines=3)
+        run_source(app, "agv")
+        _no_duplicates(app)
+        invoices = ingest(app, "main", "invoices")
+        assert invoices.num_rows == 60
+        lines = ingest(app, "main", "invoice_lines")
+        for inv in touched["lines_deleted"]:  # children replaced as a set: the deleted line is gone
+            before = pc_count(lines_before, inv)
+            assert pc_count(lines, inv) < before, inv
+        assert ingest(app, "agv", "_raw_invoices").num_rows == 60 + len(set(touched["updated"]) | set(touched["lines_deleted"]) | set(touched["voided"]))
+        cursors = ingest(app, "main", "_pipeline_cursors").to_pylist()
+        assert len(cursors) == 1 and cursors[0]["cursor_at"] > cursor1[0]
+        runs = ingest(app, "main", "_pipeline_runs").to_pylist()
+        assert [r["status"] for r in runs] == ["success"] * 3
+
+
+def pc_count(rows: pa.Table, invoice_id: str) -> int:
+    return sum(1 for i in rows.column("invoice_id").to_pylist() if i == invoice_id)
+
+
+def test_older_version_never_overwrites_a_newer_one(tmp_path: Path) -> None:
+    """A backfill of an older window (or a late writer) carrying an old version is skipped, per key."""
+    from invoice_pipeline.iceberg.catalog import ensure_main, open_catalog
+    from invoice_pipeline.iceberg.merge import merge_versioned
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=10) as sim:
+        app, _ = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        run_source(app, "agv")
+    table = ensure_main(open_catalog(app.warehouse.iceberg))["invoices"]
+    stored = ingest(app, "main", "invoices").sort_by("invoice_id")
+    older = stored.slice(0, 2).set_column(stored.schema.get_field_index("customer_name"), "customer_name",
+                                          pa.array(["OLD", "OLD"]))
+    newer = stored.slice(2, 1).set_column(stored.schema.get_field_index("customer_name"), "customer_name",
+                                          pa.array(["NEW"]))
+    versions = older.column("last_modified_at").to_pylist()
+    older_keys = pa.table({"invoice_id": older.column("invoice_id"),
+                           "last_modified_at": pa.array([v - timedelta(days=1) for v in versions], older.schema.field("last_modified_at").type)})
+    newer_keys = pa.table({"invoice_id": newer.column("invoice_id"),
+                           "last_modified_at": pa.array([newer.column("last_modified_at")[0].as_py() + timedelta(seconds=5)],
+                                                        newer.schema.field("last_modified_at").type)})
+    older = older.set_column(older.schema.get_field_index("last_modified_at"), "last_modified_at", older_keys.column(1))
+    newer = newer.set_column(newer.schema.get_field_index("last_modified_at"), "last_modified_at", newer_keys.column(1))
+    assert merge_versioned(table, older, older_keys, source="agv", key="invoice_id", version="last_modified_at",
+                           retries=3) == (0, 2)
+    assert merge_versioned(table, newer, newer_keys, source="agv", key="invoice_id", version="last_modified_at",
+                           retries=3) == (1, 0)
+    after = {r["invoice_id"]: r["customer_name"] for r in ingest(app, "main", "invoices").to_pylist()}
+    assert len(after) == 10
+    assert [after[i] for i in older.column("invoice_id").to_pylist()] != ["OLD", "OLD"]
+    assert "OLD" not in after.values() and after[newer.column("invoice_id")[0].as_py()] == "NEW"
+
+
+def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path: Path) -> None:
+    """Killed after the children committed and before the invoices: cursor unmoved, the audit refuses
+    the half-written batch, the re-run replaces it and publish goes through."""
+    from invoice_pipeline.iceberg.publish import publish
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=30) as sim:
+        app, config = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        run_source(app, "agv")
+        assert publish(app).published
+        cursor = ingest(app, "main", "_pipeline_cursors").column("cursor_at").to_pylist()
+        time.sleep(1.1)
+        sim.mutate(updates=4)
+        pid_file = tmp_path / "pid"
+        env = {**os.environ, "INVOICE_PIPELINE_PAUSE_AT": "iceberg_children_written",
+               "INVOICE_PIPELINE_PAUSE_FILE": str(pid_file)}
+        proc = subprocess.Popen([sys.executable, "-m", "invoice_pipeline.iceberg", "load", "--config", str(config)],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + 90
+            while not pid_file.exists():
+                assert proc.poll() is None, proc.stdout.read()
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert ingest(app, "main", "_pipeline_cursors").column("cursor_at").to_pylist() == cursor
+        refused = publish(app)
+        assert not refused.published and "children_match_invoice_version" in refused.failures
+        before = published(app, "main", "invoices")
+        run_source(app, "agv")
+        _no_duplicates(app)
+        result = publish(app)
+        assert result.published, result.failures
+        after = published(app, "main", "invoices")
+        assert after.num_rows == before.num_rows == 30
+        assert ingest(app, "main", "_pipeline_cursors").column("cursor_at").to_pylist() > cursor
