@@ -110,7 +110,8 @@ def run_source(
     if app.warehouse.backend == "iceberg":  # the one seam to the Iceberg backend (docs/ICEBERG.md)
         from invoice_pipeline.iceberg.run import run_source_iceberg
 
-        return run_source_iceberg(app, source_name, window=window, source=source, mode=mode)
+        return run_source_iceberg(app, source_name, summary_type=RunSummary, plan_window=plan_window, window=window,
+                                  source=source, mode=mode)
     config = app.sources[source_name]
     wh = warehouse or Warehouse(app.warehouse)
     started = time.monotonic()

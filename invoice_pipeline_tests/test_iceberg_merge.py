@@ -130,7 +130,7 @@ def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path:
         pid_file = tmp_path / "pid"
         env = {**os.environ, "INVOICE_PIPELINE_PAUSE_AT": "iceberg_children_written",
                "INVOICE_PIPELINE_PAUSE_FILE": str(pid_file)}
-        proc = subprocess.Popen([sys.executable, "-m", "invoice_pipeline.iceberg", "load", "--config", str(config)],
+        proc = subprocess.Popen([sys.executable, "-m", "invoice_pipeline.iceberg_cli", "load", "--config", str(config)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + 90

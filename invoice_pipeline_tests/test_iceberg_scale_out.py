@@ -119,7 +119,7 @@ def test_four_sources_in_four_processes_on_postgres_and_s3(tmp_path: Path, postg
         app, config = iceberg_app(tmp_path, blocks, iceberg)
         started = time.monotonic()
         procs = {name: subprocess.Popen(
-            [sys.executable, "-m", "invoice_pipeline.iceberg", "load", "--config", str(config), "--source", name],
+            [sys.executable, "-m", "invoice_pipeline.iceberg_cli", "load", "--config", str(config), "--source", name],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for name in SOURCES}
         outputs = {name: p.communicate(timeout=300) for name, p in procs.items()}
         for name, proc in procs.items():
@@ -145,7 +145,7 @@ def test_four_sources_in_four_processes_on_postgres_and_s3(tmp_path: Path, postg
     assert sorted(r["source_name"] for r in ingest(app, "main", "_pipeline_cursors").to_pylist()) == sorted(SOURCES)
     assert published(app, "main", "invoices").num_rows == 0  # readers see nothing before the audit
 
-    done = subprocess.run([sys.executable, "-m", "invoice_pipeline.iceberg", "publish", "--config", str(config)],
+    done = subprocess.run([sys.executable, "-m", "invoice_pipeline.iceberg_cli", "publish", "--config", str(config)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

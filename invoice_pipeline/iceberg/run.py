@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.iceberg.catalog import ensure_main, ensure_source, open_catalog
 from invoice_pipeline.iceberg.merge import read_cursor, record_run, set_cursor, write_batch
+from invoice_pipeline.source_types import source_class
 from invoice_pipeline.sources.base import Source, Window
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.timeutil import utc_now
@@ -21,11 +23,12 @@ from invoice_pipeline.timeutil import utc_now
 log = logging.getLogger("invoice_pipeline.iceberg")
 
 
-def run_source_iceberg(app: AppConfig, source_name: str, *, window: Window | None = None,
-                       source: Source | None = None, mode: str | None = None):
-    """pipeline.run_source for `warehouse.backend: iceberg` (same arguments, same RunSummary)."""
-    from invoice_pipeline.pipeline import RunSummary, build_source, plan_window
+def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, plan_window: Callable,
+                       window: Window | None = None, source: Source | None = None, mode: str | None = None):
+    """pipeline.run_source for `warehouse.backend: iceberg` (same arguments, same RunSummary).
 
+    pipeline.py passes its RunSummary and plan_window in: this package sits below pipeline in the
+    import layers (pyproject.toml), so it does not import it back."""
     ice = app.warehouse.iceberg
     assert ice is not None  # config validation: backend iceberg needs the block
     config = app.sources[source_name]
@@ -37,10 +40,10 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, window: Window | Non
     cursor = read_cursor(tables["_pipeline_cursors"], source_name)
     mode = (mode or "backfill") if window is not None else "incremental"
     window = window or plan_window(config, cursor, now)
-    summary = RunSummary(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
+    summary = summary_type(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s into Iceberg, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
-    src = source or build_source(app, source_name)
+    src = source or source_class(config.type)(source_name, config)
     conflicts = 0
     try:
         for records in src.extract(window):

@@ -1,4 +1,4 @@
-"""`python -m invoice_pipeline.iceberg load|publish --config FILE [--source NAME]`: a source run or the
+"""`python -m invoice_pipeline.iceberg_cli load|publish --config FILE [--source NAME]`: a source run or the
 audit + publish of the Iceberg backend from a shell, one process each (as Dagster run workers do)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from invoice_pipeline.config import load_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m invoice_pipeline.iceberg")
+    parser = argparse.ArgumentParser(prog="python -m invoice_pipeline.iceberg_cli")
     parser.add_argument("command", choices=("load", "publish"))
     parser.add_argument("--config", required=True)
     parser.add_argument("--source", action="append", help="load: this source (repeatable; default: all)")
@@ -23,10 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: warehouse.backend is {app.warehouse.backend!r}, not 'iceberg'", file=sys.stderr)
         return 2
     if args.command == "load":
-        from invoice_pipeline.iceberg.run import run_source_iceberg
+        from invoice_pipeline.pipeline import run_source  # takes the Iceberg path for this backend
 
         for name in args.source or list(app.sources):
-            s = run_source_iceberg(app, name)
+            s = run_source(app, name)
             print(json.dumps({"source": name, "status": s.status, "loaded": s.invoices_loaded,
                               "extracted": s.invoices_extracted, "stale": s.invoices_stale,
                               "conflicts": s.extra.get("commit_conflicts", 0), "seconds": s.duration_s}), flush=True)
