@@ -152,3 +152,23 @@ def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path:
         after = published(app, "main", "invoices")
         assert after.num_rows == before.num_rows == 30
         assert ingest(app, "main", "_pipeline_cursors").column("cursor_at").to_pylist() > cursor
+
+
+def test_oracle_list_only_reads_details_only_of_changed_invoices_against_iceberg(tmp_path: Path) -> None:
+    """stored_fields for Iceberg: the Oracle client compares listed fields with the stored version and
+    fetches details of changed invoices only (the DuckDB backend's test_oracle_occ_pipeline.py twin)."""
+    from invoice_pipeline.sources.oracle_occ.simulator import LIST_PATH, SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=60, q_mode="ignore") as sim:
+        app, _ = iceberg_app(tmp_path, {"occ": sim.source_config()})
+        first = run_source(app, "occ")
+        assert first.invoices_loaded == 60 and first.extra["ids_new"] == 60
+        sim.mutate(updates=2, new=1, payments=1, seed=3)
+        sim.requests.clear()
+        second = run_source(app, "occ")
+        details = sum(n for p, n in sim.requests.items() if p.startswith(LIST_PATH + "/"))
+        assert second.extra["ids_new"] == 1 and second.extra["ids_changed"] == 3
+        assert second.extra["ids_unchanged"] == 57 and details == 4
+        assert second.invoices_loaded == 4
+    _no_duplicates(app)
+    assert ingest(app, "main", "invoices").num_rows == 61

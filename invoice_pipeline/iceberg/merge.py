@@ -31,6 +31,8 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.table import Table
 
 from invoice_pipeline.batch import LoadBatch
+from invoice_pipeline.flatten import scalar_text
+from invoice_pipeline.jsonio import loads
 from invoice_pipeline.iceberg.catalog import CHILD_TABLES, CURSORS_SCHEMA, INGEST, RUNS_SCHEMA, VERSION, conformed_schema
 from invoice_pipeline.testpoints import pause_point
 
@@ -195,3 +197,36 @@ def read_cursor(table: Table, source: str, refresh: bool = True) -> datetime | N
 
 def record_run(table: Table, row: dict, retries: int) -> None:
     append_rows(table, pa.Table.from_pylist([row], schema=RUNS_SCHEMA), retries=retries, branch="main")
+
+
+def stored_fields(invoices: Table, raw: Table, source: str, ids: list[str], fields: list[str]) -> dict[str, dict]:
+    """Source.stored_fields for Iceberg: top-level fields of the stored (current) version of these
+    invoices, as text like the DuckDB backend's flattened columns (flatten.scalar_text).
+
+    The current version is the one main.invoices holds (committed last in a batch), and its payload
+    the raw payload of exactly that version: a raw payload of a batch killed before its invoices
+    committed must not make the source think the new version is already loaded.
+    """
+    if not ids:
+        return {}
+    current = _scan_ref(invoices, And(EqualTo("source_name", source), In("invoice_id", list(ids))),
+                        ("invoice_id", "last_modified_at"))
+    versions = dict(zip(current.column("invoice_id").to_pylist(), current.column("last_modified_at").to_pylist(),
+                        strict=True))
+    if not versions:
+        return {}
+    rows = _scan_ref(raw, In("invoice_id", list(versions)), ("invoice_id", "last_modified_at", "payload", "extracted_at"))
+    chosen: dict[str, tuple] = {}
+    for invoice_id, modified, payload, extracted in zip(*(rows.column(c).to_pylist() for c in rows.column_names),
+                                                        strict=True):
+        if modified == versions.get(invoice_id) and (invoice_id not in chosen or extracted >= chosen[invoice_id][0]):
+            chosen[invoice_id] = (extracted, payload)
+    out = {}
+    for invoice_id, (_, payload) in chosen.items():
+        try:
+            data = loads(payload)
+        except ValueError:  # an unstorable payload kept as escaped text: compare nothing, fetch it again
+            continue
+        if isinstance(data, dict):
+            out[invoice_id] = {f: scalar_text(data.get(f)) for f in fields}
+    return out

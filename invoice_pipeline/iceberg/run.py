@@ -6,6 +6,7 @@ writes differ (merge.py). Any number of these run at once, in any processes on a
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 import uuid
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.iceberg.catalog import ensure_main, ensure_source, open_catalog
-from invoice_pipeline.iceberg.merge import read_cursor, record_run, set_cursor, write_batch
+from invoice_pipeline.iceberg.merge import read_cursor, record_run, set_cursor, stored_fields, write_batch
 from invoice_pipeline.source_types import source_class
 from invoice_pipeline.sources.base import Source, Window
 from invoice_pipeline.testpoints import pause_point
@@ -44,6 +45,8 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
     log.info("source '%s': %s run %s into Iceberg, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
     src = source or source_class(config.type)(source_name, config)
+    # what lets Oracle and CRM.COM skip the detail call of an invoice listed unchanged
+    src.stored_fields = functools.partial(stored_fields, tables["invoices"], source_tables["_raw_invoices"], source_name)
     conflicts = 0
     try:
         for records in src.extract(window):
