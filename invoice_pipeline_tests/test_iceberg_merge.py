@@ -172,3 +172,35 @@ def test_oracle_list_only_reads_details_only_of_changed_invoices_against_iceberg
         assert second.invoices_loaded == 4
     _no_duplicates(app)
     assert ingest(app, "main", "invoices").num_rows == 61
+
+
+def test_flattened_tables_follow_the_payloads_and_replace_children_as_a_set(tmp_path: Path) -> None:
+    """Each source's flattened tables are Iceberg tables too: the root one row per invoice, child rows
+    of a changed invoice replaced as a set (a deleted line's flattened row is gone)."""
+    from invoice_pipeline.iceberg.catalog import open_catalog
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=20) as sim:
+        app, _ = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        run_source(app, "agv")
+        catalog = open_catalog(app.warehouse.iceberg)
+        names = {i[-1] for i in catalog.list_tables("agv")}
+        children = sorted(names - {"invoices", "_raw_invoices", "_quarantine"})
+        assert "invoices" in names and children, names
+        root = ingest(app, "agv", "invoices")
+        assert root.num_rows == 20 and duplicates(root, ["_invoice_id"]) == 0
+        assert any(c not in ("_invoice_id", "_last_modified_at", "_loaded_at", "_run_id") for c in root.column_names)
+        before = {c: ingest(app, "agv", c) for c in children}
+        time.sleep(1.1)
+        touched = sim.mutate(delete_lines=2)
+        run_source(app, "agv")
+        assert ingest(app, "agv", "invoices").num_rows == 20
+        shrunk = False
+        for c in children:
+            after = ingest(app, "agv", c)
+            assert duplicates(after, ["_invoice_id", "_row_id"]) == 0, c
+            for inv in touched["lines_deleted"]:
+                n_before = sum(1 for i in before[c].column("_invoice_id").to_pylist() if i == inv)
+                n_after = sum(1 for i in after.column("_invoice_id").to_pylist() if i == inv)
+                shrunk |= n_after < n_before
+        assert shrunk  # some child table lost the deleted lines' rows

@@ -52,3 +52,5 @@ def test_published_tables_read_with_pyiceberg_polars_and_duckdb(tmp_path: Path) 
 
     assert publish(app).published
     assert table.refresh().scan().to_arrow().num_rows == 45  # published now
+    flat_root = open_catalog(app.warehouse.iceberg).load_table(("agv", "invoices")).scan().to_arrow()
+    assert flat_root.num_rows == 45  # the source's flattened tables are published with the rest

@@ -103,10 +103,10 @@ def iceberg_schema(schema: pa.Schema) -> Schema:
     return Schema(*fields)
 
 
-def partition_spec(table: str, schema: Schema) -> PartitionSpec:
+def partition_spec(namespace: str, table: str, schema: Schema) -> PartitionSpec:
     """Conformed tables by source (and invoices by month of invoice_date): a source's merge rewrites
     only its own files, and readers prune by source and month."""
-    if table not in CONFORMED:
+    if namespace != MAIN or table not in CONFORMED:
         return PartitionSpec()
     fields = [PartitionField(schema.find_field("source_name").field_id, 1000, IdentityTransform(), "source_name")]
     if table == "invoices":
@@ -127,7 +127,7 @@ def ensure_table(catalog: Catalog, namespace: str, name: str, schema: pa.Schema)
     except Exception:  # NoSuchTableError
         ice = iceberg_schema(schema)
         try:
-            table = catalog.create_table(ident, ice, partition_spec=partition_spec(name, ice))
+            table = catalog.create_table(ident, ice, partition_spec=partition_spec(namespace, name, ice))
         except TableAlreadyExistsError:
             table = catalog.load_table(ident)
     _ensure_ingest_branch(table, schema)

@@ -150,13 +150,17 @@ def with_version(rows: pa.Table, keys: pa.Table, table: str) -> pa.Table:
     return rows.append_column(VERSION, column).select(conformed_schema(table).names).cast(conformed_schema(table))
 
 
-def write_batch(tables: dict[str, Table], source_tables: dict[str, Table], batch: LoadBatch, retries: int) -> MergeResult:
-    """The batch into every table, the invoices (the version readers go by) last; see the module doc."""
+def write_batch(tables: dict[str, Table], source_tables: dict[str, Table], batch: LoadBatch, retries: int,
+                write_flat: Callable[[LoadBatch, MergeResult], None] | None = None) -> MergeResult:
+    """The batch into every table, the invoices (the version readers go by) last; see the module doc.
+    write_flat: the source's flattened tables (flat.py), merged after the raw payloads."""
     result = MergeResult()
     src = batch.source_name
     result.conflicts += append_new(source_tables["_raw_invoices"], batch.raw, match=("invoice_id", "payload_sha256"),
                                    retries=retries)
     result.conflicts += append_rows(source_tables["_quarantine"], batch.quarantine, retries=retries)
+    if write_flat is not None:
+        write_flat(batch, result)
     keys = batch.keys
     for table in CHILD_TABLES:
         rows = with_version(batch.conformed[table], keys, table)

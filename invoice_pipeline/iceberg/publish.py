@@ -20,6 +20,7 @@ from pyiceberg.table import Table
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.iceberg.catalog import CHILD_TABLES, CONFORMED, INGEST, VERSION, ensure_main, ensure_source, open_catalog
+from invoice_pipeline.iceberg.flat import known_tables
 from invoice_pipeline.reconcile import RULES, Rule, violations
 
 log = logging.getLogger("invoice_pipeline.iceberg")
@@ -83,6 +84,7 @@ def publish(app: AppConfig) -> PublishResult:
     tables = {n: t for n, t in ensure_main(catalog).items() if n in CONFORMED}
     for source in app.sources:
         tables.update({f"{source}.{n}": t for n, t in ensure_source(catalog, source).items()})
+        tables.update({f"{source}.{n}": t for n, t in known_tables(catalog, source).items()})
     pinned = _pinned(tables)
     failures, rows = audit(tables, pinned)
     if failures:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.iceberg.catalog import ensure_main, ensure_source, open_catalog
+from invoice_pipeline.iceberg.flat import known_tables, write_flat
 from invoice_pipeline.iceberg.merge import read_cursor, record_run, set_cursor, stored_fields, write_batch
 from invoice_pipeline.source_types import source_class
 from invoice_pipeline.sources.base import Source, Window
@@ -48,13 +49,19 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
     # what lets Oracle and CRM.COM skip the detail call of an invoice listed unchanged
     src.stored_fields = functools.partial(stored_fields, tables["invoices"], source_tables["_raw_invoices"], source_name)
     conflicts = 0
+    flat_tables = known_tables(catalog, source_name)
+
+    def flat_writer(batch, result) -> None:
+        flat_tables.update({n: t for n, t in known_tables(catalog, source_name).items() if n not in flat_tables})
+        write_flat(catalog, source_name, flat_tables, batch.flat, batch.keys, ice.commit_retries, result)
+
     try:
         for records in src.extract(window):
             summary.invoices_extracted += len(records)
             pause_point("extract")
             batch, before = prepare_batch(src, records, summary.run_id, now, config.start_date)
             summary.invoices_before_start += before
-            result = write_batch(tables, source_tables, batch, ice.commit_retries)
+            result = write_batch(tables, source_tables, batch, ice.commit_retries, flat_writer)
             summary.invoices_loaded += result.accepted
             summary.invoices_stale += result.stale
             summary.quarantined += batch.quarantine.num_rows
