@@ -114,9 +114,11 @@ def test_older_version_never_overwrites_a_newer_one(tmp_path: Path) -> None:
     assert "OLD" not in after.values() and after[newer.column("invoice_id")[0].as_py()] == "NEW"
 
 
-def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path: Path) -> None:
-    """Killed after the children committed and before the invoices: cursor unmoved, the audit refuses
-    the half-written batch, the re-run replaces it and publish goes through."""
+@pytest.mark.parametrize("point", ["iceberg_flat_written", "iceberg_children_written"])
+def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path: Path, point: str) -> None:
+    """Killed after the flattened tables (or also the conformed children) committed and before the
+    invoices: cursor unmoved, the audit refuses the half-written batch, the re-run replaces it and
+    publish goes through."""
     from invoice_pipeline.iceberg.publish import publish
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
@@ -128,7 +130,7 @@ def test_killed_run_leaves_the_cursor_blocks_publish_and_a_rerun_heals(tmp_path:
         time.sleep(1.1)
         sim.mutate(updates=4)
         pid_file = tmp_path / "pid"
-        env = {**os.environ, "INVOICE_PIPELINE_PAUSE_AT": "iceberg_children_written",
+        env = {**os.environ, "INVOICE_PIPELINE_PAUSE_AT": point,
                "INVOICE_PIPELINE_PAUSE_FILE": str(pid_file)}
         proc = subprocess.Popen([sys.executable, "-m", "invoice_pipeline.iceberg_cli", "load", "--config", str(config)],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

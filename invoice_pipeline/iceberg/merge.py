@@ -161,6 +161,7 @@ def write_batch(tables: dict[str, Table], source_tables: dict[str, Table], batch
     result.conflicts += append_rows(source_tables["_quarantine"], batch.quarantine, retries=retries)
     if write_flat is not None:
         write_flat(batch, result)
+    pause_point("iceberg_flat_written")  # tests kill a run here: flattened tables committed, conformed not
     keys = batch.keys
     for table in CHILD_TABLES:
         rows = with_version(batch.conformed[table], keys, table)

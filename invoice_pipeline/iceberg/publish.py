@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 import duckdb
+import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
@@ -33,7 +34,10 @@ VERSION_RULE = Rule(
     " UNION ALL ".join(
         f"SELECT c.source_name, c.invoice_id, '{t} written with version ' || c.{VERSION} || ', invoice has ' "
         f"|| i.last_modified_at AS detail FROM main.{t} c JOIN main.invoices i USING (source_name, invoice_id) "
-        f"WHERE c.{VERSION} IS DISTINCT FROM i.last_modified_at" for t in CHILD_TABLES))
+        f"WHERE c.{VERSION} IS DISTINCT FROM i.last_modified_at" for t in CHILD_TABLES)
+    + " UNION ALL SELECT f.source_name, f.invoice_id, 'flattened root written with version ' || f.version "
+      "|| ', invoice has ' || coalesce(i.last_modified_at::VARCHAR, 'none') AS detail FROM _flat_versions f "
+      "LEFT JOIN main.invoices i USING (source_name, invoice_id) WHERE f.version IS DISTINCT FROM i.last_modified_at")
 BLOCKING_RULES = [r for r in RULES if r.blocking] + [VERSION_RULE]
 
 
@@ -54,7 +58,8 @@ def _pinned(tables: dict[str, Table]) -> dict[str, int | None]:
     return out
 
 
-def audit(tables: dict[str, Table], pinned: dict[str, int | None], limit: int = 5) -> tuple[dict, dict[str, int]]:
+def audit(tables: dict[str, Table], pinned: dict[str, int | None], sources: list[str] = (),
+          limit: int = 5) -> tuple[dict, dict[str, int]]:
     """The blocking rules over the pinned INGEST snapshots of the conformed tables (DuckDB over Arrow)."""
     con = duckdb.connect()
     rows = {}
@@ -66,6 +71,16 @@ def audit(tables: dict[str, Table], pinned: dict[str, int | None], limit: int = 
             rows[name] = arrow.num_rows
             con.register(f"_ice_{name}", arrow)
             con.execute(f"CREATE VIEW main.{name} AS SELECT * FROM _ice_{name}")
+        # each source's flattened root (written before the conformed tables): its versions
+        flat = [pa.table({"source_name": pa.array([source] * t.num_rows, pa.string()), "invoice_id": t.column("_invoice_id"),
+                          "version": t.column("_last_modified_at")})
+                for source in sources if f"{source}.invoices" in tables and pinned.get(f"{source}.invoices") is not None
+                for t in [tables[f"{source}.invoices"].scan(snapshot_id=pinned[f"{source}.invoices"],
+                                                            selected_fields=("_invoice_id", "_last_modified_at")).to_arrow()]]
+        flat_versions = pa.concat_tables(flat) if flat else pa.table(
+            {"source_name": pa.array([], pa.string()), "invoice_id": pa.array([], pa.string()),
+             "version": pa.array([], pa.timestamp("us", tz="UTC"))})
+        con.register("_flat_versions", flat_versions)
         failures = {}
         for rule in BLOCKING_RULES:
             found = violations(con, rule, limit=limit)
@@ -86,7 +101,7 @@ def publish(app: AppConfig) -> PublishResult:
         tables.update({f"{source}.{n}": t for n, t in ensure_source(catalog, source).items()})
         tables.update({f"{source}.{n}": t for n, t in known_tables(catalog, source).items()})
     pinned = _pinned(tables)
-    failures, rows = audit(tables, pinned)
+    failures, rows = audit(tables, pinned, list(app.sources))
     if failures:
         log.error("Iceberg publish refused, blocking checks failed: %s",
                   "; ".join(f"{rule}: {len(v)}+ e.g. {v[0][0]}/{v[0][1]}: {v[0][2]}" for rule, v in failures.items()))
