@@ -206,3 +206,23 @@ def test_flattened_tables_follow_the_payloads_and_replace_children_as_a_set(tmp_
                 n_after = sum(1 for i in after.column("_invoice_id").to_pylist() if i == inv)
                 shrunk |= n_after < n_before
         assert shrunk  # some child table lost the deleted lines' rows
+
+
+def test_cli_run_loads_audits_and_publishes_into_iceberg(tmp_path: Path) -> None:
+    """`invoice-pipeline run` with backend iceberg: the sources loaded, the audit passed, `main` moved;
+    no DuckDB warehouse file is created."""
+    import yaml
+
+    from .conftest import cli_in
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=20) as sim:
+        app, config = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        (tmp_path / "c.yaml").write_text(config.read_text())
+        done = cli_in(tmp_path, "run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    line = next(ln for ln in done.stdout.splitlines() if ln.startswith("agv "))
+    assert line.split()[1:4] == ["ok", "20", "20"]
+    assert published(app, "main", "invoices").num_rows == 20
+    assert not (tmp_path / "unused.duckdb").exists()
+    assert yaml.safe_load(config.read_text())["warehouse"]["backend"] == "iceberg"
