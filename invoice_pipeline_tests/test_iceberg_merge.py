@@ -226,3 +226,16 @@ def test_cli_run_loads_audits_and_publishes_into_iceberg(tmp_path: Path) -> None
     assert published(app, "main", "invoices").num_rows == 20
     assert not (tmp_path / "unused.duckdb").exists()
     assert yaml.safe_load(config.read_text())["warehouse"]["backend"] == "iceberg"
+
+
+def test_unreachable_catalog_is_a_clear_error_without_the_password(tmp_path: Path) -> None:
+    from invoice_pipeline.errors import ConfigError
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=1) as sim:
+        app, _ = iceberg_app(tmp_path, {"agv": sim.source_config()},
+                             {"catalog_uri": "postgresql+psycopg2://pipeline:sekret-pw@127.0.0.1:1/iceberg",
+                              "warehouse": f"file://{tmp_path}/wh"})
+        with pytest.raises(ConfigError, match="warehouse.iceberg.catalog_uri': cannot open the Iceberg catalog") as err:
+            run_source(app, "agv")
+    assert "sekret-pw" not in str(err.value)
