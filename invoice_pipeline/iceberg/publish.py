@@ -2,7 +2,7 @@
 snapshot of it, and `main` (what Trino, Spark, DuckDB, polars and pyiceberg read by default) is
 fast-forwarded to exactly the audited snapshots only when every blocking check passes.
 
-Why a branch and not a tag: pyiceberg (>= 0.10) writes, deletes and scans on a branch
+Why a branch and not a tag: pyiceberg 0.11 (the pinned version) writes, deletes and scans on a branch
 (`branch=` / `use_ref`) and moves `main` with manage_snapshots().set_current_snapshot(); readers need no
 knowledge of a tag name, and a reader of `main` can never see data the checks have not seen. The
 audit runs the blocking rules of reconcile.py (the DuckDB backend's own) in DuckDB over Arrow, plus
