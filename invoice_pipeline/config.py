@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo,
-                      field_validator)
+                      field_validator, model_validator)
 
 from invoice_pipeline.errors import ConfigError
 from invoice_pipeline.source_types import known_types, source_class
@@ -111,9 +111,31 @@ class SourceConfig(BaseModel):
         return [v.get_secret_value() for v in self.__dict__.values() if isinstance(v, SecretStr) and v.get_secret_value()]
 
 
+class IcebergConfig(BaseModel):
+    """`warehouse.iceberg` (docs/ICEBERG.md): a pyiceberg SQL catalog and where the data files go.
+
+    catalog_uri is a SQLAlchemy URL (sqlite:///path for one machine, postgresql+psycopg2://... for
+    many); a password goes in through ${VAR} and stays a SecretStr. S3 credentials come from the
+    environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), never from the file.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog_uri: SecretStr
+    warehouse: str  # a local folder or s3://bucket/prefix
+    catalog_name: str = Field(default="invoice_pipeline", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    s3_endpoint: str | None = None  # an S3-compatible endpoint (MinIO, a local moto server)
+    s3_region: str | None = None
+    commit_retries: int = Field(default=20, ge=0, le=1000)  # optimistic-commit conflicts retried per batch
+
+
 class WarehouseConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # duckdb (default): one DuckDB file behind a writer lock; iceberg: Iceberg tables that many
+    # processes on many machines write at once (docs/ICEBERG.md), configured in `iceberg`.
+    backend: Literal["duckdb", "iceberg"] = "duckdb"
+    iceberg: IcebergConfig | None = None
     duckdb_path: Path = Path("data/warehouse.duckdb")
     published_path: Path = Path("data/published/warehouse.duckdb")
     parquet_dir: str = "data/parquet"
@@ -131,6 +153,12 @@ class WarehouseConfig(BaseModel):
         return value
     # DuckDB's buffer pool of the pipeline's own connections (DuckDB's default is 80% of the RAM).
     memory_limit: str = Field(default="256MB", pattern=r"^\s*\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+
+    @model_validator(mode="after")
+    def _iceberg_configured(self) -> WarehouseConfig:
+        if self.backend == "iceberg" and self.iceberg is None:
+            raise ValueError("backend 'iceberg' needs an 'iceberg' block (catalog_uri, warehouse)")
+        return self
 
 
 class AlertsConfig(BaseModel):

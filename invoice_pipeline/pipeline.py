@@ -106,6 +106,11 @@ def run_source(
 ) -> RunSummary:
     """Incremental run (window=None: from the cursor, moving it on success) or a backfill of
     an explicit window (the cursor is left alone). Raises on failure, after recording it."""
+    if app.warehouse.backend == "iceberg":  # the one seam to the Iceberg backend (docs/ICEBERG.md)
+        from invoice_pipeline.iceberg.run import run_source_iceberg
+
+        return run_source_iceberg(app, source_name, summary_type=RunSummary, plan_window=plan_window, window=window,
+                                  source=source, mode=None)
     wh, started, loaded_at, cursor = _begin(app, source_name, warehouse)
     incremental = window is None
     planned = window or plan_window(app.sources[source_name], cursor, loaded_at)

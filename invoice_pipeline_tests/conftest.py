@@ -46,7 +46,7 @@ def cli_in(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
 
 def warehouse_document(app: AppConfig) -> dict[str, Any]:
     """The `warehouse:` block of a config file that loads back as app.warehouse."""
-    return {k: v.total_seconds() if isinstance(v, timedelta) else str(v) for k, v in app.warehouse.model_dump().items()}
+    return {k: v.total_seconds() if isinstance(v, timedelta) else str(v) for k, v in app.warehouse.model_dump(exclude_none=True).items()}
 
 
 def write_app_config(tmp_path: Path, sources: dict[str, dict[str, Any]]) -> tuple[AppConfig, Path]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Creates .venv (once) and installs the project with its test and postgres extras. Needs only python3 >= 3.11.
+# Creates .venv (once) and installs the project with its test, postgres, iceberg and scaleout extras. Needs only python3 >= 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -8,6 +8,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 if [ ! -f .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e '.[test,postgres]'
+  .venv/bin/python -m pip install --quiet -e '.[test,postgres,iceberg,scaleout]'
   touch .venv/.installed
 fi
