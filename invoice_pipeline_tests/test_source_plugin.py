@@ -136,3 +136,18 @@ def test_dagster_definitions_show_and_materialize_a_plugin_source(
         assert result.success
         meta = result.asset_materializations_for_node("fb__invoices")[0].metadata
         assert meta["source_type"].value == "fakebill" and meta["invoices_loaded"].value == 25
+
+
+def test_dry_run_of_a_plugin_source_shows_its_own_calls(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    """`run --dry-run` words each source's calls as the source declares them (Source.describe_calls),
+    so a plugin is described like a built-in one, not with a generic sentence."""
+    with FakebillSimulator(size=5) as sim:
+        config = _config(tmp_path, sim)
+        proc = subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", "run", "--dry-run", "--config",
+                               str(config)], cwd=tmp_path, env={**plugin_env, "DAGSTER_HOME": str(tmp_path / "dh")},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert sum(sim.requests.values()) == 0, dict(sim.requests)
+    assert "fb (fakebill): incremental window" in proc.stdout, proc.stdout
+    assert "calls: pages of GET /v1/invoices?modified_from=" in proc.stdout, proc.stdout
+    assert "with the X-Api-Key header" in proc.stdout and "list and detail calls" not in proc.stdout

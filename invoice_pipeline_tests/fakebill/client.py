@@ -25,6 +25,12 @@ class FakebillSource(Source):
     default_page_size = 50
     key_field = "id"
 
+    @classmethod
+    def describe_calls(cls, config: FakebillConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"pages of GET /v1/invoices?modified_from={window.start.isoformat()}"
+                f"&modified_to={window.end.isoformat()}&limit={page}&offset=... with the X-Api-Key header")
+
     def _get(self, path: str, params: dict[str, Any]) -> Any:
         headers = {"X-Api-Key": self.config.api_key.get_secret_value()}
         return self.http.request("GET", path, params=params, headers=headers).body

@@ -9,6 +9,7 @@ and halves any slice the API refuses until it fits (one second at the smallest).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
@@ -121,6 +122,15 @@ class AgvanceSource(Source):
     config_model = AgvanceConfig
     default_page_size = 2000  # not a page: the API's maximum result set per window
     has_installments = False
+
+    @classmethod
+    def describe_calls(cls, config: AgvanceConfig, window: Window) -> str:
+        size = getattr(config, "window_size", None)
+        slices = math.ceil((window.end - window.start) / size) if size else 1
+        span = f"{size.total_seconds() / 86400:g} days" if size else "the whole window"
+        return (f"login (ApiKey + SessionID), then GetInvoicesList per lastModified slice of {span}: "
+                f"{max(slices, 1)} slice(s), {config.concurrency} at a time, a slice the API refuses as too "
+                "large halved until it fits; then the invoices' details")
 
     def __init__(self, name: str, config: AgvanceConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)

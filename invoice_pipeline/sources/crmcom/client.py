@@ -170,6 +170,13 @@ class CrmcomSource(Source):
     default_page_size = 200
     has_installments = False
 
+    @classmethod
+    def describe_calls(cls, config: CrmcomConfig, window: Window) -> str:
+        return ("login (token), then pages of POST /accounts_receivable/list, then for every accounts "
+                f"receivable the pages of /invoices/list ({config.concurrency} ARs at a time); the API has "
+                "no date filter, so every invoice is listed and those whose updated_date falls inside the "
+                "window are kept")
+
     def __init__(self, name: str, config: CrmcomConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.config: CrmcomConfig = config

@@ -90,6 +90,14 @@ class OracleOccSource(Source):
     key_field = "CustomerTransactionId"
     page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a page that ended early
 
+    @classmethod
+    def describe_calls(cls, config: OracleOccConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"login (bearer token), then list pages of GET /ccstore/v1/selfservice/invoices with "
+                f"q=LastUpdateDate>='{window.start.isoformat()}', orderBy=CustomerTransactionId:asc, "
+                f"limit={page}, then one detail call GET .../invoices/<id> per listed invoice "
+                f"({config.concurrency} at a time)")
+
     def __init__(self, name: str, config: OracleOccConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.http.auth = OracleTokenAuth(self.http, config.username, config.password.get_secret_value())

@@ -84,6 +84,13 @@ class SoftwareOneSource(Source):
     default_page_size = 100  # the API caps limit at 100 anyway
     page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a short page
 
+    @classmethod
+    def describe_calls(cls, config: SoftwareOneConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"list pages of GET {LIST_PATH}?{window_filter(window)}&{SELECT}&{ORDER}"
+                f"&limit={page}&offset=..., the first page giving $meta.pagination.total, the "
+                f"rest {config.concurrency} at a time; invoices without their lines re-requested by id")
+
     def __init__(self, name: str, config: SoftwareOneConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.http.auth = ApiTokenAuth(config.api_token)
