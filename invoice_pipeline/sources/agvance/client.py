@@ -20,14 +20,13 @@ from invoice_pipeline.config import Duration, SourceConfig
 from invoice_pipeline.errors import AuthExpired
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
+from invoice_pipeline.sources.agvance.auth import AgvanceSessionAuth
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
-from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import require_objects
 
 log = logging.getLogger("invoice_pipeline.agvance")
 
-LOGIN_PATH = "/Login"
 LIST_PATH = "/Invoice/GetInvoicesList"
 LIST_ENDPOINT = f"POST {LIST_PATH}"
 API_TIME = "%Y-%m-%dT%H:%M:%S"  # the API's bound format: UTC, second precision
@@ -63,46 +62,6 @@ class AgvanceConfig(SourceConfig):
         if value < SECOND:
             raise ValueError("must be at least 1s (the API's bounds have second precision)")
         return value
-
-
-class AgvanceSessionAuth(TokenAuth):
-    """Login once per session; the session dies after 60 idle minutes -> log in again once."""
-
-    IDLE_LIMIT = 55 * 60  # seconds: re-login proactively a little before the documented 60
-
-    def __init__(self, http: HttpClient, api_key: str, username: str, password: str, database_id: str):
-        super().__init__(http)
-        self._api_key = api_key
-        self._credentials = {"UserName": username, "Password": password, "DatabaseID": database_id}
-
-    @property
-    def _session(self) -> str | None:
-        return self._token
-
-    def _check_login(self, status: int, body: Any) -> None:
-        if not isinstance(body, dict):
-            raise self._http.error("login answered with no JSON object", endpoint=f"POST {LOGIN_PATH}", status=status)
-        if str(body.get("Status", "")).lower() != "success" or not body.get("SessionID"):
-            raise self._http.error(
-                f"login failed: {body.get('Message') or body.get('Status') or 'no SessionID'}; "
-                "check api_key, username, password and database_id",
-                endpoint=f"POST {LOGIN_PATH}",
-                status=status,
-            )
-
-    def login(self) -> tuple[str, float | None]:
-        resp = self._http.request(
-            "POST", LOGIN_PATH, headers={"ApiKey": self._api_key}, json=self._credentials,
-            use_auth=False, validate=self._check_login,
-        )
-        return str(resp.body["SessionID"]), None  # no fixed lifetime: it dies when idle
-
-    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
-        headers["ApiKey"] = self._api_key
-        headers["SessionID"] = token
-
-    def secrets(self) -> list[str]:
-        return [s for s in (self._api_key, self._token) if s]
 
 
 class _TooLarge(Exception):

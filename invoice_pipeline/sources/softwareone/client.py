@@ -10,8 +10,9 @@ from typing import Any, ClassVar, Literal
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
-from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
+from invoice_pipeline.sources.auth import StaticTokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import require_objects
 from invoice_pipeline.sources.paging import PageGuard, TotalsPaginator
@@ -37,19 +38,6 @@ class SoftwareOneConfig(SourceConfig):
     credential_keys: ClassVar[tuple[str, ...]] = ("api_token",)
     type: Literal["softwareone"]
     api_token: SecretStr
-
-
-class ApiTokenAuth(Auth):
-    """A long-lived API token: nothing to renew, so a 401 is repeated once (http layer) then fatal."""
-
-    def __init__(self, token: SecretStr):
-        self._token = token
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
-
-    def secrets(self) -> list[str]:
-        return [self._token.get_secret_value()]
 
 
 def rql_time(ts: datetime, *, round_up: bool = False) -> str:
@@ -93,7 +81,7 @@ class SoftwareOneSource(Source):
 
     def __init__(self, name: str, config: SoftwareOneConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
-        self.http.auth = ApiTokenAuth(config.api_token)
+        self.http.auth = StaticTokenAuth("Authorization", config.api_token, "Bearer {}")  # a long-lived API token
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _validate(self, status: int, body: Any) -> None:
