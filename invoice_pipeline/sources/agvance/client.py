@@ -250,15 +250,13 @@ class AgvanceSource(Source):
         """start_date .. a day ahead: everything loadable, and nothing modified while we read is missed."""
         return _floor(self.config.start_date), _floor(datetime.now(UTC) + timedelta(days=1))
 
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: request items (locationId, startInvoiceNumber,
         endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
         beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
-        still correct (it only returns more, and a too-large answer splits by time as usual)."""
-        yield from self.batches(self._records_by_ids(ids))
+        still correct (it only returns more, and a too-large answer splits by time as usual).
 
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        """Newest version of each asked-for invoice. A later answer can supersede an earlier one,
+        Newest version of each asked-for invoice. A later answer can supersede an earlier one,
         so every call is read before the first record leaves (the set is bounded by `ids`)."""
         wanted = set(ids)
         numbers: dict[str, list[int]] = {}

@@ -257,12 +257,9 @@ class CrmcomSource(Listings, Source):
             log.warning("source '%s': accounts receivable %s no longer exists; skipped", self.name, ar_id)
             return None
 
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: the API lists invoices only per AR, so read the ARs
         that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""
-        yield from self.batches(self._records_by_ids(ids, customer_ids))
-
-    def _records_by_ids(self, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = set(ids)
         everything = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
         stop = threading.Event()

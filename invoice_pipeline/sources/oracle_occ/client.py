@@ -5,6 +5,7 @@ refuse it or ignore it. The client probes once per run and, without a working fi
 the list alone (details only of invoices new to the warehouse or whose list fields changed).
 The re-poll of open invoices (`repoll`) compares list pages with the warehouse the same way, so it
 costs list pages, not a detail call per open invoice.
+The list walk, its mode probe and that re-poll are in listing.py, the login in auth.py.
 """
 
 from __future__ import annotations
@@ -182,15 +183,12 @@ class OracleOccSource(Listings, Source):
         return map_invoice(payload, self.name)
 
     # -- lifecycle: specific invoices, the full id list -------------------------------------
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices, one detail call each (parallel); an unknown id (404) is skipped.
 
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
-        yield from self.batches(self._records_by_ids(ids))
-
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         for payload in self.parallel(self._detail, sorted(set(ids)), "byid", depth=4):
             self.stats.scanned += 1
             if payload is None:

@@ -207,12 +207,9 @@ class SoftwareOneSource(Source):
         terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
         return self._complete(self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk)))
 
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
         ids the API no longer knows are simply absent. customer_ids is not needed here."""
-        yield from self.batches(self._records_by_ids(ids))
-
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = sorted(set(ids))
         wanted_set = set(wanted)
         chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
