@@ -17,23 +17,19 @@ import re
 import threading
 from contextlib import closing
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import SecretStr, field_validator
 
 from invoice_pipeline.config import SourceConfig
-from invoice_pipeline.errors import SourceError
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
-from invoice_pipeline.timeutil import wall_time_readings
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
 from invoice_pipeline.sources.helpers import compare_stored
-from invoice_pipeline.sources.paging import WalkCounts
 from invoice_pipeline.sources.crmcom.auth import CrmTokenAuth
-from invoice_pipeline.sources.crmcom.listing import INVOICES_PATH, Listings
+from invoice_pipeline.sources.crmcom.listing import Listings, _AccountResult
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
 
 log = logging.getLogger("invoice_pipeline.crmcom")
@@ -42,9 +38,6 @@ log = logging.getLogger("invoice_pipeline.crmcom")
 # without moving updated_date); COMPARE_CHUNK of them per warehouse query.
 BALANCE_FIELDS = ("outstanding_amount", "life_cycle_state")
 COMPARE_CHUNK = 2000
-# Wider than any zone's DST shift (2 h at most): only timestamps this close to the window's edges
-# can have a second reading inside it, so only they are read twice.
-DST_MARGIN = timedelta(hours=3)
 
 
 class CrmcomConfig(SourceConfig):
@@ -73,20 +66,6 @@ class CrmcomConfig(SourceConfig):
         return value
 
 
-@dataclass
-class _AccountResult:
-    """What one worker found in one AR's invoices (merged into the stats by the calling thread)."""
-
-    account_id: str
-    walk: WalkCounts = field(default_factory=WalkCounts)
-    scanned: int = 0
-    outside: int = 0
-    undated: int = 0
-    records: list[SourceRecord] = field(default_factory=list)
-    older: list[SourceRecord] = field(default_factory=list)  # outside the window, last modified before it
-    newer: int = 0  # outside the window, last modified after it (not compared)
-
-
 class CrmcomSource(Listings, Source):
     type_name = "crmcom"
     key_field = "id"
@@ -107,53 +86,6 @@ class CrmcomSource(Listings, Source):
         self.auth = CrmTokenAuth(self.http, config.username, config.password.get_secret_value(), config.organisation)
         self.http.auth = self.auth
         self._init_listing()
-
-    def _in_window(self, record: SourceRecord, window: Window) -> bool:
-        """Inside the window under either reading of its naive local time: in the repeated hour at
-        the end of DST (and the skipped one at its start) a wall time denotes two instants, and the
-        one stored (fold=0, see identify) may lie an hour before the true one and the window."""
-        ts = record.last_modified_at
-        if ts is None or window.start <= ts <= window.end:
-            return True
-        if not window.start - DST_MARGIN <= ts <= window.end + DST_MARGIN or self.config.timezone == "UTC":
-            return False
-        log_info = record.payload.get("log_information")
-        text = log_info.get("updated_date") if isinstance(log_info, dict) else None
-        try:
-            readings = wall_time_readings(str(text), self.config.timezone)
-        except ValueError:
-            return False
-        return any(window.start <= t <= window.end for t in readings)
-
-    def _account_invoices(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult:
-        """All invoices of one AR (one identifier per call, as the API requires), filtered to the window."""
-        result = _AccountResult(ar_id)
-        what = f"invoices of accounts receivable {ar_id}"
-        walk = self._walk(INVOICES_PATH, {"accounts_receivable_identifier": f"id={ar_id}"}, what, result.walk)
-        try:
-            for page in walk:
-                if stop.is_set():
-                    break
-                for payload in page:
-                    if not isinstance(payload, dict):
-                        raise self.http.error(f"{what}: an item is not an object: {payload!r}"[:300],
-                                              endpoint=f"GET {INVOICES_PATH}")
-                    result.scanned += 1
-                    record = self.record_or_raw(payload)
-                    if record.last_modified_at is None:
-                        result.undated += 1  # cannot be placed in time: pass it on (mapping decides)
-                    elif not self._in_window(record, window):
-                        result.outside += 1
-                        if record.last_modified_at < window.start:
-                            result.older.append(record)  # compared with the stored version (see _changed_older)
-                        else:
-                            result.newer += 1  # a newer version than the window: the next run's
-                        continue
-                    result.records.append(record)
-        finally:
-            walk.close()
-            self.pager.add(result.walk)
-        return result
 
     def _merge(self, result: _AccountResult, seen: set[str]) -> list[SourceRecord]:
         extra = self.stats.extra
@@ -247,16 +179,6 @@ class CrmcomSource(Listings, Source):
         return map_invoice(payload, self.name, timezone=self.config.timezone, currency=self.config.currency)
 
     # -- lifecycle: specific invoices, the full id list ---------------------------------------
-    def _account_or_none(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult | None:
-        """One AR's invoices; None when the AR itself is gone (INVALID_PARAMETER), not a failure."""
-        try:
-            return self._account_invoices(ar_id, window, stop)
-        except SourceError as exc:
-            if "INVALID_PARAMETER" not in str(exc):
-                raise
-            log.warning("source '%s': accounts receivable %s no longer exists; skipped", self.name, ar_id)
-            return None
-
     def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: the API lists invoices only per AR, so read the ARs
         that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""

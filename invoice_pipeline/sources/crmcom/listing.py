@@ -1,6 +1,7 @@
 """CRM.COM listings: the accounts receivable list and one AR's invoice list, paged until an empty
 page (paging.UntilEmptyPaginator: `number_of_results`/`offset` exist from R13 only and a server may
-cap a page below what was asked), and the log line of what every listing did.
+cap a page below what was asked), one AR's invoices sorted by the window (which has no API filter:
+naive local times, read both ways around a DST change), and the log line of what every listing did.
 
 `Listings` is mixed into CrmcomSource (client.py), whose `http`, `stats`, `name`, `config` and
 `page_size` it uses; `_init_listing()` sets up its state.
@@ -9,11 +10,16 @@ cap a page below what was asked), and the log line of what every listing did.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from invoice_pipeline.errors import SourceError
 from invoice_pipeline.money import to_text
+from invoice_pipeline.timeutil import wall_time_readings
+from invoice_pipeline.sources.base import SourceRecord, Window
 from invoice_pipeline.sources.crmcom.auth import status_validator
 from invoice_pipeline.sources.paging import UntilEmptyPaginator, WalkCounts
 
@@ -24,6 +30,23 @@ INVOICES_PATH = "/invoices/list"
 MAX_PAGE = 500  # a page size we never ask beyond in normal paging (servers cap silently anyway)
 MAX_WHOLE_LIST = 100_000  # the largest number_of_results asked of a server that ignores offset
 AR_STATES = ("ACTIVE", "SUSPENDED", "TERMINATED")  # documented life_cycle_state values of an AR
+# Wider than any zone's DST shift (2 h at most): only timestamps this close to the window's edges
+# can have a second reading inside it, so only they are read twice.
+DST_MARGIN = timedelta(hours=3)
+
+
+@dataclass
+class _AccountResult:
+    """What one worker found in one AR's invoices (merged into the stats by the calling thread)."""
+
+    account_id: str
+    walk: WalkCounts = field(default_factory=WalkCounts)
+    scanned: int = 0
+    outside: int = 0
+    undated: int = 0
+    records: list[SourceRecord] = field(default_factory=list)
+    older: list[SourceRecord] = field(default_factory=list)  # outside the window, last modified before it
+    newer: int = 0  # outside the window, last modified after it (not compared)
 
 
 class Listings:
@@ -135,3 +158,60 @@ class Listings:
             self.name, w.pages, w.rows, w.new, self.stats.kept, extra.get("account_listing", "-"), w.empty_rechecked,
             w.empty_not_end, w.offset_ignored, self.pager.server_cap or "none",
         )
+
+    def _in_window(self, record: SourceRecord, window: Window) -> bool:
+        """Inside the window under either reading of its naive local time: in the repeated hour at
+        the end of DST (and the skipped one at its start) a wall time denotes two instants, and the
+        one stored (fold=0, see identify) may lie an hour before the true one and the window."""
+        ts = record.last_modified_at
+        if ts is None or window.start <= ts <= window.end:
+            return True
+        if not window.start - DST_MARGIN <= ts <= window.end + DST_MARGIN or self.config.timezone == "UTC":
+            return False
+        log_info = record.payload.get("log_information")
+        text = log_info.get("updated_date") if isinstance(log_info, dict) else None
+        try:
+            readings = wall_time_readings(str(text), self.config.timezone)
+        except ValueError:
+            return False
+        return any(window.start <= t <= window.end for t in readings)
+
+    def _account_invoices(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult:
+        """All invoices of one AR (one identifier per call, as the API requires), filtered to the window."""
+        result = _AccountResult(ar_id)
+        what = f"invoices of accounts receivable {ar_id}"
+        walk = self._walk(INVOICES_PATH, {"accounts_receivable_identifier": f"id={ar_id}"}, what, result.walk)
+        try:
+            for page in walk:
+                if stop.is_set():
+                    break
+                for payload in page:
+                    if not isinstance(payload, dict):
+                        raise self.http.error(f"{what}: an item is not an object: {payload!r}"[:300],
+                                              endpoint=f"GET {INVOICES_PATH}")
+                    result.scanned += 1
+                    record = self.record_or_raw(payload)
+                    if record.last_modified_at is None:
+                        result.undated += 1  # cannot be placed in time: pass it on (mapping decides)
+                    elif not self._in_window(record, window):
+                        result.outside += 1
+                        if record.last_modified_at < window.start:
+                            result.older.append(record)  # compared with the stored version (see _changed_older)
+                        else:
+                            result.newer += 1  # a newer version than the window: the next run's
+                        continue
+                    result.records.append(record)
+        finally:
+            walk.close()
+            self.pager.add(result.walk)
+        return result
+
+    def _account_or_none(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult | None:
+        """One AR's invoices; None when the AR itself is gone (INVALID_PARAMETER), not a failure."""
+        try:
+            return self._account_invoices(ar_id, window, stop)
+        except SourceError as exc:
+            if "INVALID_PARAMETER" not in str(exc):
+                raise
+            log.warning("source '%s': accounts receivable %s no longer exists; skipped", self.name, ar_id)
+            return None
