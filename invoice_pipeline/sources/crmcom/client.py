@@ -13,21 +13,19 @@ listing.py. The login and the body's status check: auth.py.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from contextlib import closing
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import compare_stored
+from invoice_pipeline.sources.helpers import CurrencyCode, TimeZoneName, compare_stored
 from invoice_pipeline.sources.crmcom.auth import CrmTokenAuth
 from invoice_pipeline.sources.crmcom.listing import Listings, _AccountResult
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
@@ -46,24 +44,8 @@ class CrmcomConfig(SourceConfig):
     username: str
     password: SecretStr
     organisation: str
-    timezone: str = "UTC"  # zone of the API's naive timestamps
-    currency: str = "USD"  # for invoices without currency_rate_period
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise ValueError(f"not a known IANA time zone: {value!r} (e.g. UTC, Europe/Nicosia)") from None
-        return value
-
-    @field_validator("currency")
-    @classmethod
-    def _currency_code(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z]{3}", value):
-            raise ValueError(f"not an ISO 4217 currency code: {value!r} (e.g. USD, EUR)")
-        return value
+    timezone: TimeZoneName = "UTC"  # zone of the API's naive timestamps
+    currency: CurrencyCode = "USD"  # for invoices without currency_rate_period
 
 
 class CrmcomSource(Listings, Source):
