@@ -151,3 +151,17 @@ def test_dry_run_of_a_plugin_source_shows_its_own_calls(tmp_path: Path, plugin_e
     assert "fb (fakebill): incremental window" in proc.stdout, proc.stdout
     assert "calls: pages of GET /v1/invoices?modified_from=" in proc.stdout, proc.stdout
     assert "with the X-Api-Key header" in proc.stdout and "list and detail calls" not in proc.stdout
+
+
+def test_upgrade_sql_takes_void_statuses_from_each_mapping(plugin_here: None) -> None:
+    """upgrade.status_category_sql is built from what each registered mapping declares (VOID_STATUSES,
+    DRAFT_STATUSES), a plugin's too; a type declaring none is void by its stored is_void."""
+    from invoice_pipeline.upgrade import status_category_sql
+
+    rows = [("fakebill", "void", False, 5), ("fakebill", "open", True, 5), ("crmcom", "DRAFT", False, 5),
+            ("crmcom", "REJECTED", False, 0), ("gone_type", "x", True, 0), ("gone_type", "x", False, 0)]
+    values = ", ".join(f"('{t}', '{s}', {str(v).lower()}, {b})" for t, s, v, b in rows)
+    with duckdb.connect() as con:
+        got = [c for (c,) in con.execute(f"SELECT {status_category_sql()} FROM (VALUES {values}) "
+                                         "AS t(source_type, status, is_void, balance_due)").fetchall()]
+    assert got == ["void", "open", "draft", "void", "void", "paid"]
