@@ -7,7 +7,6 @@ by the same function a run uses (pipeline.plan_window), or is the backfill windo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -31,35 +30,10 @@ class PlannedRead:
 
 
 def describe_calls(config: SourceConfig, window: Window) -> str:
-    """The API calls of one extraction of `window`, per source type (the clients in sources/*)."""
+    """The API calls of one extraction of `window`: the source's own words (Source.describe_calls)."""
     from invoice_pipeline.sources import source_class
 
-    kind = config.type
-    page = config.page_size or source_class(kind).default_page_size
-    if kind == "oracle_occ":
-        return (f"login (bearer token), then list pages of GET /ccstore/v1/selfservice/invoices with "
-                f"q=LastUpdateDate>='{window.start.isoformat()}', orderBy=CustomerTransactionId:asc, "
-                f"limit={page}, then one detail call GET .../invoices/<id> per listed invoice "
-                f"({config.concurrency} at a time)")
-    if kind == "softwareone":
-        from invoice_pipeline.sources.softwareone.client import LIST_PATH, ORDER, SELECT, window_filter
-
-        return (f"list pages of GET {LIST_PATH}?{window_filter(window)}&{SELECT}&{ORDER}"
-                f"&limit={page}&offset=..., the first page giving $meta.pagination.total, the "
-                f"rest {config.concurrency} at a time; invoices without their lines re-requested by id")
-    if kind == "agvance":
-        size = getattr(config, "window_size", None)
-        slices = math.ceil((window.end - window.start) / size) if size else 1
-        span = f"{size.total_seconds() / 86400:g} days" if size else "the whole window"
-        return (f"login (ApiKey + SessionID), then GetInvoicesList per lastModified slice of {span}: "
-                f"{max(slices, 1)} slice(s), {config.concurrency} at a time, a slice the API refuses as too "
-                "large halved until it fits; then the invoices' details")
-    if kind == "crmcom":
-        return ("login (token), then pages of POST /accounts_receivable/list, then for every accounts "
-                f"receivable the pages of /invoices/list ({config.concurrency} ARs at a time); the API has "
-                "no date filter, so every invoice is listed and those whose updated_date falls inside the "
-                "window are kept")
-    return f"the {kind} client's list and detail calls"
+    return source_class(config.type).describe_calls(config, window)
 
 
 def read_cursors(app: AppConfig, wait_s: float = 30.0) -> dict[str, datetime]:

@@ -22,8 +22,10 @@ redoes the rest next time.
 
 from __future__ import annotations
 
+import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from types import ModuleType
 from typing import Any
 
 import duckdb
@@ -32,8 +34,9 @@ import pyarrow as pa
 from invoice_pipeline import jsonio  # exact numbers, as the load parsed them
 from invoice_pipeline.conformed import ARROW_SCHEMAS, CONFORMED_TABLES, finalize, to_arrow
 from invoice_pipeline.lifecycle_tables import ensure_lifecycle_tables, version_hash_sql
-from invoice_pipeline.sources.base import ConformedInvoice
-from invoice_pipeline.sql import quote
+from invoice_pipeline.model import ConformedInvoice
+from invoice_pipeline.source_types import known_types, mapping_module, source_class
+from invoice_pipeline.sql import quote, sql_literal
 
 log = logging.getLogger("invoice_pipeline.upgrade")
 
@@ -43,33 +46,63 @@ CHILD_TABLES = ("invoice_lines", "invoice_tax_lines", "invoice_installments")
 REMAPPED = ("document_type", "status_category", "is_void", "freight_amount", "total_amount", "balance_due",
             "net_amount", "tax_amount")
 
+def _mapping(source_type: str) -> ModuleType | None:
+    """A source type's mapping module (source_types.mapping_module), None when it has none."""
+    try:
+        name = mapping_module(source_type)
+    except KeyError:  # a type no longer registered: its rows are filled from their stored columns
+        return None
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise  # the mapping exists but one of its own imports is missing: not ours to hide
+        return None
+
+
+def _declared(name: str) -> dict[str, Any]:
+    """source type -> the value its mapping declares under `name`, for every registered type declaring it."""
+    out = {}
+    for source_type in known_types():
+        module = _mapping(source_type)
+        if module is not None and hasattr(module, name):
+            out[source_type] = getattr(module, name)
+    return out
+
+
+def _types_where(source_type: str, types: Iterable[str]) -> str:
+    """SQL: the row's source type is one of `types` (false when there is none)."""
+    listed = ", ".join(sql_literal(t) for t in types)
+    return f"{source_type} IN ({listed})" if listed else "false"
+
+
 def status_category_sql(source_type: str = "source_type", status: str = "status", balance_due: str = "balance_due",
                         is_void: str = "is_void") -> str:
-    """status_category of a stored row, per source type (as docs/DATA_DICTIONARY.md describes
-    main.invoices.status_category; the mappings do the same)."""
+    """status_category of a stored row (as docs/DATA_DICTIONARY.md describes main.invoices.status_category):
+    void and draft from the statuses each source's mapping declares (VOID_STATUSES, DRAFT_STATUSES: the
+    constants it computes status_category with), a type declaring none void by its stored is_void."""
+    voids, drafts = _declared("VOID_STATUSES"), _declared("DRAFT_STATUSES")
+
+    def per_type(statuses: dict[str, Any]) -> list[str]:
+        return [f"({source_type} = {sql_literal(t)} AND {status} IN ({', '.join(sql_literal(v) for v in values)}))"
+                for t, values in statuses.items() if values]
+
+    void = [*per_type(voids), f"(NOT ({_types_where(source_type, voids)}) AND coalesce({is_void}, false))"]
+    draft = per_type(drafts) or ["false"]
     return f"""CASE
-    WHEN ({source_type} = 'oracle_occ' AND {status} = 'Void') OR ({source_type} = 'crmcom' AND {status} IN ('CANCELLED', 'REJECTED'))
-      OR ({source_type} = 'softwareone' AND {status} = 'Cancelled') OR ({source_type} = 'agvance' AND {status} = 'Void')
-      OR ({source_type} NOT IN ('oracle_occ', 'crmcom', 'softwareone', 'agvance') AND coalesce({is_void}, false)) THEN 'void'
-    WHEN ({source_type} = 'oracle_occ' AND {status} = 'Incomplete') OR ({source_type} = 'crmcom' AND {status} = 'DRAFT') THEN 'draft'
+    WHEN {' OR '.join(void)} THEN 'void'
+    WHEN {' OR '.join(draft)} THEN 'draft'
     WHEN {balance_due} = 0 THEN 'paid' ELSE 'open' END"""
 
 
 def _mapper(source_type: str, source_name: str) -> tuple[Callable[[dict[str, Any]], ConformedInvoice], bool] | None:
-    """The source type's mapping with default settings, and whether it has its own installments."""
-    if source_type == "oracle_occ":
-        from invoice_pipeline.sources.oracle_occ.mapping import map_invoice as oracle
-        return (lambda p: oracle(p, source_name)), True
-    if source_type == "crmcom":
-        from invoice_pipeline.sources.crmcom.mapping import map_invoice as crm
-        return (lambda p: crm(p, source_name)), False
-    if source_type == "softwareone":
-        from invoice_pipeline.sources.softwareone.mapping import map_invoice as swo
-        return (lambda p: swo(p, source_name)), False
-    if source_type == "agvance":
-        from invoice_pipeline.sources.agvance.mapping import map_invoice as agv
-        return (lambda p: agv(p, source_name)), False
-    return None
+    """The source type's mapping (its mapping module's map_invoice) with default settings, and whether
+    the source has its own installments; None for a type without one."""
+    module = _mapping(source_type)
+    map_invoice = getattr(module, "map_invoice", None)
+    if map_invoice is None:
+        return None
+    return (lambda p: map_invoice(p, source_name)), bool(source_class(source_type).has_installments)
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
@@ -211,15 +244,19 @@ def upgrade_history(con: duckdb.DuckDBPyConnection) -> int:
     upgrade itself adds no version. Returns the versions filled.
 
     document_type and freight come from the invoice's current row; status_category from the version's
-    own status and balance; a SoftwareOne credit's versions are negated (the release before sent them
-    as the source does, positive); the version of the current source version takes the current net
+    own status and balance; the credits' versions of a source whose mapping declares
+    CREDITS_STORED_POSITIVE_BEFORE_UPGRADE are negated (the release before stored them as the source sends them,
+    positive); the version of the current source version takes the current net
     and tax (e.g. a CRM.COM tax now read from the item's own tax_amount). The hash is recomputed.
     """
     con.execute("""CREATE OR REPLACE TEMP TABLE _history_upgrade AS SELECT source_name, invoice_id, valid_from
                    FROM main.invoice_history WHERE document_type IS NULL""")
     n = con.execute("SELECT count(*) FROM _history_upgrade").fetchone()[0]
     if n:
-        credit = "i.source_type = 'softwareone' AND i.document_type = 'credit_memo'"  # sent positive before
+        # Types whose mapping declares CREDITS_STORED_POSITIVE_BEFORE_UPGRADE: a one-off migration fact
+        # (the release before signed credits stored their credits' amounts positive, as the API sends them).
+        positive = [t for t, v in _declared("CREDITS_STORED_POSITIVE_BEFORE_UPGRADE").items() if v]
+        credit = f"{_types_where('i.source_type', positive)} AND i.document_type = 'credit_memo'"
         same = "h.last_modified_at IS NOT DISTINCT FROM i.last_modified_at"  # the current source version
         con.execute(
             f"""UPDATE main.invoice_history AS h SET

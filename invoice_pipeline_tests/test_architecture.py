@@ -49,3 +49,21 @@ def test_no_module_of_the_package_is_in_an_import_cycle() -> None:
     assert len(graph.modules) > 50  # the whole package was read
     cycles = _cycles(graph)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_generic_module_names_a_source_type() -> None:
+    """One folder + one registry line: outside sources/<type>/ only the registry names a built-in
+    source type, so a plugin source gets everything a built-in one gets (dry-run words, upgrade SQL...)
+    from what its own folder declares. A module branching on a type name fails here."""
+    from invoice_pipeline.source_types import SOURCE_PACKAGES
+
+    package = ROOT / "invoice_pipeline"
+    generic = [p for p in sorted(package.rglob("*.py"))
+               if p.parent.relative_to(package).parts[:1] != ("sources",) or p.parent == package / "sources"]
+    assert package / "dryrun.py" in generic and package / "upgrade.py" in generic and package / "sources" / "base.py" in generic
+    found = [f"{p.relative_to(ROOT)}:{n}: {line.strip()}" for p in generic
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if any(t in line for t in SOURCE_PACKAGES) and p != package / "source_types.py"]
+    assert not found, "generic modules naming a source type:\n" + "\n".join(found)
+    registry = (package / "source_types.py").read_text()
+    assert all(registry.count(t) == 2 for t in SOURCE_PACKAGES)  # its line: the type and its package

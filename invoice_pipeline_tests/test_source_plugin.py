@@ -136,3 +136,32 @@ def test_dagster_definitions_show_and_materialize_a_plugin_source(
         assert result.success
         meta = result.asset_materializations_for_node("fb__invoices")[0].metadata
         assert meta["source_type"].value == "fakebill" and meta["invoices_loaded"].value == 25
+
+
+def test_dry_run_of_a_plugin_source_shows_its_own_calls(tmp_path: Path, plugin_env: dict[str, str]) -> None:
+    """`run --dry-run` words each source's calls as the source declares them (Source.describe_calls),
+    so a plugin is described like a built-in one, not with a generic sentence."""
+    with FakebillSimulator(size=5) as sim:
+        config = _config(tmp_path, sim)
+        proc = subprocess.run([sys.executable, "-m", "invoice_pipeline.cli", "run", "--dry-run", "--config",
+                               str(config)], cwd=tmp_path, env={**plugin_env, "DAGSTER_HOME": str(tmp_path / "dh")},
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert sum(sim.requests.values()) == 0, dict(sim.requests)
+    assert "fb (fakebill): incremental window" in proc.stdout, proc.stdout
+    assert "calls: pages of GET /v1/invoices?modified_from=" in proc.stdout, proc.stdout
+    assert "with the X-Api-Key header" in proc.stdout and "list and detail calls" not in proc.stdout
+
+
+def test_upgrade_sql_takes_void_statuses_from_each_mapping(plugin_here: None) -> None:
+    """upgrade.status_category_sql is built from what each registered mapping declares (VOID_STATUSES,
+    DRAFT_STATUSES), a plugin's too; a type declaring none is void by its stored is_void."""
+    from invoice_pipeline.upgrade import status_category_sql
+
+    rows = [("fakebill", "void", False, 5), ("fakebill", "open", True, 5), ("crmcom", "DRAFT", False, 5),
+            ("crmcom", "REJECTED", False, 0), ("gone_type", "x", True, 0), ("gone_type", "x", False, 0)]
+    values = ", ".join(f"('{t}', '{s}', {str(v).lower()}, {b})" for t, s, v, b in rows)
+    with duckdb.connect() as con:
+        got = [c for (c,) in con.execute(f"SELECT {status_category_sql()} FROM (VALUES {values}) "
+                                         "AS t(source_type, status, is_void, balance_due)").fetchall()]
+    assert got == ["void", "open", "draft", "void", "void", "paid"]

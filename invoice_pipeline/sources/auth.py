@@ -1,4 +1,5 @@
-"""One session/token credential for every client that logs in: locking, renew-if-current, expiry.
+"""One session/token credential for every client that logs in: locking, renew-if-current, expiry
+(TokenAuth); and a static API key sent as a header (StaticTokenAuth).
 
 A subclass says only what its API does: `login()` (obtain a token and, when known, its lifetime),
 `decorate()` (put the token on a request) and, optionally, `refresh()` (a cheaper renewal before
@@ -18,6 +19,8 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any
+
+from pydantic import SecretStr
 
 from invoice_pipeline.http import Auth, HttpClient
 
@@ -99,3 +102,18 @@ class TokenAuth(Auth):
 
     def secrets(self) -> list[str]:
         return [self._token] if self._token else []
+
+
+class StaticTokenAuth(Auth):
+    """A long-lived API key sent as one header on every request: nothing to renew, so a 401 is
+    repeated once (http layer) then fatal. `template` places the key, e.g. "Bearer {}"."""
+
+    def __init__(self, header: str, token: SecretStr | str, template: str = "{}"):
+        self._header, self._template = header, template
+        self._token = token.get_secret_value() if isinstance(token, SecretStr) else token
+
+    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
+        headers[self._header] = self._template.format(self._token)
+
+    def secrets(self) -> list[str]:
+        return [self._token]

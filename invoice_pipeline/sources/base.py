@@ -147,10 +147,21 @@ class Source(ABC):
     def to_conformed(self, payload: dict[str, Any]) -> ConformedInvoice:
         """Map one raw invoice to the conformed model; raises MappingError to quarantine it."""
 
+    @classmethod
+    def describe_calls(cls, config: SourceConfig, window: Window) -> str:
+        """What one extraction of `window` would ask the API, in words (`run --dry-run`, dryrun.py).
+        No call is made; a client overrides this with its own endpoints and paging."""
+        return f"the {config.type} client's list and detail calls"
+
     # -- lifecycle: specific invoices and the full id list (re-poll, deletion reconciliation) -------
     def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
         """Batches of the current version of these invoices; an id the API no longer knows is absent.
-        customer_ids: the stored customer keys of these invoices, for APIs that list per customer."""
+        customer_ids: the stored customer keys of these invoices, for APIs that list per customer.
+        A client writes records_by_ids (the records, one by one); this batches them."""
+        return self.batches(self.records_by_ids(ids, customer_ids=customer_ids))
+
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
+        """The records fetch_by_ids batches (a client's generator); the default says the source has none."""
         raise PipelineError(f"source '{self.name}' ({self.type_name}) cannot read specific invoices (no fetch_by_ids)")
 
     def list_ids(self, since: datetime | None = None) -> set[str]:

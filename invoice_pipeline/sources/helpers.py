@@ -1,14 +1,37 @@
-"""Small helpers the clients share: comparing a field with its stored value, checking list items (a
-SourceError: the page is wrong). Checks of a record's nested parts (a MappingError: the record is
+"""Small helpers the clients share: config key types (a time zone, a currency code), comparing a field
+with its stored value, checking list items (a SourceError: the page is wrong). Checks of a record's nested parts (a MappingError: the record is
 wrong) are the mappings' and live in sources/mapping_kit.py."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import AfterValidator
 
 from invoice_pipeline.http import HttpClient
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"not a known IANA time zone: {value!r} (e.g. UTC, Europe/Nicosia)") from None
+    return value
+
+
+def _currency_code(value: str) -> str:
+    if not re.fullmatch(r"[A-Z]{3}", value):
+        raise ValueError(f"not an ISO 4217 currency code: {value!r} (e.g. USD, EUR)")
+    return value
+
+
+# Config key types: a config model declares `timezone: TimeZoneName = "UTC"` and gets the check.
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]  # an IANA zone, e.g. of an API's naive timestamps
+CurrencyCode = Annotated[str, AfterValidator(_currency_code)]  # ISO 4217, three capitals
 
 
 def same_value(read: Any, stored: Any) -> bool:

@@ -9,7 +9,9 @@ from typing import Any, Literal
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
+from invoice_pipeline.sources.auth import StaticTokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window, batched
 from invoice_pipeline_tests.fakebill.mapping import map_invoice
 
@@ -25,9 +27,18 @@ class FakebillSource(Source):
     default_page_size = 50
     key_field = "id"
 
+    @classmethod
+    def describe_calls(cls, config: FakebillConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"pages of GET /v1/invoices?modified_from={window.start.isoformat()}"
+                f"&modified_to={window.end.isoformat()}&limit={page}&offset=... with the X-Api-Key header")
+
+    def __init__(self, name: str, config: FakebillConfig, http: HttpClient | None = None):
+        super().__init__(name, config, http)
+        self.http.auth = StaticTokenAuth("X-Api-Key", config.api_key)
+
     def _get(self, path: str, params: dict[str, Any]) -> Any:
-        headers = {"X-Api-Key": self.config.api_key.get_secret_value()}
-        return self.http.request("GET", path, params=params, headers=headers).body
+        return self.http.request("GET", path, params=params).body
 
     def _pages(self, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         offset = 0

@@ -22,6 +22,7 @@ _FIELDS = {
 COLUMN_SOURCES = {table: {c: _FIELDS.get(table, {}).get(c, NOT_PROVIDED) for c in source_columns(table)}
                   for table in CONFORMED_TABLES}
 COLUMN_SOURCES["invoice_installments"] = NO_INSTALLMENTS
+VOID_STATUSES = ("void",)  # is_void below; upgrade.py's SQL reads it too
 
 
 def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
@@ -44,7 +45,7 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         "invoice_id": invoice_id,
         "invoice_number": to_text(p.get("number")),
         "status": to_text(p.get("status")),
-        "is_void": p.get("status") == "void",
+        "is_void": p.get("status") in VOID_STATUSES,
         "customer_id": to_text(customer.get("id")),
         "customer_name": to_text(customer.get("name")),
         "invoice_date": to_date(p.get("issued"), "issued"),

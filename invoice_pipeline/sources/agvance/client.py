@@ -4,11 +4,13 @@ GetInvoicesList has no paging: one call answers a whole modification window, and
 holding more than the API's limit (2,000) is refused with HTTP 200 + Status "Error". So the
 client walks the run's frozen window in slices of `window_size`, fetches slices in parallel,
 and halves any slice the API refuses until it fits (one second at the smallest).
+One call and its halving: listing.py; the login: auth.py.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, ClassVar, Literal
@@ -16,25 +18,18 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BeforeValidator, SecretStr, field_validator
 
 from invoice_pipeline.config import Duration, SourceConfig
-from invoice_pipeline.errors import AuthExpired
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
+from invoice_pipeline.sources.agvance.auth import AgvanceSessionAuth
+from invoice_pipeline.sources.agvance.listing import (  # noqa: F401 - COUNT_ATTEMPTS re-exported
+    COUNT_ATTEMPTS, SECOND, Listings, _floor, number_ranges)
 from invoice_pipeline.sources.agvance.mapping import invoice_key, last_modified, map_invoice
-from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import require_objects
 
 log = logging.getLogger("invoice_pipeline.agvance")
 
-LOGIN_PATH = "/Login"
-LIST_PATH = "/Invoice/GetInvoicesList"
-LIST_ENDPOINT = f"POST {LIST_PATH}"
-API_TIME = "%Y-%m-%dT%H:%M:%S"  # the API's bound format: UTC, second precision
-SECOND = timedelta(seconds=1)
 ITEMS_PER_CALL = 50  # request items (number ranges) per GetInvoicesList call when reading specific invoices
 LIST_IDS_SLICE = timedelta(days=92)  # span per call when listing every key (halved when refused)
-RANGE_GAP = 20  # invoice numbers this close share one range (a few extra invoices beat another item)
-COUNT_ATTEMPTS = 3  # a window whose Count disagrees with its records is asked this often, then the run fails
 
 
 def _text(value: Any) -> Any:
@@ -64,63 +59,20 @@ class AgvanceConfig(SourceConfig):
         return value
 
 
-class AgvanceSessionAuth(TokenAuth):
-    """Login once per session; the session dies after 60 idle minutes -> log in again once."""
-
-    IDLE_LIMIT = 55 * 60  # seconds: re-login proactively a little before the documented 60
-
-    def __init__(self, http: HttpClient, api_key: str, username: str, password: str, database_id: str):
-        super().__init__(http)
-        self._api_key = api_key
-        self._credentials = {"UserName": username, "Password": password, "DatabaseID": database_id}
-
-    @property
-    def _session(self) -> str | None:
-        return self._token
-
-    def _check_login(self, status: int, body: Any) -> None:
-        if not isinstance(body, dict):
-            raise self._http.error("login answered with no JSON object", endpoint=f"POST {LOGIN_PATH}", status=status)
-        if str(body.get("Status", "")).lower() != "success" or not body.get("SessionID"):
-            raise self._http.error(
-                f"login failed: {body.get('Message') or body.get('Status') or 'no SessionID'}; "
-                "check api_key, username, password and database_id",
-                endpoint=f"POST {LOGIN_PATH}",
-                status=status,
-            )
-
-    def login(self) -> tuple[str, float | None]:
-        resp = self._http.request(
-            "POST", LOGIN_PATH, headers={"ApiKey": self._api_key}, json=self._credentials,
-            use_auth=False, validate=self._check_login,
-        )
-        return str(resp.body["SessionID"]), None  # no fixed lifetime: it dies when idle
-
-    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
-        headers["ApiKey"] = self._api_key
-        headers["SessionID"] = token
-
-    def secrets(self) -> list[str]:
-        return [s for s in (self._api_key, self._token) if s]
-
-
-class _TooLarge(Exception):
-    """The API refused a window: more invoices than it answers in one call."""
-
-
-def _floor(ts: datetime) -> datetime:
-    return ts.astimezone(UTC).replace(microsecond=0)
-
-
-def _fmt(ts: datetime) -> str:
-    return ts.astimezone(UTC).strftime(API_TIME)
-
-
-class AgvanceSource(Source):
+class AgvanceSource(Listings, Source):
     type_name = "agvance"
     config_model = AgvanceConfig
     default_page_size = 2000  # not a page: the API's maximum result set per window
     has_installments = False
+
+    @classmethod
+    def describe_calls(cls, config: AgvanceConfig, window: Window) -> str:
+        size = getattr(config, "window_size", None)
+        slices = math.ceil((window.end - window.start) / size) if size else 1
+        span = f"{size.total_seconds() / 86400:g} days" if size else "the whole window"
+        return (f"login (ApiKey + SessionID), then GetInvoicesList per lastModified slice of {span}: "
+                f"{max(slices, 1)} slice(s), {config.concurrency} at a time, a slice the API refuses as too "
+                "large halved until it fits; then the invoices' details")
 
     def __init__(self, name: str, config: AgvanceConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
@@ -130,78 +82,6 @@ class AgvanceSource(Source):
             config.password.get_secret_value(), config.database_id,
         )
         self.http.auth = self.auth
-
-    # -- one call ------------------------------------------------------------------------------
-    def _validate(self, status: int, body: Any) -> None:
-        """Errors arrive with HTTP 200: Status must be 'Success' on every response."""
-        if not isinstance(body, dict):
-            raise self.http.error("response is not a JSON object", endpoint=LIST_ENDPOINT, status=status)
-        if str(body.get("Status", "")).lower() == "success":
-            return
-        message = str(body.get("Message") or "")
-        lowered = message.lower()
-        if "too large" in lowered:
-            raise _TooLarge(message)
-        if "session" in lowered and ("expired" in lowered or "invalid" in lowered):
-            raise AuthExpired(message)
-        raise self.http.error(
-            f"API answered Status {body.get('Status')!r}: {message or '(no message)'}",
-            endpoint=LIST_ENDPOINT,
-            status=status,
-        )
-
-    def _list(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """Invoices with start <= LastModifiedUtc <= end (both inclusive, whole seconds), narrowed by items.
-
-        `Count` is the API's own statement of how many invoices the answer holds: an answer whose
-        records disagree with it (cut short by a proxy or the server) is asked again, and fails the
-        run if it still disagrees; it is never taken as it is."""
-        params = {"lastModifiedOnOrAfterUtc": _fmt(start), "lastModifiedOnOrBeforeUtc": _fmt(end)}
-        span = f"window {_fmt(start)}..{_fmt(end)}"
-        for attempt in range(1, COUNT_ATTEMPTS + 1):
-            # An empty request item means "no narrowing" (customer, location, ...).
-            body = self.http.request(
-                "POST", LIST_PATH, params=params, json={"InvoiceListRequestItems": items or [{}]}, validate=self._validate
-            ).body
-            records = body.get("InvoiceRecords")
-            if not isinstance(records, list):
-                raise self.http.error(f"{span}: response has no 'InvoiceRecords' array", endpoint=LIST_ENDPOINT)
-            try:
-                count = int(str(body.get("Count")).strip())
-            except ValueError:
-                raise self.http.error(
-                    f"{span}: Count is not a number: {body.get('Count')!r}", endpoint=LIST_ENDPOINT
-                ) from None
-            self.stats.count("pages")
-            if count == len(records):
-                break
-            self.stats.count("count_mismatches")
-            if attempt == COUNT_ATTEMPTS:
-                raise self.http.error(
-                    f"{span}: Count says {count} invoices but InvoiceRecords holds {len(records)} "
-                    f"(asked {COUNT_ATTEMPTS} times); nothing of this run is kept", endpoint=LIST_ENDPOINT
-                )
-            log.warning("source '%s': %s: Count says %d invoices but InvoiceRecords holds %d; asking again (%d/%d)",
-                        self.name, span, count, len(records), attempt, COUNT_ATTEMPTS - 1)
-        require_objects(self.http, records, f"{span}: InvoiceRecords", LIST_ENDPOINT)
-        self.stats.count("scanned", len(records))
-        return records
-
-    def _fetch(self, start: datetime, end: datetime, items: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-        """One window; a refused window is halved ([start, mid] and [mid+1s, end]) until it fits."""
-        try:
-            return self._list(start, end, items)
-        except _TooLarge as exc:
-            if end <= start:
-                raise self.http.error(
-                    f"more invoices than the API returns in one call were modified in the single second "
-                    f"{_fmt(start)} ({exc}); the window cannot be narrowed further",
-                    endpoint=LIST_ENDPOINT,
-                ) from None
-        mid = start + timedelta(seconds=int((end - start).total_seconds()) // 2)
-        self.stats.count("window_splits")
-        log.debug("source '%s': window %s..%s too large, splitting at %s", self.name, _fmt(start), _fmt(end), _fmt(mid))
-        return self._fetch(start, mid, items) + self._fetch(mid + SECOND, end, items)
 
     # -- the walk ------------------------------------------------------------------------------
     def _windows(self, start: datetime, end: datetime) -> Iterator[tuple[datetime, datetime]]:
@@ -281,38 +161,16 @@ class AgvanceSource(Source):
         """start_date .. a day ahead: everything loadable, and nothing modified while we read is missed."""
         return _floor(self.config.start_date), _floor(datetime.now(UTC) + timedelta(days=1))
 
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: request items (locationId, startInvoiceNumber,
         endInvoiceNumber) over near-contiguous number ranges, ITEMS_PER_CALL per call, no date bound
         beyond start_date. Filtered to the ids asked for, so an API that ignores the number range is
-        still correct (it only returns more, and a too-large answer splits by time as usual)."""
-        yield from self.batches(self._records_by_ids(ids))
+        still correct (it only returns more, and a too-large answer splits by time as usual).
 
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        """Newest version of each asked-for invoice. A later answer can supersede an earlier one,
+        Newest version of each asked-for invoice. A later answer can supersede an earlier one,
         so every call is read before the first record leaves (the set is bounded by `ids`)."""
         wanted = set(ids)
-        numbers: dict[str, list[int]] = {}
-        for key in wanted:
-            location, _, number = key.rpartition("-")
-            if location and number.isdigit():
-                numbers.setdefault(location, []).append(int(number))
-            else:  # not a range-able number: the whole location
-                numbers.setdefault(location, [])
-        items: list[dict[str, Any]] = []
-        for location, nums in sorted(numbers.items()):
-            if not nums:
-                items.append({"locationId": location})
-                continue
-            nums.sort()
-            lo = hi = nums[0]
-            for n in nums[1:] + [None]:
-                if n is not None and n - hi <= RANGE_GAP:
-                    hi = n
-                    continue
-                items.append({"locationId": location, "startInvoiceNumber": lo, "endInvoiceNumber": hi})
-                if n is not None:
-                    lo = hi = n
+        items = number_ranges(wanted)
         start, end = self._all_time()
         groups = [items[i : i + ITEMS_PER_CALL] for i in range(0, len(items), ITEMS_PER_CALL)]
         newest: dict[str, SourceRecord] = {}

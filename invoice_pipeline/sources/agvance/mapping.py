@@ -19,6 +19,11 @@ HEADER = "InvoiceRecordHeaderDetails"
 LINES = "InvoiceRecordLineItemDetails"
 TAXES = "InvoiceTaxCodeDetails"
 US_DATE = "%m/%d/%Y"
+# The stored `status` values that mean void and draft (Agvance has a Void flag and no drafts: the
+# mapping writes this status for a voided invoice); upgrade.py builds its SQL for rows an earlier
+# release wrote from these constants.
+VOID_STATUSES = ("Void",)
+DRAFT_STATUSES: tuple[str, ...] = ()
 
 # Where each conformed column comes from (the warehouse's column comments are built from this).
 COLUMN_SOURCES: dict[str, dict[str, str]] = {
@@ -172,7 +177,7 @@ def map_invoice(p: dict[str, Any], source_name: str, currency: str = "USD") -> C
         "source_type": "agvance",
         "invoice_id": invoice_id,
         "invoice_number": to_text(p.get("InvoiceNumber")),
-        "status": "Void" if void else ("Paid" if balance == 0 else "Open"),
+        "status": VOID_STATUSES[0] if void else ("Paid" if balance == 0 else "Open"),
         # Agvance has no document type: a negative total is a credit, sent signed already
         "document_type": "credit_memo" if total < 0 else "invoice",
         "status_category": status_category(void, False, balance),

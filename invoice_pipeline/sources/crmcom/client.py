@@ -6,49 +6,36 @@ naive `log_information.updated_date`, read in the tenant's `timezone`, falls ins
 
 Paging (docs/SOURCES.md, "crmcom"): `number_of_results`/`offset` exist from R13 only and a
 server may cap a page below what was asked, so a listing is read until an empty page, never stopped
-at a short one, with the guards of paging.UntilEmptyPaginator (a server before R13 ignores `offset`).
+at a short one, with the guards of paging.UntilEmptyPaginator (a server before R13 ignores `offset`):
+listing.py. The login and the body's status check: auth.py.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
-import time
 from contextlib import closing
 from collections.abc import Collection, Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import SecretStr, field_validator
+from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
-from invoice_pipeline.errors import AuthExpired, SourceError
-from invoice_pipeline.http import HttpClient, Validator
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_text, to_timestamp
-from invoice_pipeline.timeutil import wall_time_readings
-from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import compare_stored
-from invoice_pipeline.sources.paging import UntilEmptyPaginator, WalkCounts
+from invoice_pipeline.sources.helpers import CurrencyCode, TimeZoneName, compare_stored
+from invoice_pipeline.sources.crmcom.auth import CrmTokenAuth
+from invoice_pipeline.sources.crmcom.listing import Listings, _AccountResult
 from invoice_pipeline.sources.crmcom.mapping import map_invoice
 
 log = logging.getLogger("invoice_pipeline.crmcom")
 
-AR_PATH = "/accounts_receivable/list"
-INVOICES_PATH = "/invoices/list"
-MAX_PAGE = 500  # a page size we never ask beyond in normal paging (servers cap silently anyway)
-MAX_WHOLE_LIST = 100_000  # the largest number_of_results asked of a server that ignores offset
-AR_STATES = ("ACTIVE", "SUSPENDED", "TERMINATED")  # documented life_cycle_state values of an AR
 # Compared with the stored version for invoices read outside the window (a payment moves them
 # without moving updated_date); COMPARE_CHUNK of them per warehouse query.
 BALANCE_FIELDS = ("outstanding_amount", "life_cycle_state")
 COMPARE_CHUNK = 2000
-# Wider than any zone's DST shift (2 h at most): only timestamps this close to the window's edges
-# can have a second reading inside it, so only they are read twice.
-DST_MARGIN = timedelta(hours=3)
 
 
 class CrmcomConfig(SourceConfig):
@@ -57,246 +44,30 @@ class CrmcomConfig(SourceConfig):
     username: str
     password: SecretStr
     organisation: str
-    timezone: str = "UTC"  # zone of the API's naive timestamps
-    currency: str = "USD"  # for invoices without currency_rate_period
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise ValueError(f"not a known IANA time zone: {value!r} (e.g. UTC, Europe/Nicosia)") from None
-        return value
-
-    @field_validator("currency")
-    @classmethod
-    def _currency_code(cls, value: str) -> str:
-        if not re.fullmatch(r"[A-Z]{3}", value):
-            raise ValueError(f"not an ISO 4217 currency code: {value!r} (e.g. USD, EUR)")
-        return value
+    timezone: TimeZoneName = "UTC"  # zone of the API's naive timestamps
+    currency: CurrencyCode = "USD"  # for invoices without currency_rate_period
 
 
-def status_validator(http: HttpClient, endpoint: str, what: str) -> Validator:
-    """Every CRM.COM body has `status`; a code other than OK is an error even with HTTP 200."""
-
-    def validate(status: int, body: Any) -> None:
-        st = body.get("status") if isinstance(body, dict) else None
-        if not isinstance(st, dict):
-            raise http.error(f"{what}: response has no 'status' object", endpoint=endpoint, status=status)
-        code = st.get("code")
-        if code == "OK":
-            return
-        detail = st.get("message") or st.get("description") or ""
-        if code == "INVALID_TOKEN":  # normally sent with HTTP 401; renew and repeat once either way
-            raise AuthExpired(f"INVALID_TOKEN {detail}".strip())
-        raise http.error(f"{what}: API error {code}: {detail}".rstrip(": "), endpoint=endpoint, status=status)
-
-    return validate
-
-
-class CrmTokenAuth(TokenAuth):
-    """Token from POST authentication/token, sent as the `token` query parameter.
-
-    Tokens live 2 hours and cannot be refreshed: a new one is obtained at RENEW_AT of that life,
-    and once after INVALID_TOKEN. Tokens are released (token/release) at the end of the run.
-    """
-
-    RENEW_AT = 0.9
-
-    def __init__(self, http: HttpClient, username: str, password: str, organisation: str, lifetime: float = 7200.0):
-        super().__init__(http)
-        self._credentials = {"username": username, "password": password, "organisation": organisation}
-        self.lifetime = lifetime
-        self._retired: list[tuple[str, float]] = []  # (token, issued) replaced before expiry: released at the end
-        self._releasing: list[str] = []
-
-    def login(self) -> tuple[str, float | None]:
-        endpoint = "POST /authentication/token"
-        what = f"login of user {self._credentials['username']!r} to organisation {self._credentials['organisation']!r}"
-        body = self._http.request(
-            "POST", "/authentication/token", json=self._credentials, use_auth=False,
-            validate=status_validator(self._http, endpoint, what),
-        ).body
-        token = body.get("data", {}).get("token") if isinstance(body.get("data"), dict) else None
-        if not token:
-            raise self._http.error(f"{what}: answered without data.token", endpoint=endpoint)
-        return str(token), self.lifetime
-
-    def replaced(self, token: str, issued: float) -> None:
-        self._retired.append((token, issued))
-
-    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
-        params["token"] = token
-
-    def secrets(self) -> list[str]:
-        return [t for t in (self._token, *(t for t, _ in self._retired), *self._releasing) if t]
-
-    def close(self) -> None:
-        """Release every token still valid; failures are logged, never raised (a run may be failing already)."""
-        with self._lock:
-            alive = time.monotonic() - self.lifetime
-            tokens = [t for t, issued in self._retired if issued > alive] + ([self._token] if self._token else [])
-            self._token, self._retired, self._releasing = None, [], tokens
-        for token in tokens:
-            try:
-                self._http.request(
-                    "POST", "/authentication/token/release", json={"token": token}, use_auth=False,
-                    validate=status_validator(self._http, "POST /authentication/token/release", "token release"),
-                )
-            except SourceError as exc:
-                log.warning("source '%s': could not release a token: %s", self._http.source, exc)
-        self._releasing = []
-
-
-@dataclass
-class _AccountResult:
-    """What one worker found in one AR's invoices (merged into the stats by the calling thread)."""
-
-    account_id: str
-    walk: WalkCounts = field(default_factory=WalkCounts)
-    scanned: int = 0
-    outside: int = 0
-    undated: int = 0
-    records: list[SourceRecord] = field(default_factory=list)
-    older: list[SourceRecord] = field(default_factory=list)  # outside the window, last modified before it
-    newer: int = 0  # outside the window, last modified after it (not compared)
-
-
-class CrmcomSource(Source):
+class CrmcomSource(Listings, Source):
     type_name = "crmcom"
     key_field = "id"
     config_model = CrmcomConfig
     default_page_size = 200
     has_installments = False
 
+    @classmethod
+    def describe_calls(cls, config: CrmcomConfig, window: Window) -> str:
+        return ("login (token), then pages of POST /accounts_receivable/list, then for every accounts "
+                f"receivable the pages of /invoices/list ({config.concurrency} ARs at a time); the API has "
+                "no date filter, so every invoice is listed and those whose updated_date falls inside the "
+                "window are kept")
+
     def __init__(self, name: str, config: CrmcomConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
         self.config: CrmcomConfig = config
         self.auth = CrmTokenAuth(self.http, config.username, config.password.get_secret_value(), config.organisation)
         self.http.auth = self.auth
-        # Paging that reads until an empty page; it learns the server's cap and whether offset works.
-        self.pager = UntilEmptyPaginator(self.http, log, page_size=self.page_size, max_whole_list=MAX_WHOLE_LIST,
-                                         limit_param="number_of_results")
-        self._ar_filter_required: bool | None = None  # None = not tried; True = list ARs per life_cycle_state
-
-    @property
-    def page_size(self) -> int:
-        return min(super().page_size, MAX_PAGE)
-
-    # What the paginator learned in this run (tests and operators set or read them here).
-    _server_cap = property(lambda self: self.pager.server_cap,
-                           lambda self, value: setattr(self.pager, "server_cap", value))
-    _offset_ignored = property(lambda self: self.pager.offset_ignored,
-                               lambda self, value: setattr(self.pager, "offset_ignored", value))
-
-    # -- paging ----------------------------------------------------------------------------
-    def _page(self, path: str, params: dict[str, Any], what: str) -> list[Any]:
-        """One page of a list endpoint; the body's status is checked even on HTTP 200."""
-        endpoint = f"GET {path}"
-        body = self.http.request("GET", path, params=params, validate=status_validator(self.http, endpoint, what)).body
-        data = body.get("data")
-        if data is None:
-            return []
-        if not isinstance(data, list):
-            raise self.http.error(f"{what}: 'data' is not a list", endpoint=endpoint)
-        return data
-
-    @staticmethod
-    def _key(item: Any) -> str:
-        """An item's id; an item without one is keyed by its content (so a repeat is still seen)."""
-        item_id = to_text(item.get("id")) if isinstance(item, dict) else None
-        return item_id or "#" + repr(item)
-
-    def _walk(self, path: str, params: dict[str, Any], what: str, counts: WalkCounts) -> Iterator[list[Any]]:
-        """Every item of one listing, as lists of items not seen before (see paging.UntilEmptyPaginator)."""
-        return self.pager.walk(lambda query, asked: self._page(path, query, asked), params, what, f"GET {path}",
-                               counts, self._key)
-
-    def _accounts(self) -> Iterator[str]:
-        """Every AR id. The unfiltered list may be refused (each filter of the method is semi-optional,
-        one required): then one listing per documented life_cycle_state."""
-        counts = WalkCounts()
-        try:
-            if not self._ar_filter_required:
-                try:
-                    for page in self._walk(AR_PATH, {}, "accounts receivable", counts):
-                        yield from self._ar_ids(page)
-                    self._ar_filter_required = False
-                    return
-                except SourceError as exc:
-                    if "MISSING_PARAMETER" not in str(exc) or counts.pages:
-                        raise
-                    log.warning("source '%s': the unfiltered accounts receivable list was refused (%s); "
-                                "listing them per life_cycle_state %s", self.name, exc, ", ".join(AR_STATES))
-                    self._ar_filter_required = True
-            seen: set[str] = set()
-            for state in AR_STATES:
-                for page in self._walk(AR_PATH, {"life_cycle_state": state}, f"{state} accounts receivable", counts):
-                    for ar_id in self._ar_ids(page):
-                        if ar_id not in seen:  # an AR changing state between two listings
-                            seen.add(ar_id)
-                            yield ar_id
-        finally:
-            extra = self.stats.extra
-            self.stats.pages += counts.pages
-            extra["account_pages"] = extra.get("account_pages", 0) + counts.pages
-            extra["account_listing"] = "per life_cycle_state" if self._ar_filter_required else "unfiltered"
-            self.pager.add(counts)
-
-    def _ar_ids(self, page: list[Any]) -> Iterator[str]:
-        for ar in page:
-            ar_id = to_text(ar.get("id")) if isinstance(ar, dict) else None
-            if not ar_id:
-                raise self.http.error(f"an accounts receivable has no id: {ar!r}"[:300], endpoint=f"GET {AR_PATH}")
-            yield ar_id
-
-    def _in_window(self, record: SourceRecord, window: Window) -> bool:
-        """Inside the window under either reading of its naive local time: in the repeated hour at
-        the end of DST (and the skipped one at its start) a wall time denotes two instants, and the
-        one stored (fold=0, see identify) may lie an hour before the true one and the window."""
-        ts = record.last_modified_at
-        if ts is None or window.start <= ts <= window.end:
-            return True
-        if not window.start - DST_MARGIN <= ts <= window.end + DST_MARGIN or self.config.timezone == "UTC":
-            return False
-        log_info = record.payload.get("log_information")
-        text = log_info.get("updated_date") if isinstance(log_info, dict) else None
-        try:
-            readings = wall_time_readings(str(text), self.config.timezone)
-        except ValueError:
-            return False
-        return any(window.start <= t <= window.end for t in readings)
-
-    def _account_invoices(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult:
-        """All invoices of one AR (one identifier per call, as the API requires), filtered to the window."""
-        result = _AccountResult(ar_id)
-        what = f"invoices of accounts receivable {ar_id}"
-        walk = self._walk(INVOICES_PATH, {"accounts_receivable_identifier": f"id={ar_id}"}, what, result.walk)
-        try:
-            for page in walk:
-                if stop.is_set():
-                    break
-                for payload in page:
-                    if not isinstance(payload, dict):
-                        raise self.http.error(f"{what}: an item is not an object: {payload!r}"[:300],
-                                              endpoint=f"GET {INVOICES_PATH}")
-                    result.scanned += 1
-                    record = self.record_or_raw(payload)
-                    if record.last_modified_at is None:
-                        result.undated += 1  # cannot be placed in time: pass it on (mapping decides)
-                    elif not self._in_window(record, window):
-                        result.outside += 1
-                        if record.last_modified_at < window.start:
-                            result.older.append(record)  # compared with the stored version (see _changed_older)
-                        else:
-                            result.newer += 1  # a newer version than the window: the next run's
-                        continue
-                    result.records.append(record)
-        finally:
-            walk.close()
-            self.pager.add(result.walk)
-        return result
+        self._init_listing()
 
     def _merge(self, result: _AccountResult, seen: set[str]) -> list[SourceRecord]:
         extra = self.stats.extra
@@ -328,20 +99,6 @@ class CrmcomSource(Source):
             self._log_walks()
             # Release the token even when the run fails (close() would too; releasing twice is a no-op).
             self.auth.close()
-
-    def _log_walks(self) -> None:
-        """One line with what every listing did: pages, ids seen, ids new, and each oddity met."""
-        w, extra = self.pager.totals, self.stats.extra
-        extra.update(list_pages=w.pages, list_rows=w.rows, list_ids_new=w.new, empty_pages_rechecked=w.empty_rechecked,
-                     empty_pages_not_end=w.empty_not_end, listings_offset_ignored=w.offset_ignored,
-                     server_page_cap=self.pager.server_cap)
-        log.info(
-            "source '%s': listings: %d pages, %d rows read, %d distinct ids new to their listing, %d kept in the "
-            "window; accounts listed %s; %d empty pages asked again (%d were not the end); %d listings where the "
-            "server ignored offset; page cap seen: %s",
-            self.name, w.pages, w.rows, w.new, self.stats.kept, extra.get("account_listing", "-"), w.empty_rechecked,
-            w.empty_not_end, w.offset_ignored, self.pager.server_cap or "none",
-        )
 
     def _changed_older(self, older: list[SourceRecord], seen: set[str]) -> list[SourceRecord]:
         """Of invoices read but last modified before the window, those whose outstanding_amount or
@@ -404,22 +161,9 @@ class CrmcomSource(Source):
         return map_invoice(payload, self.name, timezone=self.config.timezone, currency=self.config.currency)
 
     # -- lifecycle: specific invoices, the full id list ---------------------------------------
-    def _account_or_none(self, ar_id: str, window: Window, stop: threading.Event) -> _AccountResult | None:
-        """One AR's invoices; None when the AR itself is gone (INVALID_PARAMETER), not a failure."""
-        try:
-            return self._account_invoices(ar_id, window, stop)
-        except SourceError as exc:
-            if "INVALID_PARAMETER" not in str(exc):
-                raise
-            log.warning("source '%s': accounts receivable %s no longer exists; skipped", self.name, ar_id)
-            return None
-
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: the API lists invoices only per AR, so read the ARs
         that hold them (customer_ids = accounts_receivable.id as stored) or, without them, every AR."""
-        yield from self.batches(self._records_by_ids(ids, customer_ids))
-
-    def _records_by_ids(self, ids: Collection[str], customer_ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = set(ids)
         everything = Window(datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
         stop = threading.Event()
@@ -435,23 +179,6 @@ class CrmcomSource(Source):
                 wanted.difference_update(record.invoice_id for record in fresh)
                 self.stats.kept += len(fresh)
                 yield from fresh
-
-    def _account_ids(self, ar_id: str) -> tuple[list[str], int]:
-        """Ids of one AR's invoices (fields_set=id keeps the pages small); also the page count."""
-        ids: list[str] = []
-        counts = WalkCounts()
-        params = {"accounts_receivable_identifier": f"id={ar_id}", "fields_set": "id"}
-        try:
-            for page in self._walk(INVOICES_PATH, params, f"invoice ids of accounts receivable {ar_id}", counts):
-                for item in page:
-                    invoice_id = to_text(item.get("id")) if isinstance(item, dict) else None
-                    if not invoice_id:
-                        raise self.http.error(f"invoices of accounts receivable {ar_id}: an item has no id: {item!r}"[:300],
-                                              endpoint=f"GET {INVOICES_PATH}")
-                    ids.append(invoice_id)
-        finally:
-            self.pager.add(counts)
-        return ids, counts.pages
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id of every AR. `since` is ignored: the API has no date filter."""

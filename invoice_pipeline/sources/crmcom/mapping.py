@@ -21,6 +21,10 @@ from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_decimal, to_
 from invoice_pipeline.sources.mapping_kit import nested_object as _obj
 from invoice_pipeline.sources.mapping_kit import objects, required_text
 
+# The stored `status` values that mean void and draft: status_category and is_void are computed from
+# them here, and upgrade.py builds its SQL for rows an earlier release wrote from the same constants.
+VOID_STATUSES = ("CANCELLED", "REJECTED")
+DRAFT_STATUSES = ("DRAFT",)
 ZERO = Decimal("0.0000")
 _TENANT_TZ = " (naive: in the tenant's time zone)"
 
@@ -182,8 +186,8 @@ def map_invoice(p: dict[str, Any], source_name: str, *, timezone: str = "UTC", c
         "invoice_number": to_text(p.get("number")),  # null for DRAFT invoices
         "status": status,
         "document_type": doc_type,
-        "status_category": status_category(status in ("CANCELLED", "REJECTED"), status == "DRAFT", balance),
-        "is_void": status in ("CANCELLED", "REJECTED"),
+        "status_category": status_category(status in VOID_STATUSES, status in DRAFT_STATUSES, balance),
+        "is_void": status in VOID_STATUSES,
         "is_truncated": False,
         "customer_id": to_text(ar.get("id")),
         "customer_name": to_text(ar.get("name")),

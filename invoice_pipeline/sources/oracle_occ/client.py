@@ -5,6 +5,7 @@ refuse it or ignore it. The client probes once per run and, without a working fi
 the list alone (details only of invoices new to the warehouse or whose list fields changed).
 The re-poll of open invoices (`repoll`) compares list pages with the warehouse the same way, so it
 costs list pages, not a detail call per open invoice.
+The list walk, its mode probe and that re-poll are in listing.py, the login in auth.py.
 """
 
 from __future__ import annotations
@@ -20,27 +21,16 @@ from invoice_pipeline.config import SourceConfig
 from invoice_pipeline.errors import SourceError
 from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError, to_timestamp
-from invoice_pipeline.sources.auth import TokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import compare_stored, require_objects
-from invoice_pipeline.sources.paging import HasMorePaginator, PageGuard
+from invoice_pipeline.sources.helpers import compare_stored
+from invoice_pipeline.sources.oracle_occ.auth import OracleTokenAuth
+from invoice_pipeline.sources.oracle_occ.listing import (  # noqa: F401 - the list modes, re-exported
+    FILTER, LIST_FIELDS, LIST_ONLY_IGNORED, LIST_ONLY_REFUSED, LIST_PATH, Listings, _id_ranges, _item_id)
 from invoice_pipeline.sources.oracle_occ.mapping import map_invoice
 from invoice_pipeline.timeutil import iso_utc
 from invoice_pipeline.logfold import fold_repeats
 
 log = logging.getLogger("invoice_pipeline.oracle_occ")
-
-LIST_PATH = "/ccstore/v1/selfservice/invoices"
-PAGE_RETRIES = 2  # re-requests of a list page that ends the listing early, before failing the run
-# List modes: the filter works, or the list alone (q refused with a 400, or q ignored).
-FILTER = "filter"
-LIST_ONLY_REFUSED = "list-only (q refused)"
-LIST_ONLY_IGNORED = "list-only (q ignored)"
-PROBE_Q = "LastUpdateDate>='2999-01-01T00:00:00Z'"  # matches nothing on a tenant that honours q
-# Fields list items carry that change when an invoice does (compared with the stored version).
-LIST_FIELDS = ("InvoiceBalanceAmount", "EnteredAmount", "InvoiceStatus", "DueDate")
-RANGE_SPLIT_PAGES = 2  # re-poll: open ids further apart than this many pages of ids are listed apart
-COMPARE_CHUNK = 500  # re-poll: listed invoices compared with the warehouse per query
 
 
 class OracleOccConfig(SourceConfig):
@@ -50,45 +40,21 @@ class OracleOccConfig(SourceConfig):
     password: SecretStr
 
 
-class OracleTokenAuth(TokenAuth):
-    """Password-grant bearer token, refreshed before it expires and re-obtained on a 401."""
-
-    RENEW_AT = 0.8  # share of the token's life after which it is refreshed
-
-    def __init__(self, http: HttpClient, username: str, password: str):
-        super().__init__(http)
-        self._form = {"grant_type": "password", "username": username, "password": password}
-
-    def _token_of(self, body: Any, endpoint: str) -> tuple[str, float | None]:
-        if not isinstance(body, dict) or not body.get("access_token"):
-            raise self._http.error("login answered without an access_token", endpoint=endpoint)
-        return body["access_token"], float(body.get("expires_in") or 300)
-
-    def login(self) -> tuple[str, float | None]:
-        resp = self._http.request("POST", "/ccstore/v1/login", data=self._form, use_auth=False)
-        return self._token_of(resp.body, "POST /ccstore/v1/login")
-
-    def refresh(self, token: str) -> tuple[str, float | None]:
-        try:
-            resp = self._http.request(
-                "POST", "/ccstore/v1/refresh", headers={"Authorization": f"Bearer {token}"}, use_auth=False
-            )
-            return self._token_of(resp.body, "POST /ccstore/v1/refresh")
-        except SourceError as exc:
-            log.info("source '%s': token refresh failed (%s); logging in again", self._http.source, exc.status)
-            return self._logged_in()
-
-    def decorate(self, headers: dict[str, str], params: dict[str, Any], token: str) -> None:
-        headers["Authorization"] = f"Bearer {token}"
-
-
-class OracleOccSource(Source):
+class OracleOccSource(Listings, Source):
     type_name = "oracle_occ"
     config_model = OracleOccConfig
     default_page_size = 25  # the API caps limit at 25 anyway
     has_installments = True
     key_field = "CustomerTransactionId"
     page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a page that ended early
+
+    @classmethod
+    def describe_calls(cls, config: OracleOccConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"login (bearer token), then list pages of GET /ccstore/v1/selfservice/invoices with "
+                f"q=LastUpdateDate>='{window.start.isoformat()}', orderBy=CustomerTransactionId:asc, "
+                f"limit={page}, then one detail call GET .../invoices/<id> per listed invoice "
+                f"({config.concurrency} at a time)")
 
     def __init__(self, name: str, config: OracleOccConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
@@ -98,58 +64,7 @@ class OracleOccSource(Source):
         self._changed_unwritten = False  # a changed invoice was left out (newer than the window)
         self._compared_all = False  # list-only mode compared every listed invoice with the warehouse
 
-    # -- extraction --------------------------------------------------------------------------
-    def _page(self, params: dict[str, Any], count: bool = True) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        body = self.http.request("GET", LIST_PATH, params=params).body
-        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
-            raise self.http.error("list response has no 'items' array", endpoint=f"GET {LIST_PATH}")
-        items = require_objects(self.http, body["items"], f"list page at offset {params['offset']}", f"GET {LIST_PATH}")
-        if count:
-            self.stats.count("pages")  # re-poll walks run in parallel
-        return body, items
-
-    def _walk(self, q: str | None) -> Iterator[list[dict[str, Any]]]:
-        """List items in id order (immutable), page by page, each page the items not seen before,
-        with the guards of paging.HasMorePaginator (short pages, repeated pages, a shrinking list)."""
-        def params(offset: int) -> dict[str, Any]:
-            at = {"orderBy": "CustomerTransactionId:asc", "limit": self.page_size, "offset": offset,
-                  "totalResults": "true"}
-            return at if q is None else {**at, "q": q}
-
-        guard = PageGuard(self.http, self.stats, log, f"GET {LIST_PATH}", retries=PAGE_RETRIES,
-                          pause=self.page_retry_pause)
-        return HasMorePaginator(guard).walk(
-            lambda offset: self._page(params(offset)),
-            lambda offset: f"GET {LIST_PATH}?{_query(params(offset))}",
-            lambda item: _item_id(item) or "#" + repr(sorted(item.items())),  # no id: keyed by its content
-        )
-
-    def _filter_mode(self) -> str:
-        """Whether the tenant honours the list filter `q` (FILTER), refuses it (400) or ignores it.
-
-        `q` on this endpoint is our reading of Fusion's REST conventions, not something the
-        self-service docs promise. One probe per run asks for invoices updated in the year 2999:
-        an honouring tenant answers none, one that ignores `q` answers some, one that refuses it 400.
-        """
-        if self._mode is not None:
-            return self._mode
-        params = {"q": PROBE_Q, "limit": 1, "offset": 0}
-        try:
-            body, items = self._page(params, count=False)  # a probe, not a page of the listing
-        except SourceError as exc:
-            if exc.status != 400:
-                raise
-            self._mode = LIST_ONLY_REFUSED
-            log.warning("source '%s': the list filter q was refused (%s); working from the list alone", self.name, exc)
-        else:
-            self._mode = LIST_ONLY_IGNORED if items else FILTER
-            if items:
-                log.warning("source '%s': the list filter q is ignored (q=%s returned invoices); working from the "
-                            "list alone", self.name, PROBE_Q)
-        self.stats.extra["list_mode"] = self._mode
-        log.info("source '%s': list mode: %s", self.name, self._mode)
-        return self._mode
-
+    # -- extraction (the list walk and its mode: listing.py) -----------------------------------
     def _ids_to_fetch(self, window: Window) -> Iterator[str | dict[str, Any]]:
         """Ids whose detail this window needs: from the filtered list, or (list-only mode) the
         listed ids that are new to the warehouse or whose list fields changed since stored. A list
@@ -268,15 +183,12 @@ class OracleOccSource(Source):
         return map_invoice(payload, self.name)
 
     # -- lifecycle: specific invoices, the full id list -------------------------------------
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices, one detail call each (parallel); an unknown id (404) is skipped.
 
         Re-polls open invoices: Oracle applies receipts without moving LastUpdateDate, so a
         modification window never sees them. customer_ids is not needed here.
         """
-        yield from self.batches(self._records_by_ids(ids))
-
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         for payload in self.parallel(self._detail, sorted(set(ids)), "byid", depth=4):
             self.stats.scanned += 1
             if payload is None:
@@ -284,55 +196,6 @@ class OracleOccSource(Source):
             record = self.record_or_raw(payload)
             self.stats.kept += 1
             yield record
-
-    def repoll(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
-        """Re-poll of open invoices at the cost of list pages: list items carry InvoiceBalanceAmount
-        and InvoiceStatus, so the list is read (filtered to the id ranges of these invoices, or whole
-        in list-only mode) and the detail is fetched only of those whose list fields differ from the
-        stored version (all of them when run without a warehouse), plus any not listed (a 404
-        there is skipped: deletion reconciliation decides). customer_ids is not needed here."""
-        yield from self.batches(self._repoll_records(ids))
-
-    def _repoll_ids(self, wanted: set[str]) -> Iterator[str]:
-        extra = self.stats.extra
-        for key in ("repoll_listed", "repoll_changed", "repoll_unchanged", "repoll_not_listed"):
-            extra.setdefault(key, 0)
-        lookup = self.stored_fields
-        workers = self.config.concurrency
-        ranges = _id_ranges(wanted, self.page_size, workers) if self._filter_mode() == FILTER else None
-        extra["repoll_list_walks"] = len(ranges) if ranges is not None else 1
-        walks = ([f"CustomerTransactionId>={lo};CustomerTransactionId<={hi}" for lo, hi in ranges]
-                 if ranges is not None else [None])
-        left = set(wanted)
-
-        def listed(q: str | None) -> list[dict[str, Any]]:
-            """The list items of the wanted invoices in one walk (walks run in parallel)."""
-            return [item for page in self._walk(q) for item in page if _item_id(item) in wanted]
-
-        for found in self.parallel(listed, walks, "repoll-list"):
-            for start in range(0, len(found), COMPARE_CHUNK):
-                items = [item for item in found[start:start + COMPARE_CHUNK] if _item_id(item) in left]
-                if not items:
-                    continue
-                left.difference_update(_item_id(item) for item in items)
-                extra["repoll_listed"] += len(items)
-                for invoice_id, state in compare_stored(lookup, [(_item_id(i), i) for i in items], LIST_FIELDS):
-                    extra["repoll_unchanged" if state == "unchanged" else "repoll_changed"] += 1
-                    if state != "unchanged":
-                        yield invoice_id
-        extra["repoll_not_listed"] += len(left)
-        if left:
-            log.info("source '%s': %d open invoices were not in the list; reading them directly", self.name, len(left))
-        yield from sorted(left)
-
-    def _repoll_records(self, ids: Collection[str]) -> Iterator[SourceRecord]:
-        wanted = {str(i) for i in ids}
-        for payload in self.parallel(self._detail, self._repoll_ids(wanted), "repoll", depth=4):
-            if payload is None:
-                continue
-            self.stats.scanned += 1
-            self.stats.kept += 1
-            yield self.record_or_raw(payload)
 
     def list_ids(self, since: datetime | None = None) -> set[str]:
         """Every invoice id last updated at or after `since` (default start_date): list pages only,
@@ -351,42 +214,6 @@ class OracleOccSource(Source):
                 ids.add(invoice_id)
         return ids
 
-
-def _query(params: dict[str, Any]) -> str:
-    """The query string as a person reads it (no percent-encoding; it holds no secret)."""
-    return "&".join(f"{key}={value}" for key, value in params.items())
-
-
-def _id_ranges(ids: Collection[str], page_size: int, pieces: int = 1) -> list[tuple[int, int]] | None:
-    """Numeric id ranges that cover these ids, split where two neighbours lie more than a few pages
-    of ids apart (a gap of n ids holds at most n invoices: splitting there costs at most one page
-    and saves the gap's pages), then the ranges holding the most ids halved until there are
-    `pieces` (walked in parallel; each split costs at most one partial page) while a range holds
-    more than a few pages of ids. None: an id is not numeric (list everything instead)."""
-    if not ids or not all(i.isdigit() for i in ids):
-        return None
-    numbers = sorted(int(i) for i in ids)
-    gap = RANGE_SPLIT_PAGES * page_size
-    groups = [[numbers[0]]]
-    for n in numbers[1:]:
-        if n - groups[-1][-1] > gap:
-            groups.append([n])
-        else:
-            groups[-1].append(n)
-    while len(groups) < pieces:
-        biggest = max(range(len(groups)), key=lambda k: len(groups[k]))
-        group = groups[biggest]
-        if len(group) < 4 * page_size:
-            break
-        half = len(group) // 2
-        groups[biggest:biggest + 1] = [group[:half], group[half:]]
-    return [(g[0], g[-1]) for g in groups]
-
-
-def _item_id(item: dict[str, Any]) -> str:
-    """A list item's CustomerTransactionId as text ("" when it has none)."""
-    value = item.get("CustomerTransactionId")
-    return "" if value in (None, "") else str(value)
 
 
 def _timestamp_or_none(value: Any) -> datetime | None:

@@ -15,6 +15,11 @@ from invoice_pipeline.conformed import ConformedInvoice, negate_amounts, status_
 from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_decimal, to_int, to_text, to_timestamp
 from invoice_pipeline.sources.mapping_kit import objects, required_text
 
+# The stored `status` values that mean void and draft: status_category and is_void are computed from
+# them here, and upgrade.py builds its SQL for rows an earlier release wrote from the same constants.
+VOID_STATUSES = ("Void",)
+DRAFT_STATUSES = ("Incomplete",)
+
 # Where each conformed column comes from (the warehouse's column comments are built from this).
 COLUMN_SOURCES: dict[str, dict[str, str]] = {
     "invoices": {
@@ -166,8 +171,8 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         "invoice_number": to_text(p.get("TransactionNumber")),
         "status": status,
         "document_type": doc_type,
-        "status_category": status_category(status == "Void", status == "Incomplete", balance),
-        "is_void": status == "Void",
+        "status_category": status_category(status in VOID_STATUSES, status in DRAFT_STATUSES, balance),
+        "is_void": status in VOID_STATUSES,
         "is_truncated": truncated,
         "customer_id": to_text(p.get("BillToPartyId")),
         "customer_name": to_text(p.get("BillToCustomerName")),

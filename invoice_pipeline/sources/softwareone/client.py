@@ -1,4 +1,6 @@
-"""SoftwareOne Marketplace billing invoices (docs/SOURCES.md): bearer token, raw RQL, $meta offset paging."""
+"""SoftwareOne Marketplace billing invoices (docs/SOURCES.md): bearer token, raw RQL, $meta offset paging.
+
+The calls, their paging and the re-request of incomplete invoices: listing.py."""
 
 from __future__ import annotations
 
@@ -10,46 +12,22 @@ from typing import Any, ClassVar, Literal
 from pydantic import SecretStr
 
 from invoice_pipeline.config import SourceConfig
-from invoice_pipeline.http import Auth, HttpClient
+from invoice_pipeline.http import HttpClient
 from invoice_pipeline.money import MappingError
+from invoice_pipeline.sources.auth import StaticTokenAuth
 from invoice_pipeline.sources.base import ConformedInvoice, Source, SourceRecord, Window
-from invoice_pipeline.sources.helpers import require_objects
-from invoice_pipeline.sources.paging import PageGuard, TotalsPaginator
-from invoice_pipeline.sources.softwareone.mapping import last_modified, lines_missing, map_invoice
+from invoice_pipeline.sources.softwareone.listing import (  # noqa: F401 - REFETCH_CHUNK re-exported
+    ENDPOINT, LIST_PATH, ORDER, REFETCH_CHUNK, SELECT, Listings)
+from invoice_pipeline.sources.softwareone.mapping import last_modified, map_invoice
 
 log = logging.getLogger("invoice_pipeline.softwareone")
 
-LIST_PATH = "/public/v1/billing/invoices"
-ENDPOINT = f"GET {LIST_PATH}"
-# audit is needed to filter/order on it; lines, erpData and price are left out unless selected
-# (named in $meta.omitted) and the mapping needs all three.
-SELECTED = ("lines", "erpData", "price")
-SELECT = "select=audit,+lines,+erpData,+price"
-# Immutable sort keys: invoices joining the result set mid-run (updated meanwhile) shift later
-# pages by one, which repeats a record but never skips one.
-ORDER = "order=+audit.created.at,+id"
-REFETCH_CHUNK = 50  # ids per or(eq(id,..),...) re-request: half the page cap (100), a URL of ~1.5 KB
-PAGE_RETRIES = 2  # re-requests of a page short of its own total, before failing the run
-MAX_RESTARTS = 2  # walks again of a list that shrank while paging
 
 
 class SoftwareOneConfig(SourceConfig):
     credential_keys: ClassVar[tuple[str, ...]] = ("api_token",)
     type: Literal["softwareone"]
     api_token: SecretStr
-
-
-class ApiTokenAuth(Auth):
-    """A long-lived API token: nothing to renew, so a 401 is repeated once (http layer) then fatal."""
-
-    def __init__(self, token: SecretStr):
-        self._token = token
-
-    def apply(self, headers: dict[str, str], params: dict[str, Any]) -> None:
-        headers["Authorization"] = f"Bearer {self._token.get_secret_value()}"
-
-    def secrets(self) -> list[str]:
-        return [self._token.get_secret_value()]
 
 
 def rql_time(ts: datetime, *, round_up: bool = False) -> str:
@@ -77,64 +55,23 @@ def window_filter(window: Window) -> str:
     return f"and(or(ge(audit.updated.at,{start}),ge(audit.created.at,{start})),le(audit.created.at,{end}))"
 
 
-class SoftwareOneSource(Source):
+class SoftwareOneSource(Listings, Source):
     type_name = "softwareone"
     key_field = "id"
     config_model = SoftwareOneConfig
     default_page_size = 100  # the API caps limit at 100 anyway
     page_retry_pause = 0.5  # seconds (times the attempt) before re-requesting a short page
 
+    @classmethod
+    def describe_calls(cls, config: SoftwareOneConfig, window: Window) -> str:
+        page = config.page_size or cls.default_page_size
+        return (f"list pages of GET {LIST_PATH}?{window_filter(window)}&{SELECT}&{ORDER}"
+                f"&limit={page}&offset=..., the first page giving $meta.pagination.total, the "
+                f"rest {config.concurrency} at a time; invoices without their lines re-requested by id")
+
     def __init__(self, name: str, config: SoftwareOneConfig, http: HttpClient | None = None):
         super().__init__(name, config, http)
-        self.http.auth = ApiTokenAuth(config.api_token)
-
-    # -- HTTP ----------------------------------------------------------------------------------
-    def _validate(self, status: int, body: Any) -> None:
-        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
-            raise self.http.error("response has no 'data' array", endpoint=ENDPOINT, status=status)
-
-    def _get(self, rql: str, offset: int, limit: int, select: str = SELECT) -> dict[str, Any]:
-        query = f"{rql}&{select}&{ORDER}&limit={limit}&offset={offset}"
-        body = self.http.request("GET", LIST_PATH, raw_query=query, validate=self._validate).body
-        self.stats.count("pages")  # pages are fetched in parallel
-        return body
-
-    @staticmethod
-    def _pagination(body: dict[str, Any]) -> dict[str, Any]:
-        meta = body.get("$meta")
-        pag = meta.get("pagination") if isinstance(meta, dict) else None
-        return pag if isinstance(pag, dict) else {}
-
-    @classmethod
-    def _total(cls, body: dict[str, Any]) -> int | None:
-        total = cls._pagination(body).get("total")
-        return total if isinstance(total, int) and not isinstance(total, bool) else None
-
-    def _pages(self, rql: str, select: str = SELECT) -> Iterator[dict[str, Any]]:
-        """All pages of a query, in order, each checked by paging.TotalsPaginator: `$meta.pagination`
-        tells the total and the limit the server really used (capped at 100); pages after the first
-        are fetched in parallel; a total that fell restarts the walk (MAX_RESTARTS), so the caller
-        drops repeated ids."""
-        def limit_of(body: dict[str, Any]) -> int | None:
-            limit = self._pagination(body).get("limit")
-            return limit if isinstance(limit, int) else None
-
-        return TotalsPaginator(
-            lambda: PageGuard(self.http, self.stats, log, ENDPOINT, retries=PAGE_RETRIES, pause=self.page_retry_pause),
-            workers=self.config.concurrency, name=f"{self.name}-page", max_restarts=MAX_RESTARTS,
-            items_of=lambda body: body["data"], total_of=self._total, limit_of=limit_of,
-            key=lambda item: str(item.get("id")), meta="$meta.pagination",
-        ).pages(lambda offset, limit: self._get(rql, offset, limit, select),
-                lambda offset, limit: f"GET {LIST_PATH}?{rql}&{select}&{ORDER}&limit={limit}&offset={offset}",
-                self.page_size)
-
-    def _complete(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        """A page's invoices, those the API left a selected field out of requested again (last)."""
-        page_omitted = _meta_omitted(body)
-        complete, missing = [], []
-        for item in require_objects(self.http, body["data"], "list page", ENDPOINT):
-            (missing if _incomplete(item, page_omitted) else complete).append(item)
-        return complete + (self._refetch(missing) if missing else [])
+        self.http.auth = StaticTokenAuth("Authorization", config.api_token, "Bearer {}")  # a long-lived API token
 
     # -- extraction ------------------------------------------------------------------------------
     def extract(self, window: Window) -> Iterator[list[SourceRecord]]:
@@ -163,40 +100,6 @@ class SoftwareOneSource(Source):
                  "%d pages re-requested", self.name, self.stats.pages, extra.get("ids_listed", 0), len(seen), extra.get("omitted_refetched", 0),
                  extra.get("pages_rerequested", 0))
 
-    def _refetch(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Re-request invoices the API left a selected field out of (`lines`, `erpData`, `price`);
-        fail rather than load them without it (or quarantine them for what the API chose to omit)."""
-        ids = [str(item.get("id")) for item in items]
-        names = sorted({n for item in items for n in _missing(item, [])} or {"lines"})
-        self.stats.count("omitted_refetched", len(ids))  # also from fetch_by_ids' workers
-        log.warning("source '%s': API omitted %s for %d invoice(s); requesting them again",
-                    self.name, ", ".join(repr(n) for n in names), len(ids))
-        found: dict[str, dict[str, Any]] = {}
-        last_missing: dict[str, list[str]] = {}
-        for i in range(0, len(ids), REFETCH_CHUNK):
-            chunk = ids[i : i + REFETCH_CHUNK]
-            terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
-            rql = terms if len(chunk) == 1 else f"or({terms})"
-            body = self._get(rql, 0, len(chunk))
-            page_omitted = _meta_omitted(body)
-            for item in body["data"]:
-                if not isinstance(item, dict):
-                    continue
-                if _incomplete(item, page_omitted):
-                    last_missing[str(item.get("id"))] = _missing(item, page_omitted)
-                else:
-                    found[str(item.get("id"))] = item
-        still = [invoice_id for invoice_id in ids if invoice_id not in found]
-        if still:
-            omitted = sorted({n for i in still for n in last_missing.get(i, names)})
-            raise self.http.error(
-                f"invoice(s) {', '.join(still[:10])}: the API omitted {', '.join(repr(n) for n in omitted)} "
-                f"($meta.omitted) even when requested again with {SELECT}; refusing to load them without it",
-                endpoint=ENDPOINT,
-            )
-        return [found[invoice_id] for invoice_id in ids]
-
-
     # -- per record --------------------------------------------------------------------------------
     def identify(self, payload: dict[str, Any]) -> SourceRecord:
         invoice_id = payload.get("id")
@@ -208,16 +111,9 @@ class SoftwareOneSource(Source):
         return map_invoice(payload, self.name)
 
     # -- lifecycle: specific invoices, the full id list -------------------------------------------
-    def _by_ids_chunk(self, chunk: list[str]) -> list[dict[str, Any]]:
-        terms = ",".join(f'eq(id,"{invoice_id}")' for invoice_id in chunk)
-        return self._complete(self._get(terms if len(chunk) == 1 else f"or({terms})", 0, len(chunk)))
-
-    def fetch_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[list[SourceRecord]]:
+    def records_by_ids(self, ids: Collection[str], *, customer_ids: Collection[str] = ()) -> Iterator[SourceRecord]:
         """Current version of these invoices: RQL or(eq(id,..)) chunks of REFETCH_CHUNK, with lines;
         ids the API no longer knows are simply absent. customer_ids is not needed here."""
-        yield from self.batches(self._records_by_ids(ids))
-
-    def _records_by_ids(self, ids: Collection[str]) -> Iterator[SourceRecord]:
         wanted = sorted(set(ids))
         wanted_set = set(wanted)
         chunks = [wanted[i : i + REFETCH_CHUNK] for i in range(0, len(wanted), REFETCH_CHUNK)]
@@ -245,26 +141,3 @@ class SoftwareOneSource(Source):
                 ids.add(str(invoice_id))
             self.stats.scanned += len(body["data"])
         return ids
-
-
-def _meta_omitted(body: dict[str, Any]) -> list[str]:
-    meta = body.get("$meta")
-    names = meta.get("omitted") if isinstance(meta, dict) else None
-    return [str(n) for n in names] if isinstance(names, list) else []
-
-
-def _missing(item: dict[str, Any], page_omitted: list[str]) -> list[str]:
-    """The selected fields this item lacks: named in its own `$meta.omitted`, or (when it has no
-    list of its own) in the page's; `lines` also when it is not an array. A field that is simply
-    absent without being named as omitted is the invoice's own (the mapping judges it)."""
-    own = item.get("$meta")
-    own_list = own.get("omitted") if isinstance(own, dict) else None
-    names = [str(n) for n in own_list] if isinstance(own_list, list) else page_omitted
-    missing = [n for n in SELECTED if n in names]
-    if "lines" not in missing and lines_missing(item):
-        missing.append("lines")
-    return missing
-
-
-def _incomplete(item: dict[str, Any], page_omitted: list[str]) -> bool:
-    return bool(_missing(item, page_omitted))

@@ -18,6 +18,13 @@ from invoice_pipeline.money import QUANTITY, RATE, MappingError, to_date, to_dec
 from invoice_pipeline.sources.mapping_kit import loose_object as _obj  # absent, or a placeholder such as "[Circular Reference]"
 from invoice_pipeline.sources.mapping_kit import objects, required_text
 
+# The stored `status` values that mean void and draft: status_category and is_void are computed from
+# them here, and upgrade.py builds its SQL for rows an earlier release wrote from the same constants.
+VOID_STATUSES = ("Cancelled",)
+DRAFT_STATUSES: tuple[str, ...] = ()
+# A one-off migration fact: the release before signed credits stored a Credit's amounts as the API
+# sends them (positive); upgrade.py's upgrade_history negates such recorded versions once.
+CREDITS_STORED_POSITIVE_BEFORE_UPGRADE = True
 _CREDIT = " (negated for Credit)"
 
 # Where each conformed column comes from (the warehouse's column comments are built from this).
@@ -136,8 +143,8 @@ def map_invoice(p: dict[str, Any], source_name: str) -> ConformedInvoice:
         "status": status,
         # Debit (or absent, as on older tenants) -> invoice; a value the docs do not list -> other, amounts as sent
         "document_type": {"Credit": "credit_memo", "Debit": "invoice", None: "invoice"}.get(doc, "other"),
-        "status_category": status_category(status == "Cancelled", False, balance),
-        "is_void": status == "Cancelled",
+        "status_category": status_category(status in VOID_STATUSES, status in DRAFT_STATUSES, balance),
+        "is_void": status in VOID_STATUSES,
         "is_truncated": False,
         "customer_id": to_text(buyer.get("id")),
         "customer_name": to_text(buyer.get("name")),
