@@ -18,6 +18,7 @@ import duckdb
 import pyarrow as pa
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import ancestors_of
 
 from invoice_pipeline.config import AppConfig
 from invoice_pipeline.iceberg.catalog import CHILD_TABLES, CONFORMED, INGEST, VERSION, ensure_main, ensure_source, open_catalog
@@ -39,6 +40,7 @@ VERSION_RULE = AuditRule(
       "|| ', invoice has ' || coalesce(i.last_modified_at::VARCHAR, 'none') AS detail FROM _flat_versions f "
       "LEFT JOIN main.invoices i USING (source_name, invoice_id) WHERE f.version IS DISTINCT FROM i.last_modified_at")
 BLOCKING_RULES = [r for r in RULES if r.blocking] + [VERSION_RULE]
+ALL_RULES = [*RULES, VERSION_RULE]  # the warnings too: what the Dagster checks report (defs/iceberg_assets.py)
 
 
 @dataclass
@@ -58,9 +60,11 @@ def _pinned(tables: dict[str, Table]) -> dict[str, int | None]:
     return out
 
 
-def audit(tables: dict[str, Table], pinned: dict[str, int | None], sources: list[str] = (),
-          limit: int = 5) -> tuple[dict, dict[str, int]]:
-    """The blocking rules over the pinned INGEST snapshots of the conformed tables (DuckDB over Arrow)."""
+def audit_rules(tables: dict[str, Table], pinned: dict[str, int | None], sources: list[str] = (),
+                rules: list[AuditRule] = BLOCKING_RULES, limit: int = 5,
+                ) -> tuple[dict[str, tuple[int, list[tuple[str, str, str]]]], dict[str, int]]:
+    """rule -> (violations, the first `limit`) over the pinned INGEST snapshots of the conformed tables
+    (DuckDB over Arrow), and the rows of each conformed table audited."""
     con = duckdb.connect()
     rows = {}
     try:
@@ -81,18 +85,25 @@ def audit(tables: dict[str, Table], pinned: dict[str, int | None], sources: list
             {"source_name": pa.array([], pa.string()), "invoice_id": pa.array([], pa.string()),
              "version": pa.array([], pa.timestamp("us", tz="UTC"))})
         con.register("_flat_versions", flat_versions)
-        failures = {}
-        for rule in BLOCKING_RULES:
-            found = violations(con, rule, limit=limit)
-            if found:
-                failures[rule.name] = found
-        return failures, rows
+        found = {}
+        for rule in rules:
+            total = con.execute(f"SELECT count(*) FROM ({rule.sql})").fetchone()[0]
+            found[rule.name] = (total, violations(con, rule, limit=limit) if total else [])
+        return found, rows
     finally:
         con.close()
 
 
-def publish(app: AppConfig) -> PublishResult:
-    """Audit what every writer committed so far (the union of all sources) and publish it if clean."""
+def audit(tables: dict[str, Table], pinned: dict[str, int | None], sources: list[str] = (),
+          limit: int = 5) -> tuple[dict, dict[str, int]]:
+    """The blocking rules over the pinned INGEST snapshots: rule -> first violations, for failed rules only."""
+    found, rows = audit_rules(tables, pinned, sources, BLOCKING_RULES, limit)
+    return {rule: first for rule, (total, first) in found.items() if total}, rows
+
+
+def pin(app: AppConfig) -> tuple[dict[str, Table], dict[str, int | None]]:
+    """Every table publish moves (conformed, and each configured source's own) and its current INGEST
+    snapshot: the union of what all writers committed so far."""
     ice = app.warehouse.iceberg
     assert ice is not None
     catalog = open_catalog(ice)
@@ -100,7 +111,24 @@ def publish(app: AppConfig) -> PublishResult:
     for source in app.sources:
         tables.update({f"{source}.{n}": t for n, t in ensure_source(catalog, source).items()})
         tables.update({f"{source}.{n}": t for n, t in known_tables(catalog, source).items()})
-    pinned = _pinned(tables)
+    return tables, _pinned(tables)
+
+
+def _behind(table: Table, snapshot_id: int) -> bool:
+    """Whether `main` is an older snapshot of the audited one's history: only then does it move (so a
+    slower publish of older snapshots never takes `main` back behind a faster, later one)."""
+    main = table.metadata.refs.get("main")
+    if main is None:
+        return True
+    if main.snapshot_id == snapshot_id:
+        return False
+    audited = table.metadata.snapshot_by_id(snapshot_id)
+    return any(s.snapshot_id == main.snapshot_id for s in ancestors_of(audited, table.metadata))
+
+
+def publish(app: AppConfig) -> PublishResult:
+    """Audit what every writer committed so far (the union of all sources) and publish it if clean."""
+    tables, pinned = pin(app)
     failures, rows = audit(tables, pinned, list(app.sources))
     if failures:
         log.error("Iceberg publish refused, blocking checks failed: %s",
@@ -108,9 +136,11 @@ def publish(app: AppConfig) -> PublishResult:
         return PublishResult(False, {}, failures, rows)
     for name, table in tables.items():
         snapshot = pinned[name]
-        if snapshot is None or (table.metadata.refs.get("main") and table.metadata.refs["main"].snapshot_id == snapshot):
+        if snapshot is None:
             continue
         for _ in range(20):  # only another publish moves main: retry on its conflict
+            if not _behind(table, snapshot):  # there already, or a later publish moved it further
+                break
             try:
                 table.manage_snapshots().set_current_snapshot(snapshot_id=snapshot).commit()
                 break
