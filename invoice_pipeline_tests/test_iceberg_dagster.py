@@ -11,6 +11,8 @@ import pyarrow as pa
 
 from .iceberg_support import duplicates, iceberg_app, ingest, published
 
+from invoice_pipeline.iceberg.publish import published_snapshots, read_published  # noqa: E402
+
 from invoice_pipeline.defs import build_definitions  # noqa: E402
 from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, PUBLISHED_KEY, WRITE_POOL,  # noqa: E402
                                         AGING_KEY, HISTORY_KEY, reconcile_asset_key, repoll_asset_key)
@@ -86,6 +88,9 @@ def test_job_loads_audits_and_publishes_iceberg_main_and_a_failed_blocking_check
         assert main.num_rows == ingest(app, "main", "invoices").num_rows == 50
         assert published(app, "main", "invoice_lines").num_rows == ingest(app, "main", "invoice_lines").num_rows > 0
         before = _main_snapshots(app)
+        seq, manifest = published_snapshots(app)  # the set the audit saw, recorded in one commit
+        assert seq == 1 and {f"main.{t}": s for t, s in before.items()}.items() <= manifest.items()
+        assert "agv._raw_invoices" in manifest and "swo.invoices" in manifest
 
         # new versions land on ingest, then a bad row makes a blocking check fail: nothing is published
         time.sleep(1.1)
@@ -101,6 +106,7 @@ def test_job_loads_audits_and_publishes_iceberg_main_and_a_failed_blocking_check
         assert bad in str(failed_meta["first_offenders"].value)
         assert PUBLISHED_KEY not in {e.asset_key for e in result.get_asset_materialization_events()}
         assert _main_snapshots(app) == before  # main unmoved
+        assert published_snapshots(app) == (seq, manifest)  # and no publish recorded
         assert published(app, "main", "invoices").num_rows == 50  # readers still see the last audited data
         assert ingest(app, "main", "invoices").num_rows == 51
         updated = set(touched["updated"])
@@ -138,4 +144,11 @@ def test_publish_never_takes_main_back_to_an_older_audited_snapshot(tmp_path: Pa
         finally:
             publish_module.pin = real_pin
         assert _main_snapshots(app) == newer
-        assert isinstance(published(app, "main", "invoices"), pa.Table)
+        # the manifest keeps the newer set: its newest publish_seq never goes back
+        seq, manifest = published_snapshots(app)
+        assert seq == 1 and manifest["main.invoices"] == newer["invoices"]
+        snap = published_snapshots(app)[1]
+        for table in ("invoices", "invoice_lines"):  # readers pinned by the manifest read what main shows
+            assert read_published(app, "main", table, snap).sort_by("invoice_id").equals(
+                published(app, "main", table).sort_by("invoice_id"))
+        assert isinstance(read_published(app, "agv", "_raw_invoices"), pa.Table)

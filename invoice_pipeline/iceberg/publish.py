@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import duckdb
 import pyarrow as pa
@@ -21,7 +22,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import ancestors_of
 
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.iceberg.catalog import CHILD_TABLES, CONFORMED, INGEST, VERSION, ensure_main, ensure_source, open_catalog
+from invoice_pipeline.iceberg.catalog import (CHILD_TABLES, CONFORMED, INGEST, MAIN, TS, VERSION, ensure_main, ensure_source,
+                                              ensure_table, open_catalog)
 from invoice_pipeline.iceberg.flat import known_tables
 from invoice_pipeline.audit import RULES, AuditRule, violations
 
@@ -43,12 +45,21 @@ BLOCKING_RULES = [r for r in RULES if r.blocking] + [VERSION_RULE]
 ALL_RULES = [*RULES, VERSION_RULE]  # the warnings too: what the Dagster checks report (defs/iceberg_assets.py)
 
 
+# main._published: one row per table per publish, the snapshots that publish audited AS A SET, appended
+# in one commit (atomic). `main` moves table by table; a reader that needs every table from the same
+# audit reads the newest publish_seq's snapshots (read_published below; docs/ICEBERG.md, "Consistency").
+MANIFEST = "_published"
+MANIFEST_SCHEMA = pa.schema([("publish_seq", pa.int64()), ("published_at", TS), ("table_name", pa.string()),
+                             ("snapshot_id", pa.int64())])
+
+
 @dataclass
 class PublishResult:
     published: bool
     snapshots: dict[str, int | None] = field(default_factory=dict)  # table -> the snapshot now on main
     failures: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)  # rule -> first violations
     rows: dict[str, int] = field(default_factory=dict)
+    publish_seq: int | None = None  # the main._published row set this publish wrote (None: a newer one was there)
 
 
 def _pinned(tables: dict[str, Table]) -> dict[str, int | None]:
@@ -148,5 +159,75 @@ def publish(app: AppConfig) -> PublishResult:
                 table.refresh()
         else:  # pragma: no cover - twenty publishes at once
             raise RuntimeError(f"could not fast-forward {name} to snapshot {snapshot}: other publishes kept winning")
-    log.info("Iceberg publish: main fast-forwarded to the audited snapshots of %d tables", len(tables))
-    return PublishResult(True, pinned, {}, rows)
+    seq = _record_manifest(tables, pinned)
+    log.info("Iceberg publish: main fast-forwarded to the audited snapshots of %d tables (publish_seq %s)",
+             len(tables), seq)
+    return PublishResult(True, pinned, {}, rows, seq)
+
+
+def _qualified(name: str) -> str:
+    return name if "." in name else f"{MAIN}.{name}"
+
+
+def _latest_manifest(manifest: Table) -> tuple[int, dict[str, int]]:
+    """The newest publish_seq and its table -> snapshot id (0, {} before the first publish)."""
+    manifest.refresh()
+    if manifest.current_snapshot() is None:
+        return 0, {}
+    rows = manifest.scan().to_arrow()
+    if not rows.num_rows:
+        return 0, {}
+    seq = max(rows.column("publish_seq").to_pylist())
+    return seq, {r["table_name"]: r["snapshot_id"] for r in rows.to_pylist() if r["publish_seq"] == seq}
+
+
+def _not_older(table: Table, ours: int, theirs: int | None) -> bool:
+    if theirs is None or theirs == ours:
+        return True
+    table.refresh()
+    audited = table.metadata.snapshot_by_id(ours)
+    return any(s.snapshot_id == theirs for s in ancestors_of(audited, table.metadata))
+
+
+def _record_manifest(tables: dict[str, Table], pinned: dict[str, int | None]) -> int | None:
+    """Append this publish's audited set as publish_seq = newest + 1, unless a concurrent publish already
+    recorded a set that is newer for some table: sets are never mixed (each was audited as a whole), and
+    the newest publish_seq never goes back. The append asserts the manifest's snapshot (optimistic
+    commit), so two publishes cannot both take the same publish_seq."""
+    first = next(iter(tables.values()))
+    manifest = ensure_table(first.catalog, MAIN, MANIFEST, MANIFEST_SCHEMA)
+    ours = {_qualified(n): s for n, s in pinned.items() if s is not None}
+    for _ in range(20):
+        seq, latest = _latest_manifest(manifest)
+        if not all(_not_older(tables[n], s, latest.get(_qualified(n))) for n, s in pinned.items() if s is not None):
+            log.info("Iceberg publish: publish_seq %d of a concurrent publish is newer; not recorded", seq)
+            return None
+        now = datetime.now(UTC)
+        rows = pa.table({"publish_seq": pa.array([seq + 1] * len(ours), pa.int64()),
+                         "published_at": pa.array([now] * len(ours), TS),
+                         "table_name": pa.array(list(ours), pa.string()),
+                         "snapshot_id": pa.array(list(ours.values()), pa.int64())}, schema=MANIFEST_SCHEMA)
+        try:
+            manifest.append(rows)
+            return seq + 1
+        except CommitFailedException:
+            continue
+    raise RuntimeError(f"could not record publish in {MAIN}.{MANIFEST}: other publishes kept winning")
+
+
+def published_snapshots(app: AppConfig) -> tuple[int, dict[str, int]]:
+    """The newest publish's publish_seq and its "namespace.table" -> snapshot id (audited together)."""
+    catalog = open_catalog(app.warehouse.iceberg)
+    return _latest_manifest(ensure_table(catalog, MAIN, MANIFEST, MANIFEST_SCHEMA))
+
+
+def read_published(app: AppConfig, namespace: str, table: str, snapshots: dict[str, int] | None = None) -> pa.Table:
+    """A table as the newest publish audited it: read several tables with the same `snapshots`
+    (published_snapshots()) and they come from one audit, even while another publish moves `main`."""
+    catalog = open_catalog(app.warehouse.iceberg)
+    snapshots = published_snapshots(app)[1] if snapshots is None else snapshots
+    ice = catalog.load_table((namespace, table))
+    snapshot = snapshots.get(f"{namespace}.{table}")
+    if snapshot is None:
+        return ice.schema().as_arrow().empty_table()
+    return ice.scan(snapshot_id=snapshot).to_arrow()
