@@ -152,3 +152,27 @@ def test_publish_never_takes_main_back_to_an_older_audited_snapshot(tmp_path: Pa
             assert read_published(app, "main", table, snap).sort_by("invoice_id").equals(
                 published(app, "main", table).sort_by("invoice_id"))
         assert isinstance(read_published(app, "agv", "_raw_invoices"), pa.Table)
+
+
+def test_cli_run_goes_through_dagster_and_a_failed_blocking_check_exits_1_with_main_unmoved(tmp_path: Path) -> None:
+    """`invoice-pipeline run` with the Iceberg backend runs the Dagster job (recorded in DAGSTER_HOME);
+    a blocking check that fails names itself, exits 1 and publishes nothing."""
+    from .conftest import cli_in
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=15) as sim:
+        app, config = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        (tmp_path / "c.yaml").write_text(config.read_text())
+        done = cli_in(tmp_path, "run")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert published(app, "main", "invoices").num_rows == 15
+        before = _main_snapshots(app)
+        _add_duplicate_invoice(app)
+        done = cli_in(tmp_path, "run")
+        reconcile = cli_in(tmp_path, "reconcile")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "blocking checks failed, nothing published: unique_invoices" in done.stdout
+    assert _main_snapshots(app) == before
+    with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        assert len(instance.get_run_records()) == 2  # both runs in the instance the UI shows
+    assert reconcile.returncode == 1 and "not available with warehouse.backend: iceberg" in reconcile.stdout
