@@ -22,9 +22,10 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import ancestors_of
 
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.iceberg.catalog import (CHILD_TABLES, CONFORMED, INGEST, MAIN, TS, VERSION, ensure_main, ensure_source,
+from invoice_pipeline.iceberg.catalog import (CHILD_TABLES, CONFORMED, HISTORY, INGEST, MAIN, TS, VERSION, ensure_main, ensure_source,
                                               ensure_table, open_catalog)
 from invoice_pipeline.iceberg.flat import known_tables
+from invoice_pipeline.iceberg.history import HISTORY_RULES
 from invoice_pipeline.audit import RULES, AuditRule, violations
 
 log = logging.getLogger("invoice_pipeline.iceberg")
@@ -41,8 +42,8 @@ VERSION_RULE = AuditRule(
     + " UNION ALL SELECT f.source_name, f.invoice_id, 'flattened root written with version ' || f.version "
       "|| ', invoice has ' || coalesce(i.last_modified_at::VARCHAR, 'none') AS detail FROM _flat_versions f "
       "LEFT JOIN main.invoices i USING (source_name, invoice_id) WHERE f.version IS DISTINCT FROM i.last_modified_at")
-BLOCKING_RULES = [r for r in RULES if r.blocking] + [VERSION_RULE]
-ALL_RULES = [*RULES, VERSION_RULE]  # the warnings too: what the Dagster checks report (defs/iceberg_assets.py)
+BLOCKING_RULES = [r for r in RULES if r.blocking] + [VERSION_RULE, *HISTORY_RULES]
+ALL_RULES = [*RULES, VERSION_RULE, *HISTORY_RULES]  # the warnings too: what the Dagster checks report (defs/iceberg_assets.py)
 
 
 # main._published: one row per table per publish, the snapshots that publish audited AS A SET, appended
@@ -79,7 +80,7 @@ def audit_rules(tables: dict[str, Table], pinned: dict[str, int | None], sources
     con = duckdb.connect()
     rows = {}
     try:
-        for name in CONFORMED:
+        for name in (*CONFORMED, HISTORY):
             table = tables[name]
             scan = table.scan(snapshot_id=pinned[name]) if pinned[name] is not None else None
             arrow = scan.to_arrow() if scan is not None else table.schema().as_arrow().empty_table()
@@ -118,7 +119,7 @@ def pin(app: AppConfig) -> tuple[dict[str, Table], dict[str, int | None]]:
     ice = app.warehouse.iceberg
     assert ice is not None
     catalog = open_catalog(ice)
-    tables = {n: t for n, t in ensure_main(catalog).items() if n in CONFORMED}
+    tables = {n: t for n, t in ensure_main(catalog).items() if n in (*CONFORMED, HISTORY)}
     for source in app.sources:
         tables.update({f"{source}.{n}": t for n, t in ensure_source(catalog, source).items()})
         tables.update({f"{source}.{n}": t for n, t in known_tables(catalog, source).items()})
