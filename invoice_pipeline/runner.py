@@ -240,8 +240,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             reconciled = selected
         else:
             selection = [source_asset_key(s) for s in selected]
-            if not iceberg:
-                selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
+            # re-poll open invoices, record history (with Iceberg: the history only, written by the loads)
+            selection += lifecycle_asset_keys([] if iceberg else selected)
             reconciled = [] if iceberg else reconciliations_due(instance, app, selected)
             selection += [reconcile_asset_key(s) for s in reconciled]
             if reconciled:

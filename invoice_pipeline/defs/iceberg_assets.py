@@ -11,8 +11,10 @@ job and schedule names as the DuckDB graph, over Iceberg tables.
   then fast-forwards `main`: writers on other machines may have committed since the checks ran,
   and `main` must never show anything no audit has seen.
 
+`main/invoice_history` is written by each source run too (iceberg/history.py); its rules
+(history_contiguous, history_matches_invoices) are blocking checks on `main/invoices` here.
 Left out of this graph (they read and write the DuckDB file): re-poll of open invoices, deletion
-reconciliation, the invoice history and its checks, the aging snapshot, and the schema drift check.
+reconciliation, the aging snapshot, and the schema drift check.
 No asset takes the `duckdb_write` pool: concurrent commits are resolved by Iceberg's optimistic
 commits (iceberg/merge.py), not by one run at a time.
 """
@@ -30,13 +32,14 @@ from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs.alerts import build_alert_sensors
 from invoice_pipeline.defs.assets import summary_metadata
 from invoice_pipeline.defs.catalog import COLUMN_SCHEMA, ROW_COUNT, conformed_definition_schema, counts_table
-from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, INVOICES_KEY, NO_QUARANTINE_CHECK,
+from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, HISTORY_KEY, INVOICES_KEY, NO_QUARANTINE_CHECK,
                                         PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, source_asset_key,
                                         source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
+from invoice_pipeline.iceberg.catalog import HISTORY
 from invoice_pipeline.iceberg.publish import ALL_RULES, audit_rules, pin, publish
 from invoice_pipeline.audit import AuditRule, stale_sources
 from invoice_pipeline.pipeline import run_source
@@ -48,7 +51,6 @@ log = logging.getLogger("invoice_pipeline.iceberg")
 # What the DuckDB graph has and this one leaves out (docs/ICEBERG.md, "What is DuckDB-only").
 DUCKDB_ONLY = ("re-poll of open invoices (<source>/open_invoices_repoll)",
                "deletion reconciliation (<source>/deletion_reconciliation)",
-               "the invoice history (main/invoice_history) and its checks",
                "the aging snapshot (main/ar_aging_snapshot)", "the schema_drift check")
 
 # The executor of the jobs: multiprocess by default (source steps load side by side: no writer lock);
@@ -83,14 +85,14 @@ def _rows_by_source(app: AppConfig) -> tuple[dict[str, dict[str, int]], dict[str
     """table -> {source: rows} on the pinned `ingest` snapshots, and those snapshot ids."""
     tables, pinned = pin(app)
     counts: dict[str, dict[str, int]] = {}
-    for table in CONFORMED_TABLES:
+    for table in (*CONFORMED_TABLES, HISTORY):
         snapshot = pinned[table]
         rows = (tables[table].scan(snapshot_id=snapshot, selected_fields=("source_name",)).to_arrow()
                 if snapshot is not None else None)
         by_source = dict(duckdb.sql("SELECT source_name, count(*) FROM rows GROUP BY 1 ORDER BY 1").fetchall()) \
             if rows is not None else {}
         counts[table] = by_source
-    return counts, {t: pinned[t] for t in CONFORMED_TABLES}
+    return counts, {t: pinned[t] for t in (*CONFORMED_TABLES, HISTORY)}
 
 
 def build_iceberg_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
@@ -104,13 +106,17 @@ def build_iceberg_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
                             f"(key {', '.join(TABLE_KEYS[table])}); Iceberg table main.{table}, partitioned by source.",
             )
             for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True)
-        ],
+        ] + [dg.AssetSpec(HISTORY_KEY, group_name="conformed", kinds={"iceberg"},
+                          deps=[source_asset_key(n) for n in app.sources], automation_condition=CONFORMED_CONDITION,
+                          description="Grain: one row per observed version of an invoice (source_name, invoice_id, "
+                                      "valid_from), valid_to exclusive, NULL = current; written by each source run "
+                                      "(Iceberg table main.invoice_history, partitioned by source).")],
         can_subset=False,
     )
     def conformed_model(context: dg.AssetExecutionContext, pipeline: PipelineResource):
         """Counts the conformed rows per source on `ingest` (merged there by each source run)."""
         counts, snapshots = _rows_by_source(pipeline.app)
-        for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True):
+        for key, table in [*zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True), (HISTORY_KEY, HISTORY)]:
             rows = sum(counts[table].values())
             yield dg.MaterializeResult(
                 asset_key=key,
@@ -212,7 +218,7 @@ def build_iceberg_publish_asset() -> dg.AssetsDefinition:
         key=PUBLISHED_KEY,
         group_name="published",
         kinds={"iceberg"},
-        deps=CONFORMED_ASSET_KEYS,
+        deps=[*CONFORMED_ASSET_KEYS, HISTORY_KEY],
         automation_condition=PUBLISH_CONDITION,
         description="Fast-forwards `main` of every Iceberg table (what Trino, Spark, DuckDB, polars read) to the "
                     "`ingest` snapshots it pinned and audited itself, only after the blocking checks passed "
