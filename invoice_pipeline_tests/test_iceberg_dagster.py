@@ -54,9 +54,11 @@ def test_graph_has_no_pool_and_no_duckdb_only_lifecycle_assets(tmp_path: Path) -
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
-    for absent in (repoll_asset_key("agv"), reconcile_asset_key("agv"), AGING_KEY):
+    for absent in (repoll_asset_key("agv"), reconcile_asset_key("agv")):
         assert absent not in keys
     assert PUBLISHED_KEY in keys and HISTORY_KEY in keys  # the history is written by the source runs
+    assert graph.get(AGING_KEY).parent_keys == {PUBLISHED_KEY}  # aged from the published history
+    assert defs.resolve_schedule_def("ar_aging_snapshot_daily_schedule") is not None
     assert all(graph.get(k).pools in (None, set()) and WRITE_POOL not in (graph.get(k).pools or set()) for k in keys)
     assert defs.resolve_job_def("agv_incremental") is not None
     assert "iceberg" in graph.get(PUBLISHED_KEY).kinds
@@ -80,6 +82,7 @@ def test_job_loads_audits_and_publishes_iceberg_main_and_a_failed_blocking_check
         assert {"agv/invoices", "swo/invoices", "main/invoices", "main/invoice_history", "published/warehouse"} <= mats
         assert checks["history_contiguous"] and checks["history_matches_invoices"]
         assert published(app, "main", "invoice_history").num_rows == 50
+        assert "main/ar_aging_snapshot" in mats
 
         main = published(app, "main", "invoices")  # what every reader sees: main
         by_source = {s: sorted(i for s2, i in zip(main.column("source_name").to_pylist(),

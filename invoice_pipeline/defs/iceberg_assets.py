@@ -13,8 +13,11 @@ job and schedule names as the DuckDB graph, over Iceberg tables.
 
 `main/invoice_history` is written by each source run too (iceberg/history.py); its rules
 (history_contiguous, history_matches_invoices) are blocking checks on `main/invoices` here.
+`main/ar_aging_snapshot` (iceberg/aging.py) is computed from the published history, so it sits
+downstream of publish (with DuckDB it is upstream: copied into the published file); daily job and
+schedule as with DuckDB.
 Left out of this graph (they read and write the DuckDB file): re-poll of open invoices, deletion
-reconciliation, the aging snapshot, and the schema drift check.
+reconciliation, and the schema drift check.
 No asset takes the `duckdb_write` pool: concurrent commits are resolved by Iceberg's optimistic
 commits (iceberg/merge.py), not by one run at a time.
 """
@@ -32,10 +35,11 @@ from invoice_pipeline.conformed import CONFORMED_TABLES
 from invoice_pipeline.defs.alerts import build_alert_sensors
 from invoice_pipeline.defs.assets import summary_metadata
 from invoice_pipeline.defs.catalog import COLUMN_SCHEMA, ROW_COUNT, conformed_definition_schema, counts_table
-from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, HISTORY_KEY, INVOICES_KEY, NO_QUARANTINE_CHECK,
+from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, HISTORY_KEY, INVOICES_KEY, NO_QUARANTINE_CHECK,
                                         PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, source_asset_key,
-                                        source_job_name)
+                                        schedule_name, source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
+from invoice_pipeline.defs.lifecycle import AGING_CRON, AgingSnapshotConfig
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
@@ -50,8 +54,7 @@ log = logging.getLogger("invoice_pipeline.iceberg")
 
 # What the DuckDB graph has and this one leaves out (docs/ICEBERG.md, "What is DuckDB-only").
 DUCKDB_ONLY = ("re-poll of open invoices (<source>/open_invoices_repoll)",
-               "deletion reconciliation (<source>/deletion_reconciliation)",
-               "the aging snapshot (main/ar_aging_snapshot)", "the schema_drift check")
+               "deletion reconciliation (<source>/deletion_reconciliation)", "the schema_drift check")
 
 # The executor of the jobs: multiprocess by default (source steps load side by side: no writer lock);
 # INVOICE_PIPELINE_EXECUTOR=k8s or celery on a cluster (deploy/iceberg/run_config_*.yaml), in_process for one process.
@@ -239,6 +242,34 @@ def build_iceberg_publish_asset() -> dg.AssetsDefinition:
     return published_warehouse
 
 
+def build_iceberg_aging_asset() -> dg.AssetsDefinition:
+    @dg.asset(
+        key=AGING_KEY,
+        group_name="conformed",
+        kinds={"iceberg"},
+        deps=[PUBLISHED_KEY],
+        description="Grain: one row per snapshot_date, source, customer, currency and aging bucket: open balances at "
+                    "the end of that UTC day, from the published main.invoice_history (Iceberg table "
+                    f"main.ar_aging_snapshot). Daily at '{AGING_CRON}' UTC; recomputing a day replaces it.",
+    )
+    def ar_aging_snapshot(context: dg.AssetExecutionContext, config: AgingSnapshotConfig,
+                          pipeline: PipelineResource) -> dg.MaterializeResult:
+        from datetime import date
+
+        from invoice_pipeline.iceberg.aging import build_aging_snapshot_iceberg
+
+        try:
+            day = date.fromisoformat(config.snapshot_date) if config.snapshot_date else None
+        except ValueError:
+            raise dg.Failure(f"snapshot_date must be YYYY-MM-DD, got {config.snapshot_date!r}") from None
+        result = build_aging_snapshot_iceberg(pipeline.app, day)
+        return dg.MaterializeResult(metadata={
+            **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in result.items()},
+            ROW_COUNT: dg.MetadataValue.int(result["rows"])})
+
+    return ar_aging_snapshot
+
+
 def _executor() -> dg.ExecutorDefinition:
     choice = os.environ.get(EXECUTOR_ENV, "multiprocess").strip().lower()
     if choice == "in_process":
@@ -262,13 +293,18 @@ def build_iceberg_definitions(app: AppConfig, config_path: str | None = None) ->
              ", ".join(DUCKDB_ONLY))
     return dg.Definitions(
         assets=[*(build_iceberg_source_asset(n, c) for n, c in app.sources.items()),
-                build_iceberg_conformed_asset(app), build_iceberg_publish_asset()],
+                build_iceberg_conformed_asset(app), build_iceberg_publish_asset(), build_iceberg_aging_asset()],
         asset_checks=[iceberg_audit_checks],
         jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()),
               *(dg.define_asset_job(source_job_name(n), selection=dg.AssetSelection.keys(source_asset_key(n)),
                                     description=f"Incremental extraction of source '{n}' ({c.type}) into Iceberg.",
-                                    tags={"source": n}) for n, c in app.sources.items())],
-        schedules=build_schedules(app),
+                                    tags={"source": n}) for n, c in app.sources.items()),
+              dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
+                                  description="Daily AR aging snapshot from the published invoice history.")],
+        schedules=[*build_schedules(app), dg.ScheduleDefinition(
+            name=schedule_name(AGING_JOB), job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
+            default_status=dg.DefaultScheduleStatus.RUNNING,
+            description="AR aging snapshot of the UTC day, late that day.")],
         sensors=[automation_sensor, log_run_failures, *build_alert_sensors(app.alerts)],
         resources={"pipeline": PipelineResource(config_path=config_path or "")},
         executor=_executor(),
