@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     from invoice_pipeline.iceberg.publish import publish
 
     result = publish(app)
-    print(json.dumps({"published": result.published, "rows": result.rows,
+    print(json.dumps({"published": result.published, "publish_seq": result.publish_seq, "rows": result.rows,
                       "failures": {k: [list(x) for x in v] for k, v in result.failures.items()}}), flush=True)
     return 0 if result.published else 1
 

@@ -204,41 +204,6 @@ def reconciliations_due(instance: dg.DagsterInstance, app: AppConfig, sources: l
     return due
 
 
-def run_iceberg(app: AppConfig, sources: list[str] | None, *, reconcile: str = "due",
-                backfill: tuple[str, str] | None = None) -> RunReport:
-    """`invoice-pipeline run` with `warehouse.backend: iceberg`: each source loaded in this process,
-    then the audit over every source's writes and the fast-forward of `main` if it passes. The
-    lifecycle steps (re-poll, history, deletion reconciliation) need the DuckDB backend."""
-    from invoice_pipeline.iceberg.publish import publish as publish_iceberg
-    from invoice_pipeline.pipeline import run_source
-    from invoice_pipeline.sources.base import Window
-    from invoice_pipeline.timeutil import parse_timestamp
-
-    report = RunReport(success=True)
-    if reconcile == "only":
-        report.success = False
-        report.failures.append("deletion reconciliation is not available with warehouse.backend: iceberg "
-                               "(docs/ICEBERG.md, 'What is not done')")
-        return report
-    window = Window(parse_timestamp(backfill[0]), parse_timestamp(backfill[1])) if backfill else None
-    for name in sources or list(app.sources):
-        try:
-            summary = run_source(app, name, window=window)
-        except Exception as exc:  # noqa: BLE001 - one source's failure does not stop the others
-            report.success = False
-            report.failures.append(f"{name}: {exc}")
-            continue
-        meta = summary.as_metadata()
-        report.sources[name] = {**meta, "invoices_stale_skipped": summary.invoices_stale}
-    result = publish_iceberg(app)
-    report.published = result.published
-    report.blocking_failed = sorted(result.failures)
-    if not result.published:
-        report.success = False
-        report.failures += [f"blocking check {rule}: {v[0][0]}/{v[0][1]}: {v[0][2]}" for rule, v in result.failures.items()]
-    return report
-
-
 def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = None, *,
                  reconcile: str = "due", allow_mass_deletion: bool = False,
                  backfill: tuple[str, str] | None = None) -> RunReport:
@@ -249,14 +214,19 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     backfill: (start, end) ISO timestamps, the source assets' launchpad config `backfill: {start, end}`
     (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
-    if app.warehouse.backend == "iceberg":  # the Iceberg backend's seam (docs/ICEBERG.md)
-        return run_iceberg(app, sources, reconcile=reconcile, backfill=backfill)
+    # With the Iceberg backend the same job runs over the Iceberg graph (defs/iceberg_assets.py): no
+    # lifecycle assets there, so no re-poll, history or deletion reconciliation (docs/ICEBERG.md).
+    iceberg = app.warehouse.backend == "iceberg"
+    if iceberg and reconcile == "only":
+        return RunReport(success=False, failures=[
+            "deletion reconciliation is not available with warehouse.backend: iceberg (docs/ICEBERG.md, "
+            "'What is DuckDB-only')"])
     from invoice_pipeline.defs import build_definitions
     from invoice_pipeline.defs.catalog import plain_value
     from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, PUBLISHED_KEY, lifecycle_asset_keys,
                                             reconcile_asset_key, source_asset_key)
 
-    ensure_dagster_home(Path(app.warehouse.duckdb_path))
+    ensure_dagster_home(None if iceberg else Path(app.warehouse.duckdb_path))
     defs = build_definitions(app, config_path, write_pool=None)  # no pool slot a killed run could keep
     selected = sources or list(app.sources)
     job = defs.resolve_job_def(ALL_ASSETS_JOB)
@@ -270,8 +240,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             reconciled = selected
         else:
             selection = [source_asset_key(s) for s in selected]
-            selection += lifecycle_asset_keys(selected)  # re-poll open invoices, record history
-            reconciled = reconciliations_due(instance, app, selected)
+            # re-poll open invoices, record history (with Iceberg: the history only, written by the loads)
+            selection += lifecycle_asset_keys([] if iceberg else selected)
+            reconciled = [] if iceberg else reconciliations_due(instance, app, selected)
             selection += [reconcile_asset_key(s) for s in reconciled]
             if reconciled:
                 log.info("deletion reconciliation due for %s (config key reconcile_schedule)", ", ".join(reconciled))
@@ -282,7 +253,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             ops.update({source_asset_key(s).to_python_identifier(): {"config": {"backfill": {"start": backfill[0], "end": backfill[1]}}}
                         for s in selected})
         tags = {CONFIG_TAG: str(Path(config_path).resolve()),
-                WAREHOUSE_TAG: str(Path(app.warehouse.duckdb_path).resolve()), **process_tags()}
+                WAREHOUSE_TAG: app.warehouse.iceberg.warehouse if iceberg else str(Path(app.warehouse.duckdb_path).resolve()),
+                **process_tags()}
         result = job.execute_in_process(
             instance=instance,
             asset_selection=selection,

@@ -14,7 +14,12 @@ from invoice_pipeline.defs.schedules import automation_sensor, build_schedules, 
 
 def build_definitions(app: AppConfig, config_path: str | None = None,
                       write_pool: str | None = WRITE_POOL) -> dg.Definitions:
-    """`write_pool=None` for the CLI's in-process runs: they take no pool slot (runner.py says why)."""
+    """`write_pool=None` for the CLI's in-process runs: they take no pool slot (runner.py says why).
+    With `warehouse.backend: iceberg` the Iceberg graph (defs/iceberg_assets.py): no pool, no lifecycle."""
+    if app.warehouse.backend == "iceberg":
+        from invoice_pipeline.defs.iceberg_assets import build_iceberg_definitions
+
+        return build_iceberg_definitions(app, config_path)
     source_assets = [build_source_asset(name, cfg, write_pool) for name, cfg in app.sources.items()]
     life = build_lifecycle(app, write_pool)  # re-poll, deletion reconciliation, history, aging snapshot
     return dg.Definitions(

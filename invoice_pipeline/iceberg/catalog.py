@@ -24,6 +24,7 @@ from invoice_pipeline.model import QUARANTINE_SCHEMA, RAW_SCHEMA
 from invoice_pipeline.config import IcebergConfig
 from invoice_pipeline.conformed import ARROW_SCHEMAS
 from invoice_pipeline.errors import ConfigError
+from invoice_pipeline.lifecycle_tables import HISTORY_COLUMNS
 
 log = logging.getLogger("invoice_pipeline.iceberg")
 
@@ -40,6 +41,11 @@ RUNS_SCHEMA = pa.schema([
     ("window_end", TS), ("started_at", TS), ("finished_at", TS), ("status", pa.string()),
     ("invoices_extracted", pa.int64()), ("invoices_loaded", pa.int64()), ("invoices_stale", pa.int64()),
     ("quarantined", pa.int64()), ("pages", pa.int64()), ("api_calls", pa.int64()), ("error", pa.string())])
+# main.invoice_history (history.py): the DuckDB history's columns, types as in main.invoices.
+HISTORY = "invoice_history"
+_HISTORY_EXTRA = {"valid_from": TS, "valid_to": TS, "observed_at": TS, "run_id": pa.string(), "version_hash": pa.string()}
+HISTORY_SCHEMA = pa.schema([(c, _HISTORY_EXTRA[c] if c in _HISTORY_EXTRA else ARROW_SCHEMAS["invoices"].field(c).type)
+                            for c in HISTORY_COLUMNS])
 # Per-source tables: rows are only ever added (a payload version once, a quarantined record per run).
 SOURCE_TABLES = {"_raw_invoices": RAW_SCHEMA, "_quarantine": QUARANTINE_SCHEMA}
 
@@ -51,7 +57,7 @@ def conformed_schema(table: str) -> pa.Schema:
 
 
 def main_tables() -> dict[str, pa.Schema]:
-    return {**{t: conformed_schema(t) for t in CONFORMED}, "_pipeline_cursors": CURSORS_SCHEMA,
+    return {**{t: conformed_schema(t) for t in CONFORMED}, HISTORY: HISTORY_SCHEMA, "_pipeline_cursors": CURSORS_SCHEMA,
             "_pipeline_runs": RUNS_SCHEMA}
 
 
@@ -106,7 +112,7 @@ def iceberg_schema(schema: pa.Schema) -> Schema:
 def partition_spec(namespace: str, table: str, schema: Schema) -> PartitionSpec:
     """Conformed tables by source (and invoices by month of invoice_date): a source's merge rewrites
     only its own files, and readers prune by source and month."""
-    if namespace != MAIN or table not in CONFORMED:
+    if namespace != MAIN or table not in (*CONFORMED, HISTORY):
         return PartitionSpec()
     fields = [PartitionField(schema.find_field("source_name").field_id, 1000, IdentityTransform(), "source_name")]
     if table == "invoices":

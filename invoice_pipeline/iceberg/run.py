@@ -14,7 +14,8 @@ from collections.abc import Callable
 
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.config import AppConfig
-from invoice_pipeline.iceberg.catalog import ensure_main, ensure_source, open_catalog
+from invoice_pipeline.iceberg.catalog import HISTORY, ensure_main, ensure_source, open_catalog
+from invoice_pipeline.iceberg.history import record_history_batch
 from invoice_pipeline.iceberg.flat import known_tables, write_flat
 from invoice_pipeline.iceberg.merge import read_cursor, record_run, set_cursor, stored_fields, write_batch
 from invoice_pipeline.source_types import source_class
@@ -63,6 +64,11 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
             batch, before = prepare_batch(src, records, summary.run_id, now, config.start_date)
             summary.invoices_before_start += before
             result = write_batch(tables, source_tables, batch, ice.commit_retries, flat_writer)
+            pause_point("iceberg_invoices_written")  # tests kill a run here: invoices committed, history not
+            versions, history_conflicts = record_history_batch(
+                tables[HISTORY], tables["invoices"], source_name, batch.keys.column(0).to_pylist(), ice.commit_retries)
+            result.conflicts += history_conflicts
+            summary.rows_written[f"main.{HISTORY}"] = summary.rows_written.get(f"main.{HISTORY}", 0) + versions
             summary.invoices_loaded += result.accepted
             summary.invoices_stale += result.stale
             summary.quarantined += batch.quarantine.num_rows
