@@ -138,3 +138,25 @@ def create_analyst_views(con: duckdb.DuckDBPyConnection, catalog: str | None = N
         con.execute(f"COMMENT ON VIEW {prefix}{name} IS {sql_literal(description)}")
         for column, text in VIEW_COLUMNS.get(name, {}).items():
             con.execute(f"COMMENT ON COLUMN {prefix}{name}.{quote(column)} IS {sql_literal(text)}")
+
+
+# Days overdue of a history version on the snapshot's day (undated: NULL, bucket no_due_date).
+DAYS_OVERDUE_AT_SNAPSHOT = "date_diff('day', coalesce(due_date, invoice_date), $snapshot_date)"
+
+
+def aging_snapshot_sql(source_filter: str = "") -> str:
+    """The ar_aging_snapshot rows of $snapshot_date: the invoices open in main.invoice_history at
+    $as_of, by source, customer, currency and bucket. One query for both backends (the DuckDB
+    warehouse, the Iceberg history read through DuckDB); `source_filter` narrows the sources."""
+    return f"""SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,
+               arg_max(customer_name, valid_from) AS customer_name, currency_code,
+               {aging_bucket_sql(DAYS_OVERDUE_AT_SNAPSHOT)} AS aging_bucket, count(*) AS invoice_count,
+               sum(balance_due) AS balance_due, sum(total_amount) AS total_amount,
+               count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_count,
+               coalesce(sum(balance_due) FILTER (WHERE document_type = 'credit_memo'), 0) AS credit_balance,
+               $as_of::TIMESTAMPTZ AS as_of, now() AS computed_at
+        FROM main.invoice_history
+        WHERE valid_from < $as_of AND (valid_to IS NULL OR valid_to >= $as_of)
+          AND NOT coalesce(is_void, false) AND status_category IS DISTINCT FROM 'draft'
+          AND NOT coalesce(is_deleted, false) AND balance_due <> 0 {source_filter}
+        GROUP BY source_name, customer_id, currency_code, aging_bucket"""

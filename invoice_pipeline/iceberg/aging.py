@@ -23,7 +23,7 @@ from invoice_pipeline.iceberg.catalog import HISTORY, HISTORY_SCHEMA, MAIN, TS, 
 from invoice_pipeline.iceberg.merge import with_retries
 from invoice_pipeline.lifecycle_tables import AGING_COLUMNS
 from invoice_pipeline.timeutil import utc_now
-from invoice_pipeline.views import aging_bucket_sql
+from invoice_pipeline.views import aging_snapshot_sql
 
 log = logging.getLogger("invoice_pipeline.iceberg")
 
@@ -31,7 +31,6 @@ AGING = "ar_aging_snapshot"
 _TYPES = {"DATE": pa.date32(), "VARCHAR": pa.string(), "BIGINT": pa.int64(), "TIMESTAMPTZ": TS}
 AGING_SCHEMA = pa.schema([(c, _TYPES.get(t, ARROW_SCHEMAS["invoices"].field("balance_due").type))
                           for c, (t, _) in AGING_COLUMNS.items()])
-DAYS_OVERDUE_AT_SNAPSHOT = "date_diff('day', coalesce(due_date, invoice_date), $snapshot_date)"
 
 
 def build_aging_snapshot_iceberg(app: AppConfig, snapshot_date: date | None = None) -> dict[str, Any]:
@@ -47,18 +46,7 @@ def build_aging_snapshot_iceberg(app: AppConfig, snapshot_date: date | None = No
         con.register("_history", published)
         con.execute("CREATE VIEW main.invoice_history AS SELECT * FROM _history")
         rows = con.execute(
-            f"""SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,
-                   arg_max(customer_name, valid_from) AS customer_name, currency_code,
-                   {aging_bucket_sql(DAYS_OVERDUE_AT_SNAPSHOT)} AS aging_bucket, count(*) AS invoice_count,
-                   sum(balance_due) AS balance_due, sum(total_amount) AS total_amount,
-                   count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_count,
-                   coalesce(sum(balance_due) FILTER (WHERE document_type = 'credit_memo'), 0) AS credit_balance,
-                   $as_of::TIMESTAMPTZ AS as_of, now() AS computed_at
-            FROM main.invoice_history
-            WHERE valid_from < $as_of AND (valid_to IS NULL OR valid_to >= $as_of)
-              AND NOT coalesce(is_void, false) AND status_category IS DISTINCT FROM 'draft'
-              AND NOT coalesce(is_deleted, false) AND balance_due <> 0 AND list_contains($sources, source_name)
-            GROUP BY source_name, customer_id, currency_code, aging_bucket""",
+            aging_snapshot_sql("AND list_contains($sources, source_name)"),
             {"snapshot_date": day, "as_of": as_of, "sources": sources}).to_arrow_table()
     finally:
         con.close()

@@ -16,13 +16,12 @@ from typing import Any
 from invoice_pipeline.history import ensure_history_tables
 from invoice_pipeline.sql import rollback
 from invoice_pipeline.timeutil import utc_now
-from invoice_pipeline.views import aging_bucket_sql
+from invoice_pipeline.views import aging_snapshot_sql
 from invoice_pipeline.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
 # Days past the due date (the invoice date when there is none; NULL without either) at the snapshot day.
-DAYS_OVERDUE_AT_SNAPSHOT = "date_diff('day', coalesce(due_date, invoice_date), $snapshot_date)"
 
 
 def aging_as_of(snapshot_date: date) -> datetime:
@@ -51,19 +50,7 @@ def build_aging_snapshot(wh: Warehouse, snapshot_date: date | None = None, sourc
             delete_params = {k: v for k, v in params.items() if k != "as_of"}
             con.execute(f"DELETE FROM main.ar_aging_snapshot WHERE snapshot_date = $snapshot_date {src_filter}", delete_params)
             con.execute(
-                f"""INSERT INTO main.ar_aging_snapshot BY NAME
-                SELECT $snapshot_date::DATE AS snapshot_date, source_name, customer_id,
-                       arg_max(customer_name, valid_from) AS customer_name, currency_code,
-                       {aging_bucket_sql(DAYS_OVERDUE_AT_SNAPSHOT)} AS aging_bucket, count(*) AS invoice_count,
-                       sum(balance_due) AS balance_due, sum(total_amount) AS total_amount,
-                       count(*) FILTER (WHERE document_type = 'credit_memo') AS credit_memo_count,
-                       coalesce(sum(balance_due) FILTER (WHERE document_type = 'credit_memo'), 0) AS credit_balance,
-                       $as_of::TIMESTAMPTZ AS as_of, now() AS computed_at
-                FROM main.invoice_history
-                WHERE valid_from < $as_of AND (valid_to IS NULL OR valid_to >= $as_of)
-                  AND NOT coalesce(is_void, false) AND status_category IS DISTINCT FROM 'draft'
-                  AND NOT coalesce(is_deleted, false) AND balance_due <> 0 {src_filter}
-                GROUP BY source_name, customer_id, currency_code, aging_bucket""",
+                "INSERT INTO main.ar_aging_snapshot BY NAME " + aging_snapshot_sql(src_filter),
                 params,
             )
             rows, invoices = con.execute(
