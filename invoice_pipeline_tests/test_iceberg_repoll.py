@@ -171,3 +171,26 @@ def test_open_invoice_selection_on_iceberg_is_the_duckdb_rule(tmp_path: Path) ->
     later = lifecycle.repoll_open_invoices(app, "fake", source=src, horizon=timedelta(days=1000),
                                            after_run_id=result.summary.run_id)
     assert src.fetched == ["5"] and later.skipped_just_loaded == 2 and later.changed == 0
+
+
+def test_cli_run_on_iceberg_repolls_and_publishes_silent_payments(tmp_path: Path) -> None:
+    """`invoice-pipeline run` (a subprocess) selects the re-poll with Iceberg as with DuckDB (runner.py):
+    payments that leave the modification time alone reach `main` with the next run."""
+    from .conftest import cli_in
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=15) as sim:
+        app, config = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        (tmp_path / "c.yaml").write_text(config.read_text())
+        done = cli_in(tmp_path, "run")
+        assert done.returncode == 0, done.stdout + done.stderr
+        paid = sim.mutate(payments=3, seed=4)["payments"]
+        truth = _truth(app, "agv", paid)
+        assert paid and all(_balances(app, "agv")[i] != truth[i] for i in paid)
+        done = cli_in(tmp_path, "run")
+        assert done.returncode == 0, done.stdout + done.stderr
+    main = {r["invoice_id"]: r["balance_due"] for r in published(app, "main", "invoices").to_pylist()}
+    assert {i: main[i] for i in paid} == truth and len(main) == 15
+    modes = [r["mode"] for r in ingest(app, "main", "_pipeline_runs").to_pylist()]
+    # the first run's re-poll had nothing to read (every open invoice just loaded by that run): no load
+    assert modes.count("repoll") == 1 and modes.count("incremental") == 2
