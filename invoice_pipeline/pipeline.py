@@ -139,6 +139,11 @@ def load_records(
     now: each is loaded whatever its age (start_date filters only what a source sends), and the
     history step restores the deletion marks the rebuild cleared (history.record_history, step 1).
     """
+    if app.warehouse.backend == "iceberg":  # the same seam as run_source's (docs/ICEBERG.md)
+        from invoice_pipeline.iceberg.run import load_records_iceberg
+
+        return load_records_iceberg(app, source_name, records, summary_type=RunSummary, mode=mode, source=source,
+                                    observed=observed)
     wh, started, loaded_at, _ = _begin(app, source_name, warehouse)
     window = Window(app.sources[source_name].start_date, loaded_at)
     return _load(app, source_name, wh, source, records, mode=mode, window=window,

@@ -214,8 +214,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     backfill: (start, end) ISO timestamps, the source assets' launchpad config `backfill: {start, end}`
     (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
-    # With the Iceberg backend the same job runs over the Iceberg graph (defs/iceberg_assets.py): no
-    # lifecycle assets there, so no re-poll, history or deletion reconciliation (docs/ICEBERG.md).
+    # With the Iceberg backend the same job runs over the Iceberg graph (defs/iceberg_assets.py): re-poll
+    # and history as with DuckDB, no deletion reconciliation (docs/ICEBERG.md).
     iceberg = app.warehouse.backend == "iceberg"
     if iceberg and reconcile == "only":
         return RunReport(success=False, failures=[
@@ -240,8 +240,8 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             reconciled = selected
         else:
             selection = [source_asset_key(s) for s in selected]
-            # re-poll open invoices, record history (with Iceberg: the history only, written by the loads)
-            selection += lifecycle_asset_keys([] if iceberg else selected)
+            # re-poll open invoices, record history (with Iceberg the history is written by the loads)
+            selection += lifecycle_asset_keys(selected)
             reconciled = [] if iceberg else reconciliations_due(instance, app, selected)
             selection += [reconcile_asset_key(s) for s in reconciled]
             if reconciled:

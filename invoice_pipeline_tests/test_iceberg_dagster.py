@@ -54,8 +54,10 @@ def test_graph_has_no_pool_and_no_duckdb_only_lifecycle_assets(tmp_path: Path) -
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
-    for absent in (repoll_asset_key("agv"), reconcile_asset_key("agv")):
-        assert absent not in keys
+    assert reconcile_asset_key("agv") not in keys  # DuckDB-only
+    assert repoll_asset_key("agv") in keys and graph.get(repoll_asset_key("agv")).parent_keys == {
+        dg.AssetKey(["agv", "invoices"])}  # the re-poll works on Iceberg (test_iceberg_repoll.py)
+    assert defs.resolve_job_def("agv_repoll") is not None
     assert PUBLISHED_KEY in keys and HISTORY_KEY in keys  # the history is written by the source runs
     assert graph.get(AGING_KEY).parent_keys == {PUBLISHED_KEY}  # aged from the published history
     assert defs.resolve_schedule_def("ar_aging_snapshot_daily_schedule") is not None

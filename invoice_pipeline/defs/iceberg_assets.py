@@ -16,8 +16,11 @@ job and schedule names as the DuckDB graph, over Iceberg tables.
 `main/ar_aging_snapshot` (iceberg/aging.py) is computed from the published history, so it sits
 downstream of publish (with DuckDB it is upstream: copied into the published file); daily job and
 schedule as with DuckDB.
-Left out of this graph (they read and write the DuckDB file): re-poll of open invoices, deletion
-reconciliation, and the schema drift check.
+`<source>/open_invoices_repoll`: lifecycle/repoll.py over the Iceberg tables (the open invoices read
+from `main.invoices` on `ingest`, the re-read invoices merged like a run's, the cursor left alone);
+same automation, job and schedule as with DuckDB; the conformed counts, checks and publish follow it.
+Left out of this graph (they read and write the DuckDB file): deletion reconciliation and the schema
+drift check.
 No asset takes the `duckdb_write` pool: concurrent commits are resolved by Iceberg's optimistic
 commits (iceberg/merge.py), not by one run at a time.
 """
@@ -36,16 +39,17 @@ from invoice_pipeline.defs.alerts import build_alert_sensors
 from invoice_pipeline.defs.assets import summary_metadata
 from invoice_pipeline.defs.catalog import COLUMN_SCHEMA, ROW_COUNT, conformed_definition_schema, counts_table
 from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, HISTORY_KEY, INVOICES_KEY, NO_QUARANTINE_CHECK,
-                                        PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, source_asset_key,
-                                        schedule_name, source_job_name)
+                                        PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, lifecycle_job_name,
+                                        repoll_asset_key, source_asset_key, schedule_name, source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
-from invoice_pipeline.defs.lifecycle import AGING_CRON, AgingSnapshotConfig
+from invoice_pipeline.defs.lifecycle import AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, _load_in_this_run, _metadata
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
 from invoice_pipeline.iceberg.catalog import HISTORY
 from invoice_pipeline.iceberg.publish import ALL_RULES, audit_rules, pin, publish
 from invoice_pipeline.audit import AuditRule, stale_sources
+from invoice_pipeline.lifecycle import repoll_open_invoices
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.timeutil import utc_now
@@ -53,8 +57,7 @@ from invoice_pipeline.timeutil import utc_now
 log = logging.getLogger("invoice_pipeline.iceberg")
 
 # What the DuckDB graph has and this one leaves out (docs/ICEBERG.md, "What is DuckDB-only").
-DUCKDB_ONLY = ("re-poll of open invoices (<source>/open_invoices_repoll)",
-               "deletion reconciliation (<source>/deletion_reconciliation)", "the schema_drift check")
+DUCKDB_ONLY = ("deletion reconciliation (<source>/deletion_reconciliation)", "the schema_drift check")
 
 # The executor of the jobs: multiprocess by default (source steps load side by side: no writer lock);
 # INVOICE_PIPELINE_EXECUTOR=k8s or celery on a cluster (deploy/iceberg/run_config_*.yaml), in_process for one process.
@@ -84,6 +87,37 @@ def build_iceberg_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefi
     return _source_asset
 
 
+def build_iceberg_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+    """The DuckDB graph's re-poll asset (defs/lifecycle.py) over Iceberg: same key, automation and metadata."""
+    horizon = (f", due or invoice date within repoll_horizon = {config.repoll_horizon.days} days"
+               if config.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
+    when = (f"on cron '{config.repoll_schedule}' (config key repoll_schedule)" if config.repoll_schedule
+            else "after every run of the source (set repoll_schedule for a cron instead)")
+
+    @dg.asset(
+        key=repoll_asset_key(name),
+        group_name=name,
+        kinds={"iceberg", "python"},
+        tags={"source_type": config.type},
+        deps=[source_asset_key(name)],
+        automation_condition=None if config.repoll_schedule else LIFECYCLE_CONDITION,
+        description=(
+            f"Re-reads the invoices of '{name}' still open in the Iceberg main.invoices (`ingest` branch; balance "
+            f"due <> 0, not void, not deleted{horizon}) with the API's cheapest read of specific invoices, so "
+            f"payments that do not move the modification time converge. Runs {when}; never moves the cursor; "
+            "writes the `ingest` branch (readers of `main` see it after publish). In a job run that also loads "
+            "the source, the invoices that load just wrote are not read again (skipped_just_loaded), nor, when "
+            "that load compared every listed balance (CRM.COM; Oracle list-only), any other."
+        ),
+    )
+    def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
+        after_run_id, compared = _load_in_this_run(context, name)
+        result = repoll_open_invoices(pipeline.app, name, after_run_id=after_run_id, load_compared_all=compared)
+        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+
+    return _repoll
+
+
 def _rows_by_source(app: AppConfig) -> tuple[dict[str, dict[str, int]], dict[str, int | None]]:
     """table -> {source: rows} on the pinned `ingest` snapshots, and those snapshot ids."""
     tables, pinned = pin(app)
@@ -98,11 +132,16 @@ def _rows_by_source(app: AppConfig) -> tuple[dict[str, dict[str, int]], dict[str
     return counts, {t: pinned[t] for t in (*CONFORMED_TABLES, HISTORY)}
 
 
+def _writers(app: AppConfig) -> list[dg.AssetKey]:
+    """The assets that write the conformed tables and the history: each source's run and its re-poll."""
+    return [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n))]
+
+
 def build_iceberg_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
     @dg.multi_asset(
         specs=[
             dg.AssetSpec(
-                key, group_name="conformed", kinds={"iceberg"}, deps=[source_asset_key(n) for n in app.sources],
+                key, group_name="conformed", kinds={"iceberg"}, deps=_writers(app),
                 automation_condition=CONFORMED_CONDITION,
                 metadata={COLUMN_SCHEMA: conformed_definition_schema(table)},
                 description=f"Grain: one row per {table[:-1].replace('_', ' ')} across every configured source "
@@ -110,7 +149,7 @@ def build_iceberg_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
             )
             for key, table in zip(CONFORMED_ASSET_KEYS, CONFORMED_TABLES, strict=True)
         ] + [dg.AssetSpec(HISTORY_KEY, group_name="conformed", kinds={"iceberg"},
-                          deps=[source_asset_key(n) for n in app.sources], automation_condition=CONFORMED_CONDITION,
+                          deps=_writers(app), automation_condition=CONFORMED_CONDITION,
                           description="Grain: one row per observed version of an invoice (source_name, invoice_id, "
                                       "valid_from), valid_to exclusive, NULL = current; written by each source run "
                                       "(Iceberg table main.invoice_history, partitioned by source).")],
@@ -293,15 +332,24 @@ def build_iceberg_definitions(app: AppConfig, config_path: str | None = None) ->
              ", ".join(DUCKDB_ONLY))
     return dg.Definitions(
         assets=[*(build_iceberg_source_asset(n, c) for n, c in app.sources.items()),
+                *(build_iceberg_repoll_asset(n, c) for n, c in app.sources.items()),
                 build_iceberg_conformed_asset(app), build_iceberg_publish_asset(), build_iceberg_aging_asset()],
         asset_checks=[iceberg_audit_checks],
         jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()),
               *(dg.define_asset_job(source_job_name(n), selection=dg.AssetSelection.keys(source_asset_key(n)),
                                     description=f"Incremental extraction of source '{n}' ({c.type}) into Iceberg.",
                                     tags={"source": n}) for n, c in app.sources.items()),
+              *(dg.define_asset_job(lifecycle_job_name(n, "repoll"), selection=dg.AssetSelection.keys(repoll_asset_key(n)),
+                                    description=f"repoll of source '{n}' into Iceberg (the conformed counts, checks "
+                                                "and publish follow by automation).", tags={"source": n})
+                for n in app.sources),
               dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
                                   description="Daily AR aging snapshot from the published invoice history.")],
-        schedules=[*build_schedules(app), dg.ScheduleDefinition(
+        schedules=[*build_schedules(app), *(dg.ScheduleDefinition(
+            name=schedule_name(lifecycle_job_name(n, "repoll")), job_name=lifecycle_job_name(n, "repoll"),
+            cron_schedule=c.repoll_schedule, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"repoll of '{n}' on cron '{c.repoll_schedule}'.")
+            for n, c in app.sources.items() if c.repoll_schedule), dg.ScheduleDefinition(
             name=schedule_name(AGING_JOB), job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
             default_status=dg.DefaultScheduleStatus.RUNNING,
             description="AR aging snapshot of the UTC day, late that day.")],

@@ -10,10 +10,11 @@ import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from invoice_pipeline.batch import prepare_batch
 from invoice_pipeline.config import AppConfig
+from invoice_pipeline.errors import PipelineError
 from invoice_pipeline.iceberg.catalog import HISTORY, ensure_main, ensure_source, open_catalog
 from invoice_pipeline.iceberg.history import record_history_batch
 from invoice_pipeline.iceberg.flat import known_tables, write_flat
@@ -35,15 +36,51 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
     import layers (pyproject.toml), so it does not import it back."""
     ice = app.warehouse.iceberg
     assert ice is not None  # config validation: backend iceberg needs the block
-    config = app.sources[source_name]
     started = time.monotonic()
     now = utc_now().replace(microsecond=0)
     catalog = open_catalog(ice)
     tables = ensure_main(catalog)
-    source_tables = ensure_source(catalog, source_name)
     cursor = read_cursor(tables["_pipeline_cursors"], source_name)
     mode = (mode or "backfill") if window is not None else "incremental"
-    window = window or plan_window(config, cursor, now)
+    window = window or plan_window(app.sources[source_name], cursor, now)
+    return _load_iceberg(app, source_name, lambda src: src.extract(window), summary_type=summary_type, mode=mode,
+                         window=window, move_cursor=mode == "incremental", source=source, catalog=catalog,
+                         tables=tables, now=now, started=started)
+
+
+def load_records_iceberg(app: AppConfig, source_name: str, records: Callable[[Source], Iterable[Sequence]], *,
+                         summary_type: type, mode: str, source: Source | None = None, observed: bool = True):
+    """pipeline.load_records for `warehouse.backend: iceberg`: records read some other way than a
+    modification window (a re-poll's reads) through the same writes as a run; the cursor never moves.
+
+    The run row's window is start_date .. the run's start (any invoice), as with DuckDB. observed=False
+    (a replay of the DuckDB raw payload store, replay.py) is refused: replay is DuckDB-only
+    (docs/ICEBERG.md), and loading the DuckDB file's payloads into Iceberg would mix two warehouses."""
+    ice = app.warehouse.iceberg
+    assert ice is not None  # config validation: backend iceberg needs the block
+    if not observed:
+        if source is not None:
+            source.close()
+        raise PipelineError(f"source '{source_name}': {mode} is not available with warehouse.backend: iceberg "
+                            "(docs/ICEBERG.md, 'What is DuckDB-only')")
+    started = time.monotonic()
+    now = utc_now().replace(microsecond=0)
+    catalog = open_catalog(ice)
+    window = Window(app.sources[source_name].start_date, now)
+    return _load_iceberg(app, source_name, records, summary_type=summary_type, mode=mode, window=window,
+                         move_cursor=False, source=source, catalog=catalog, tables=ensure_main(catalog), now=now,
+                         started=started)
+
+
+def _load_iceberg(app: AppConfig, source_name: str, records: Callable[[Source], Iterable[Sequence]], *,
+                  summary_type: type, mode: str, window: Window, move_cursor: bool, source: Source | None,
+                  catalog, tables: dict, now, started: float):
+    """Extract (records(src)), prepare, merge batch by batch with its history; the cursor (only when
+    move_cursor) after the last batch committed; one run row whatever the outcome. Closes the source;
+    raises on failure, after recording it."""
+    ice = app.warehouse.iceberg
+    config = app.sources[source_name]
+    source_tables = ensure_source(catalog, source_name)
     summary = summary_type(source_name, config.type, uuid.uuid4().hex[:12], mode, window.start, window.end, now)
     log.info("source '%s': %s run %s into Iceberg, window %s .. %s", source_name, mode, summary.run_id,
              window.start.isoformat(), window.end.isoformat())
@@ -58,10 +95,10 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
         write_flat(catalog, source_name, flat_tables, batch.flat, batch.keys, ice.commit_retries, result)
 
     try:
-        for records in src.extract(window):
-            summary.invoices_extracted += len(records)
+        for batch_records in records(src):
+            summary.invoices_extracted += len(batch_records)
             pause_point("extract")
-            batch, before = prepare_batch(src, records, summary.run_id, now, config.start_date)
+            batch, before = prepare_batch(src, batch_records, summary.run_id, now, config.start_date)
             summary.invoices_before_start += before
             result = write_batch(tables, source_tables, batch, ice.commit_retries, flat_writer)
             pause_point("iceberg_invoices_written")  # tests kill a run here: invoices committed, history not
@@ -75,7 +112,7 @@ def run_source_iceberg(app: AppConfig, source_name: str, *, summary_type: type, 
             conflicts += result.conflicts
             for name, n in result.rows_written.items():
                 summary.rows_written[name] = summary.rows_written.get(name, 0) + n
-        if mode == "incremental":  # only after every batch committed: a failed run leaves it alone
+        if move_cursor:  # only after every batch committed: a failed run leaves it alone
             pause_point("iceberg_before_cursor")
             conflicts += set_cursor(tables["_pipeline_cursors"], source_name, window.end, summary.run_id, utc_now(),
                                     ice.commit_retries)

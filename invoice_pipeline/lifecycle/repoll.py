@@ -7,6 +7,10 @@ a modification window never sees it. `repoll_open_invoices` re-reads the invoice
 list comparison; else `fetch_by_ids`) and loads them through pipeline.load_records (the merge
 accepts an equal last-modified time; the cursor stays where it is). After a load in the same job
 run that compared every balance (CRM.COM; Oracle list-only) it reads nothing.
+
+With `warehouse.backend: iceberg` the same query selects the open invoices from the Iceberg
+`main.invoices` (its `ingest` branch, iceberg/repoll.py) and load_records takes the Iceberg write
+path (docs/ICEBERG.md, "Re-poll of open invoices").
 """
 
 from __future__ import annotations
@@ -49,6 +53,20 @@ def _open_invoices(con: duckdb.DuckDBPyConnection, source_name: str, horizon: ti
         ORDER BY invoice_id""",
         [source_name, oldest],
     ).fetchall()
+
+
+def _open_invoices_iceberg(app: AppConfig, source_name: str, horizon: timedelta | None, today: date) -> list[tuple]:
+    """_open_invoices over the Iceberg `main.invoices` (its `ingest` branch: iceberg/repoll.py), the same
+    query run by DuckDB over the Arrow rows, so both backends select the same invoices."""
+    from invoice_pipeline.iceberg.repoll import invoice_rows
+
+    rows = invoice_rows(app.warehouse.iceberg, source_name)
+    con = duckdb.connect()
+    try:
+        con.register("invoices", rows)  # in-memory DuckDB: resolves as main.invoices
+        return _open_invoices(con, source_name, horizon, today)
+    finally:
+        con.close()
 
 
 def _not_written_by(rows: list[tuple], run_id: str | None) -> list[tuple[str, str | None]]:
@@ -105,14 +123,18 @@ def repoll_open_invoices(
     changed ones (its extract stats say `balances_compared: all`: CRM.COM always, Oracle in
     list-only mode), so nothing is left to read. horizon overrides the source's `repoll_horizon`
     (None: every open invoice); today is for tests (default: UTC today)."""
-    wh = warehouse or Warehouse(app.warehouse)
+    iceberg = app.warehouse.backend == "iceberg"  # docs/ICEBERG.md: the same re-poll over the Iceberg tables
+    wh = None if iceberg else warehouse or Warehouse(app.warehouse)
     if horizon is _FROM_CONFIG:
         horizon = app.sources[source_name].repoll_horizon
     today = today or utc_now().date()
-    with wh.writer() as con:
-        ensure_history_tables(wh, con)
-        wh.ensure_source(con, source_name)
-        every = _open_invoices(con, source_name, horizon, today)
+    if iceberg:
+        every = _open_invoices_iceberg(app, source_name, horizon, today)
+    else:
+        with wh.writer() as con:
+            ensure_history_tables(wh, con)
+            wh.ensure_source(con, source_name)
+            every = _open_invoices(con, source_name, horizon, today)
     rows = _not_written_by(every, after_run_id)
     skipped = len(every) - len(rows)
     compared = 0
@@ -133,11 +155,14 @@ def repoll_open_invoices(
     result.found = result.summary.invoices_extracted
     result.api_calls, result.pages = result.summary.api_calls, result.summary.pages
     result.detail_calls = int(result.summary.extra.get("detail_calls", 0))
-    with wh.writer() as con:
-        result.changed = con.execute(
-            "SELECT count(*) FROM main.invoice_history WHERE source_name = ? AND run_id = ?",
-            [source_name, result.summary.run_id],
-        ).fetchall()[0][0]
+    if iceberg:  # the versions this run's history steps added (iceberg/history.py), one per changed invoice
+        result.changed = result.summary.rows_written.get("main.invoice_history", 0)
+    else:
+        with wh.writer() as con:
+            result.changed = con.execute(
+                "SELECT count(*) FROM main.invoice_history WHERE source_name = ? AND run_id = ?",
+                [source_name, result.summary.run_id],
+            ).fetchall()[0][0]
     log.info("source '%s': re-polled %d open invoices (%d just loaded skipped), %d found, %d changed; %d API calls "
              "(%d list pages, %d detail calls)", source_name, result.open_invoices, result.skipped_just_loaded,
              result.found, result.changed, result.api_calls, result.pages, result.detail_calls)
