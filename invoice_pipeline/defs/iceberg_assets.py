@@ -42,7 +42,7 @@ from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, ALL_ASSETS_JOB, CO
                                         PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, lifecycle_job_name,
                                         repoll_asset_key, source_asset_key, schedule_name, source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
-from invoice_pipeline.defs.lifecycle import AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, _load_in_this_run, _metadata
+from invoice_pipeline.defs.lifecycle import AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, load_in_this_run, as_dagster_metadata
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
@@ -111,9 +111,9 @@ def build_iceberg_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefi
         ),
     )
     def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        after_run_id, compared = _load_in_this_run(context, name)
+        after_run_id, compared = load_in_this_run(context, name)
         result = repoll_open_invoices(pipeline.app, name, after_run_id=after_run_id, load_compared_all=compared)
-        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+        return dg.MaterializeResult(metadata=as_dagster_metadata(result.as_metadata()))
 
     return _repoll
 

@@ -31,12 +31,12 @@ AGING_CRON = "55 23 * * *"  # late in the UTC day whose end the snapshot describ
 LIFECYCLE_CONDITION = dg.AutomationCondition.eager()
 
 
-def _metadata(values: dict[str, Any]) -> dict[str, Any]:
+def as_dagster_metadata(values: dict[str, Any]) -> dict[str, Any]:
     return {k: dg.MetadataValue.json(v) if isinstance(v, list | dict) else v
             for k, v in values.items() if v is not None}
 
 
-def _load_in_this_run(context: dg.AssetExecutionContext, name: str) -> tuple[str | None, bool]:
+def load_in_this_run(context: dg.AssetExecutionContext, name: str) -> tuple[str | None, bool]:
     """The pipeline run id of the source's load, if this same job run materialized it, and whether
     that load compared every listed invoice's balance with the stored one (source_stats
     `balances_compared: all`), which leaves its re-poll nothing to read."""
@@ -75,10 +75,10 @@ def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE
         ),
     )
     def _repoll(context: dg.AssetExecutionContext, pipeline: PipelineResource) -> dg.MaterializeResult:
-        after_run_id, compared = _load_in_this_run(context, name)
+        after_run_id, compared = load_in_this_run(context, name)
         result = lifecycle.repoll_open_invoices(pipeline.app, name, warehouse=pipeline.warehouse,
                                                 after_run_id=after_run_id, load_compared_all=compared)
-        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+        return dg.MaterializeResult(metadata=as_dagster_metadata(result.as_metadata()))
 
     return _repoll
 
@@ -112,7 +112,7 @@ def build_reconcile_asset(name: str, config: SourceConfig, pool: str | None = WR
     ) -> dg.MaterializeResult:
         result = lifecycle.reconcile_deletions(pipeline.app, name, warehouse=pipeline.warehouse,
                                                allow_mass_deletion=config.allow_mass_deletion)
-        return dg.MaterializeResult(metadata=_metadata(result.as_metadata()))
+        return dg.MaterializeResult(metadata=as_dagster_metadata(result.as_metadata()))
 
     return _reconcile
 
@@ -221,7 +221,7 @@ def build_aging_asset(app: AppConfig, pool: str | None = WRITE_POOL) -> dg.Asset
         result = lifecycle.build_aging_snapshot(pipeline.warehouse, day, sources=list(app.sources))
         with pipeline.warehouse.reader() as con:  # the catalog's row count: every day kept
             total = con.execute("SELECT count(*) FROM main.ar_aging_snapshot").fetchone()[0]
-        return dg.MaterializeResult(metadata={**_metadata(result), "dagster/row_count": dg.MetadataValue.int(total)})
+        return dg.MaterializeResult(metadata={**as_dagster_metadata(result), "dagster/row_count": dg.MetadataValue.int(total)})
 
     return ar_aging_snapshot
 
