@@ -214,13 +214,9 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
     backfill: (start, end) ISO timestamps, the source assets' launchpad config `backfill: {start, end}`
     (`invoice-pipeline run --from --to`): re-read that window, never moving the cursor.
     """
-    # With the Iceberg backend the same job runs over the Iceberg graph (defs/iceberg_assets.py): re-poll
-    # and history as with DuckDB, no deletion reconciliation (docs/ICEBERG.md).
+    # With the Iceberg backend the same job runs over the Iceberg graph (defs/iceberg_assets.py): re-poll,
+    # deletion reconciliation and history as with DuckDB (docs/ICEBERG.md).
     iceberg = app.warehouse.backend == "iceberg"
-    if iceberg and reconcile == "only":
-        return RunReport(success=False, failures=[
-            "deletion reconciliation is not available with warehouse.backend: iceberg (docs/ICEBERG.md, "
-            "'What is DuckDB-only')"])
     from invoice_pipeline.defs import build_definitions
     from invoice_pipeline.defs.catalog import plain_value
     from invoice_pipeline.defs.keys import (ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, PUBLISHED_KEY, lifecycle_asset_keys,
@@ -242,7 +238,7 @@ def run_pipeline(app: AppConfig, config_path: str, sources: list[str] | None = N
             selection = [source_asset_key(s) for s in selected]
             # re-poll open invoices, record history (with Iceberg the history is written by the loads)
             selection += lifecycle_asset_keys(selected)
-            reconciled = [] if iceberg else reconciliations_due(instance, app, selected)
+            reconciled = reconciliations_due(instance, app, selected)
             selection += [reconcile_asset_key(s) for s in reconciled]
             if reconciled:
                 log.info("deletion reconciliation due for %s (config key reconcile_schedule)", ", ".join(reconciled))

@@ -45,7 +45,7 @@ def _add_duplicate_invoice(app) -> str:
     return row.column("invoice_id")[0].as_py()
 
 
-def test_graph_has_no_pool_and_no_duckdb_only_lifecycle_assets(tmp_path: Path) -> None:
+def test_graph_has_no_pool_and_the_lifecycle_assets(tmp_path: Path) -> None:
     from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
 
     with SIMULATOR_CLASS(size=5) as sim:
@@ -54,7 +54,9 @@ def test_graph_has_no_pool_and_no_duckdb_only_lifecycle_assets(tmp_path: Path) -
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = set(graph.get_all_asset_keys())
-    assert reconcile_asset_key("agv") not in keys  # DuckDB-only
+    assert graph.get(reconcile_asset_key("agv")).parent_keys == {dg.AssetKey(["agv", "invoices"])}  # test_iceberg_deletions.py
+    assert defs.resolve_job_def("agv_deletion_reconciliation") is not None
+    assert defs.resolve_schedule_def("agv_deletion_reconciliation_schedule").cron_schedule == "0 3 * * *"
     assert repoll_asset_key("agv") in keys and graph.get(repoll_asset_key("agv")).parent_keys == {
         dg.AssetKey(["agv", "invoices"])}  # the re-poll works on Iceberg (test_iceberg_repoll.py)
     assert defs.resolve_job_def("agv_repoll") is not None
@@ -176,10 +178,8 @@ def test_cli_run_goes_through_dagster_and_a_failed_blocking_check_exits_1_with_m
         before = _main_snapshots(app)
         _add_duplicate_invoice(app)
         done = cli_in(tmp_path, "run")
-        reconcile = cli_in(tmp_path, "reconcile")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "blocking checks failed, nothing published: unique_invoices" in done.stdout
     assert _main_snapshots(app) == before
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
         assert len(instance.get_run_records()) == 2  # both runs in the instance the UI shows
-    assert reconcile.returncode == 1 and "not available with warehouse.backend: iceberg" in reconcile.stdout

@@ -19,8 +19,11 @@ schedule as with DuckDB.
 `<source>/open_invoices_repoll`: lifecycle/repoll.py over the Iceberg tables (the open invoices read
 from `main.invoices` on `ingest`, the re-read invoices merged like a run's, the cursor left alone);
 same automation, job and schedule as with DuckDB; the conformed counts, checks and publish follow it.
-Left out of this graph (they read and write the DuckDB file): deletion reconciliation and the schema
-drift check.
+`<source>/deletion_reconciliation`: lifecycle/deletions.py over the Iceberg tables (stored ids from
+`main.invoices` on `ingest`, marks and deletion versions committed there, reappeared invoices merged
+like a run's); same config, job and schedule as with DuckDB (reconcile_schedule "always": part of the
+source's job, defs/schedules.py).
+Left out of this graph (it reads and writes the DuckDB file): the schema drift check.
 No asset takes the `duckdb_write` pool: concurrent commits are resolved by Iceberg's optimistic
 commits (iceberg/merge.py), not by one run at a time.
 """
@@ -40,16 +43,18 @@ from invoice_pipeline.defs.assets import summary_metadata
 from invoice_pipeline.defs.catalog import COLUMN_SCHEMA, ROW_COUNT, conformed_definition_schema, counts_table
 from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, ALL_ASSETS_JOB, CONFORMED_ASSET_KEYS, HISTORY_KEY, INVOICES_KEY, NO_QUARANTINE_CHECK,
                                         PUBLISHED_KEY, RUN_ID_TAG_PREFIX, SOURCES_FRESH_CHECK, lifecycle_job_name,
-                                        repoll_asset_key, source_asset_key, schedule_name, source_job_name)
+                                        reconcile_asset_key, repoll_asset_key, source_asset_key, schedule_name,
+                                        source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
-from invoice_pipeline.defs.lifecycle import AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, load_in_this_run, as_dagster_metadata
+from invoice_pipeline.defs.lifecycle import (AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, ReconcileConfig,
+                                             as_dagster_metadata, load_in_this_run)
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
 from invoice_pipeline.iceberg.catalog import HISTORY
 from invoice_pipeline.iceberg.publish import ALL_RULES, audit_rules, pin, publish
 from invoice_pipeline.audit import AuditRule, stale_sources
-from invoice_pipeline.lifecycle import repoll_open_invoices
+from invoice_pipeline.lifecycle import reconcile_deletions, repoll_open_invoices
 from invoice_pipeline.pipeline import run_source
 from invoice_pipeline.testpoints import pause_point
 from invoice_pipeline.timeutil import utc_now
@@ -57,7 +62,7 @@ from invoice_pipeline.timeutil import utc_now
 log = logging.getLogger("invoice_pipeline.iceberg")
 
 # What the DuckDB graph has and this one leaves out (docs/ICEBERG.md, "What is DuckDB-only").
-DUCKDB_ONLY = ("deletion reconciliation (<source>/deletion_reconciliation)", "the schema_drift check")
+DUCKDB_ONLY = ("the schema_drift check",)
 
 # The executor of the jobs: multiprocess by default (source steps load side by side: no writer lock);
 # INVOICE_PIPELINE_EXECUTOR=k8s or celery on a cluster (deploy/iceberg/run_config_*.yaml), in_process for one process.
@@ -118,6 +123,32 @@ def build_iceberg_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefi
     return _repoll
 
 
+def build_iceberg_reconcile_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
+    """The DuckDB graph's deletion reconciliation asset (defs/lifecycle.py) over Iceberg: same key, config, metadata."""
+
+    @dg.asset(
+        key=reconcile_asset_key(name),
+        group_name=name,
+        kinds={"iceberg", "python"},
+        tags={"source_type": config.type},
+        deps=[source_asset_key(name)],
+        description=(
+            f"Compares the invoice ids '{name}' lists now with the Iceberg main.invoices (`ingest` branch); an "
+            "invoice gone from the source (confirmed by a direct read) is marked is_deleted with "
+            "deleted_detected_at, never erased, and gets a deleted version in main.invoice_history; a deleted "
+            "invoice found again is reloaded (un-deleted). Refuses to mark more than reconcile_max_deleted_share "
+            f"({config.reconcile_max_deleted_share:.0%}) at once. Cron '{config.reconcile_schedule}'. Writes the "
+            "`ingest` branch (readers of `main` see it after publish)."
+        ),
+    )
+    def _reconcile(context: dg.AssetExecutionContext, config: ReconcileConfig,
+                   pipeline: PipelineResource) -> dg.MaterializeResult:
+        result = reconcile_deletions(pipeline.app, name, allow_mass_deletion=config.allow_mass_deletion)
+        return dg.MaterializeResult(metadata=as_dagster_metadata(result.as_metadata()))
+
+    return _reconcile
+
+
 def _rows_by_source(app: AppConfig) -> tuple[dict[str, dict[str, int]], dict[str, int | None]]:
     """table -> {source: rows} on the pinned `ingest` snapshots, and those snapshot ids."""
     tables, pinned = pin(app)
@@ -133,8 +164,8 @@ def _rows_by_source(app: AppConfig) -> tuple[dict[str, dict[str, int]], dict[str
 
 
 def _writers(app: AppConfig) -> list[dg.AssetKey]:
-    """The assets that write the conformed tables and the history: each source's run and its re-poll."""
-    return [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n))]
+    """The assets that write the conformed tables and the history: each source's run, re-poll and reconciliation."""
+    return [k for n in app.sources for k in (source_asset_key(n), repoll_asset_key(n), reconcile_asset_key(n))]
 
 
 def build_iceberg_conformed_asset(app: AppConfig) -> dg.AssetsDefinition:
@@ -333,6 +364,7 @@ def build_iceberg_definitions(app: AppConfig, config_path: str | None = None) ->
     return dg.Definitions(
         assets=[*(build_iceberg_source_asset(n, c) for n, c in app.sources.items()),
                 *(build_iceberg_repoll_asset(n, c) for n, c in app.sources.items()),
+                *(build_iceberg_reconcile_asset(n, c) for n, c in app.sources.items()),
                 build_iceberg_conformed_asset(app), build_iceberg_publish_asset(), build_iceberg_aging_asset()],
         asset_checks=[iceberg_audit_checks],
         jobs=[dg.define_asset_job(ALL_ASSETS_JOB, selection=dg.AssetSelection.all()),
@@ -343,13 +375,24 @@ def build_iceberg_definitions(app: AppConfig, config_path: str | None = None) ->
                                     description=f"repoll of source '{n}' into Iceberg (the conformed counts, checks "
                                                 "and publish follow by automation).", tags={"source": n})
                 for n in app.sources),
+              *(dg.define_asset_job(lifecycle_job_name(n, "deletion_reconciliation"),
+                                    selection=dg.AssetSelection.keys(reconcile_asset_key(n)),
+                                    description=f"deletion_reconciliation of source '{n}' in Iceberg (the conformed "
+                                                "counts, checks and publish follow by automation).", tags={"source": n})
+                for n in app.sources),
               dg.define_asset_job(AGING_JOB, selection=dg.AssetSelection.keys(AGING_KEY),
                                   description="Daily AR aging snapshot from the published invoice history.")],
         schedules=[*build_schedules(app), *(dg.ScheduleDefinition(
             name=schedule_name(lifecycle_job_name(n, "repoll")), job_name=lifecycle_job_name(n, "repoll"),
             cron_schedule=c.repoll_schedule, execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
             description=f"repoll of '{n}' on cron '{c.repoll_schedule}'.")
-            for n, c in app.sources.items() if c.repoll_schedule), dg.ScheduleDefinition(
+            for n, c in app.sources.items() if c.repoll_schedule), *(dg.ScheduleDefinition(
+            name=schedule_name(lifecycle_job_name(n, "deletion_reconciliation")),
+            job_name=lifecycle_job_name(n, "deletion_reconciliation"), cron_schedule=c.reconcile_schedule,
+            execution_timezone="UTC", default_status=dg.DefaultScheduleStatus.RUNNING,
+            description=f"deletion_reconciliation of '{n}' on cron '{c.reconcile_schedule}'.")
+            for n, c in app.sources.items() if c.reconcile_schedule and c.reconcile_schedule != "always"),
+            dg.ScheduleDefinition(
             name=schedule_name(AGING_JOB), job_name=AGING_JOB, cron_schedule=AGING_CRON, execution_timezone="UTC",
             default_status=dg.DefaultScheduleStatus.RUNNING,
             description="AR aging snapshot of the UTC day, late that day.")],

@@ -5,6 +5,8 @@ source's ids (`list_ids`) with the warehouse, confirms each missing one with `fe
 marks the rest `is_deleted` with `deleted_detected_at` (never erased); the history records a
 deleted version. A deleted invoice that shows up again is loaded (pipeline.load_records), which
 un-deletes it. Not to be confused with reconcile.py, the audit checks of the loaded data.
+With `warehouse.backend: iceberg` the stored ids come from and the marks go to the Iceberg
+`main.invoices` (its `ingest` branch, iceberg/deletions.py), and load_records takes the Iceberg path.
 """
 
 from __future__ import annotations
@@ -60,7 +62,8 @@ def reconcile_deletions(
     moved forward, so it is in a listing from `since`. Invoices loaded after the listing began
     are left out (a concurrent run may have loaded what the listing could not yet see).
     """
-    wh = warehouse or Warehouse(app.warehouse)
+    iceberg = app.warehouse.backend == "iceberg"  # docs/ICEBERG.md: the same reconciliation over the Iceberg tables
+    wh = None if iceberg else warehouse or Warehouse(app.warehouse)
     config = app.sources[source_name]
     max_share = config.reconcile_max_deleted_share
     since = since or config.start_date
@@ -71,14 +74,19 @@ def reconcile_deletions(
         started = utc_now()
         listed: set[str] = src.list_ids(since)
         result.listed = len(listed)
-        with wh.writer() as con:
-            ensure_history_tables(wh, con)
-            wh.ensure_source(con, source_name)
-            rows = con.execute(
-                """SELECT invoice_id, customer_id, coalesce(is_deleted, false) FROM main.invoices
-                WHERE source_name = ? AND last_modified_at >= ? AND _loaded_at < ?""",
-                [source_name, since, started],
-            ).fetchall()
+        if iceberg:
+            from invoice_pipeline.iceberg.deletions import stored_ids
+
+            rows = stored_ids(app.warehouse.iceberg, source_name, since, started)
+        else:
+            with wh.writer() as con:
+                ensure_history_tables(wh, con)
+                wh.ensure_source(con, source_name)
+                rows = con.execute(
+                    """SELECT invoice_id, customer_id, coalesce(is_deleted, false) FROM main.invoices
+                    WHERE source_name = ? AND last_modified_at >= ? AND _loaded_at < ?""",
+                    [source_name, since, started],
+                ).fetchall()
         result.checked = len(rows)
         missing = {i for i, _, deleted in rows if not deleted and i not in listed}
         back = {i for i, _, deleted in rows if deleted and i in listed}
@@ -101,7 +109,11 @@ def reconcile_deletions(
                 f"--allow-mass-deletion`, or launch {source_name}/deletion_reconciliation in the Dagster UI with "
                 "config `allow_mass_deletion: true`; or raise reconcile_max_deleted_share in the config."
             )
-        if gone:
+        if gone and iceberg:
+            from invoice_pipeline.iceberg.deletions import mark_deleted
+
+            mark_deleted(app.warehouse.iceberg, source_name, gone, started, utc_now())
+        elif gone:
             _mark_deleted(wh, source_name, gone, started)
         result.deleted = gone
         result.reappeared = sorted(back & found_ids)
