@@ -119,3 +119,38 @@ def test_cli_reconcile_marks_deletions_through_the_iceberg_graph(tmp_path: Path)
     assert "marked deleted 2" in now.stdout, now.stdout
     main = {r["invoice_id"]: r["is_deleted"] for r in published(app, "main", "invoices").to_pylist()}
     assert sorted(i for i, d in main.items() if d) == deleted  # published by the same CLI run
+
+
+def test_a_load_committed_during_the_marking_wins_the_conflict_and_is_not_marked(tmp_path: Path, monkeypatch) -> None:
+    """The marks' commit conflicts with a load of one of the invoices (another writer): it is re-read and
+    retried, and the reloaded invoice (it exists after all) stays unmarked; the others are marked."""
+    import time
+
+    from invoice_pipeline.iceberg import deletions as ice_deletions
+    from invoice_pipeline.pipeline import load_records
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=20) as sim:
+        app, _ = iceberg_app(tmp_path, {"agv": sim.source_config()})
+        run_source(app, "agv")
+        ids = sorted(_state(app, "agv"))
+        hidden = set(ids[:3])
+        real_scan, scans = ice_deletions._scan_ref, []
+
+        def scan_then_concurrent_load(table, row_filter, columns):
+            rows = real_scan(table, row_filter, columns)
+            scans.append(table.name())
+            if len(scans) == 2:  # the marks' first read (the first is stored_ids'): another writer commits now
+                time.sleep(1.0)  # its _loaded_at (whole seconds) after the listing began
+                load_records(app, "agv", lambda src: src.fetch_by_ids({ids[0]}), mode="backfill")
+            return rows
+
+        monkeypatch.setattr(ice_deletions, "_scan_ref", scan_then_concurrent_load)
+        lifecycle.reconcile_deletions(app, "agv", source=_narrowed(app, "agv", hidden))
+        assert len(scans) == 3  # the conflict made the marks re-read once
+        state = _state(app, "agv")
+        assert sorted(i for i, r in state.items() if r["is_deleted"]) == ids[1:3]
+        assert [v["is_deleted"] for v in _versions(app, "agv", ids[0])] == [False]
+        assert duplicates(ingest(app, "main", "invoices"), ["source_name", "invoice_id"]) == 0
+        outcome = publish(app)
+        assert outcome.published, outcome.failures
