@@ -154,3 +154,24 @@ def test_a_load_committed_during_the_marking_wins_the_conflict_and_is_not_marked
         assert duplicates(ingest(app, "main", "invoices"), ["source_name", "invoice_id"]) == 0
         outcome = publish(app)
         assert outcome.published, outcome.failures
+
+
+def test_cli_run_with_always_reconciles_and_the_guard_refuses_with_main_unmoved(tmp_path: Path) -> None:
+    """reconcile_schedule: always puts the reconciliation in every `invoice-pipeline run` (Iceberg graph
+    too); a mass deletion fails the run with the guard's message and marks nothing."""
+    from .conftest import cli_in
+    from invoice_pipeline.sources.agvance.simulator import SIMULATOR_CLASS
+
+    with SIMULATOR_CLASS(size=30) as sim:
+        app, config = iceberg_app(tmp_path, {"agv": {**sim.source_config(), "reconcile_schedule": "always",
+                                                     "reconcile_max_deleted_share": 0.1}})
+        (tmp_path / "c.yaml").write_text(config.read_text())
+        first = cli_in(tmp_path, "run")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "deletion reconciliation due for agv" in first.stderr
+        sim.mutate(deletes=15, seed=5)  # more than 10% and more than the guard's minimum of 10
+        refused = cli_in(tmp_path, "run")
+    assert refused.returncode == 1
+    assert "would be marked deleted" in refused.stdout and "--allow-mass-deletion" in refused.stdout, refused.stdout
+    assert not any(r["is_deleted"] for r in ingest(app, "main", "invoices").to_pylist())
+    assert not any(r["is_deleted"] for r in published(app, "main", "invoices").to_pylist())
