@@ -15,7 +15,7 @@ from typing import cast
 
 import duckdb
 
-from invoice_pipeline.lifecycle_tables import (HISTORY_COLUMNS, _existing_columns, ensure_lifecycle_tables,
+from invoice_pipeline.lifecycle_tables import (HISTORY_COLUMNS, VALID_FROM_SQL, _existing_columns, ensure_lifecycle_tables,
                                                 version_hash_sql)
 from invoice_pipeline.sql import rollback
 from invoice_pipeline.warehouse import Warehouse
@@ -118,12 +118,7 @@ def _stage_and_insert_versions(con: duckdb.DuckDBPyConnection, source_name: str)
             FROM main.invoice_history WHERE source_name = $src AND valid_to IS NULL
               AND invoice_id IN (SELECT invoice_id FROM _history_candidates))
         SELECT {values}, c.version_hash, c._loaded_at AS observed_at, c._run_id AS run_id,
-          CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
-          ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,
-            CASE WHEN c.is_deleted AND NOT coalesce(p.is_deleted, false) THEN coalesce(c.deleted_detected_at, c._loaded_at)
-                 WHEN c.last_modified_at > p.last_modified_at THEN c.last_modified_at
-                 ELSE c._loaded_at END)
-          END AS valid_from
+          {VALID_FROM_SQL} AS valid_from
         FROM cur c LEFT JOIN prev p ON p.invoice_id = c.invoice_id
         WHERE p.invoice_id IS NULL OR p.version_hash <> c.version_hash""",
         {"src": source_name},

@@ -102,3 +102,15 @@ def ensure_lifecycle_tables(con: duckdb.DuckDBPyConnection) -> None:
             if existing:
                 con.execute(f"ALTER TABLE main.{table} ADD COLUMN {quote(c)} {t}")
             con.execute(f"COMMENT ON COLUMN main.{table}.{quote(c)} IS {sql_literal(doc)}")
+
+
+# When a new version of an invoice (c: its current row) starts, given the open history row (p, NULL
+# for a first version): one rule for both backends (history.py, iceberg/history.py). A first version
+# starts at its source modification time; a later one at its deletion's detection, its newer
+# modification time, or the load; always after the previous version's start.
+VALID_FROM_SQL = """CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
+  ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,
+    CASE WHEN c.is_deleted AND NOT coalesce(p.is_deleted, false) THEN coalesce(c.deleted_detected_at, c._loaded_at)
+         WHEN c.last_modified_at > p.last_modified_at THEN c.last_modified_at
+         ELSE c._loaded_at END)
+  END"""

@@ -47,7 +47,7 @@ from invoice_pipeline.defs.keys import (AGING_JOB, AGING_KEY, ALL_ASSETS_JOB, CO
                                         source_job_name)
 from invoice_pipeline.defs.launch_config import SOURCE_RUN_CONFIG, backfill_window
 from invoice_pipeline.defs.lifecycle import (AGING_CRON, LIFECYCLE_CONDITION, AgingSnapshotConfig, ReconcileConfig,
-                                             as_dagster_metadata, load_in_this_run)
+                                             as_dagster_metadata, load_in_this_run, repoll_wording)
 from invoice_pipeline.defs.resources import PipelineResource
 from invoice_pipeline.defs.schedules import (CONFORMED_CONDITION, PUBLISH_CONDITION, automation_sensor, build_schedules,
                                              log_run_failures)
@@ -94,10 +94,7 @@ def build_iceberg_source_asset(name: str, config: SourceConfig) -> dg.AssetsDefi
 
 def build_iceberg_repoll_asset(name: str, config: SourceConfig) -> dg.AssetsDefinition:
     """The DuckDB graph's re-poll asset (defs/lifecycle.py) over Iceberg: same key, automation and metadata."""
-    horizon = (f", due or invoice date within repoll_horizon = {config.repoll_horizon.days} days"
-               if config.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
-    when = (f"on cron '{config.repoll_schedule}' (config key repoll_schedule)" if config.repoll_schedule
-            else "after every run of the source (set repoll_schedule for a cron instead)")
+    horizon, when = repoll_wording(config)
 
     @dg.asset(
         key=repoll_asset_key(name),

@@ -50,11 +50,17 @@ def load_in_this_run(context: dg.AssetExecutionContext, name: str) -> tuple[str 
     return getattr(run_id, "value", run_id), isinstance(stats, dict) and stats.get("balances_compared") == "all"
 
 
-def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
+def repoll_wording(config: SourceConfig) -> tuple[str, str]:
+    """How far back a re-poll reaches and when it runs, for the asset descriptions of both backends."""
     horizon = (f", due or invoice date within repoll_horizon = {config.repoll_horizon.days} days"
                if config.repoll_horizon is not None else "; every one, however old (repoll_horizon: none)")
     when = (f"on cron '{config.repoll_schedule}' (config key repoll_schedule)" if config.repoll_schedule
             else "after every run of the source (set repoll_schedule for a cron instead)")
+    return horizon, when
+
+
+def build_repoll_asset(name: str, config: SourceConfig, pool: str | None = WRITE_POOL) -> dg.AssetsDefinition:
+    horizon, when = repoll_wording(config)
 
     @dg.asset(
         key=repoll_asset_key(name),

@@ -22,7 +22,7 @@ from pyiceberg.table import Table
 from invoice_pipeline.audit import AuditRule
 from invoice_pipeline.iceberg.catalog import HISTORY, HISTORY_SCHEMA, INGEST
 from invoice_pipeline.iceberg.merge import _scan_ref, with_retries
-from invoice_pipeline.lifecycle_tables import HISTORY_COLUMNS, version_hash_sql
+from invoice_pipeline.lifecycle_tables import HISTORY_COLUMNS, VALID_FROM_SQL, version_hash_sql
 
 VALUE_COLUMNS = [c for c in HISTORY_COLUMNS if c not in ("valid_from", "valid_to", "observed_at", "run_id", "version_hash")]
 
@@ -48,12 +48,7 @@ def record_history_batch(history: Table, invoices: Table, source: str, ids: list
                 WITH cur AS (SELECT *, {version_hash_sql()} AS version_hash FROM cur_rows)
                 SELECT {', '.join(f'c.{c}' for c in VALUE_COLUMNS)}, c.version_hash, c._loaded_at AS observed_at,
                   c._run_id AS run_id,
-                  CASE WHEN p.invoice_id IS NULL THEN coalesce(c.last_modified_at, c._loaded_at)
-                  ELSE greatest(p.valid_from + INTERVAL 1 MICROSECOND,
-                    CASE WHEN c.is_deleted AND NOT coalesce(p.is_deleted, false) THEN coalesce(c.deleted_detected_at, c._loaded_at)
-                         WHEN c.last_modified_at > p.last_modified_at THEN c.last_modified_at
-                         ELSE c._loaded_at END)
-                  END AS valid_from
+                  {VALID_FROM_SQL} AS valid_from
                 FROM cur c LEFT JOIN prev p USING (invoice_id)
                 WHERE p.invoice_id IS NULL OR p.version_hash <> c.version_hash""")
             names = ", ".join(HISTORY_SCHEMA.names)
